@@ -1,0 +1,229 @@
+"""The LoRA layer: a frozen base layer plus any number of named low-rank adapters.
+
+Data path of `LoraLayer.forward` with active adapters {name: gain}:
+
+    x ──► base_layer (frozen W, b; Linear / Conv1D / bnb 4-bit / bnb 8-bit) ───────────────► y_base ──┐
+    │                                                                                                  │
+    └─► cast to fp32 ─► dropout ─► A (r x d_in) ─► B (d_out x r) ─► * s ─► * gain ─► (+) ◄───────────┘
+                                                                               │
+                                                          s = alpha / r  (rsLoRA: alpha / sqrt(r))
+                                                                               ▼
+                                                     y = y_base + sum_i gain_i * update_i, in the base dtype
+
+    DoRA (Liu et al. 2024) rescales each output row by f = m / ||W + s B A||_row (the norm is detached):
+        update = (f - 1) * (y_base - b) + f * s * B(A(x))
+
+With no adapter active, or with the active ones merged into W, the layer returns `base_layer(x)` untouched,
+so the output equals the base model's bit for bit.
+
+Merging is explicit and run-once: `merge()` folds the active adapters into W (checking the result is finite
+before writing), `unmerge()` takes them out again. Because DoRA's factor is linear in W per row,
+    merged W' = c * W + sum_i gain_i * f_i * s_i B_i A_i,   c = 1 + sum_dora gain_i * (f_i - 1)
+and unmerge solves for W with the factors f_i remembered from merge time.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from core.base_weights import is_adaptable, layer_shape, read_weight, write_weight
+from core.lora_errors import AdapterConfigError, AdapterStateError, NonFiniteMergeError
+
+
+class LoraAdapter(nn.Module):
+    """One named low-rank update `s * B A` (fp32 whatever the base dtype), with an optional DoRA magnitude."""
+
+    def __init__(
+        self,
+        d_in: int,
+        d_out: int,
+        r: int,
+        alpha: float,
+        dropout: float = 0.0,
+        use_rslora: bool = False,
+        use_dora: bool = False,
+        device: torch.device | str | None = None,
+    ) -> None:
+        """Args:
+        d_in, d_out: the wrapped layer's input and output features.
+        r: rank of the update (rows of A, columns of B).
+        alpha: scale numerator; s = alpha / r, or alpha / sqrt(r) with rsLoRA so larger ranks keep learning.
+        dropout: probability applied to the adapter's input only (training mode).
+        use_rslora: scale by alpha / sqrt(r) (Kalajdzievski 2023).
+        use_dora: add a per-output-row magnitude vector (DoRA); set its value with `init_magnitude`.
+        """
+        super().__init__()
+        if not isinstance(r, int) or r < 1:
+            raise AdapterConfigError(f"LoRA rank must be a whole number >= 1, got {r!r}. Choose e.g. r=8.")
+        if not 0.0 <= dropout < 1.0:
+            raise AdapterConfigError(f"LoRA dropout must be in [0, 1), got {dropout!r}. Choose e.g. 0.05.")
+        self.r, self.alpha, self.use_rslora, self.use_dora = r, alpha, use_rslora, use_dora
+        self.scaling = alpha / math.sqrt(r) if use_rslora else alpha / r
+        self.lora_A = nn.Parameter(torch.empty(r, d_in, device=device, dtype=torch.float32))
+        self.lora_B = nn.Parameter(torch.zeros(d_out, r, device=device, dtype=torch.float32))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # B = 0: the adapted model starts equal to the base
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.magnitude = nn.Parameter(torch.ones(d_out, device=device)) if use_dora else None
+
+    def delta_weight(self) -> torch.Tensor:
+        """The dense update `s * B @ A`, shape (d_out, d_in)."""
+        return (self.lora_B @ self.lora_A) * self.scaling
+
+    def low_rank(self, x: torch.Tensor) -> torch.Tensor:
+        """`s * B(A(x))` without materialising B @ A."""
+        return F.linear(F.linear(x, self.lora_A), self.lora_B) * self.scaling
+
+    def dora_factor(self, weight: torch.Tensor) -> torch.Tensor:
+        """DoRA's per-row factor m / ||W + s B A||; the norm is a constant for autograd, as the paper advises."""
+        norm = torch.linalg.norm(weight + self.delta_weight().detach(), dim=1).detach()
+        return self.magnitude / norm
+
+    @classmethod
+    def for_layer(cls, base_layer: nn.Module, r: int, alpha: float, **options) -> "LoraAdapter":
+        """A fresh adapter shaped for `base_layer`, on its device (DoRA magnitude read from its weight)."""
+        d_in, d_out = layer_shape(base_layer)
+        adapter = cls(d_in, d_out, r, alpha, device=base_layer.weight.device, **options)
+        if adapter.use_dora:
+            adapter.init_magnitude(read_weight(base_layer))
+        return adapter
+
+    @torch.no_grad()
+    def init_magnitude(self, weight: torch.Tensor) -> None:
+        """Start DoRA's magnitude at the row norms of the adapted weight, so the output starts at the base's."""
+        self.magnitude.copy_(torch.linalg.norm(weight.float() + self.delta_weight(), dim=1))
+
+    def extra_repr(self) -> str:
+        return f"r={self.r}, alpha={self.alpha}, scaling={self.scaling:.4g}, dora={self.use_dora}"
+
+
+class LoraLayer(nn.Module):
+    """A frozen base layer plus named adapters; `active` says which adapters (and gains) the forward adds."""
+
+    def __init__(self, base_layer: nn.Module, path: str = "") -> None:
+        super().__init__()
+        if not is_adaptable(base_layer):
+            raise AdapterConfigError(
+                f"Module {path or type(base_layer).__name__} is a {type(base_layer).__name__}, which LoRA cannot wrap. "
+                "Target linear layers (nn.Linear, GPT-2 Conv1D, bitsandbytes 4/8-bit linears)."
+            )
+        self.base_layer = base_layer
+        self.path = path
+        self.d_in, self.d_out = layer_shape(base_layer)
+        self.adapters = nn.ModuleDict()
+        self.active: dict[str, float] = {}
+        self.merged: dict[str, float] = {}
+        self._merge_factors: dict[str, torch.Tensor] = {}
+
+    def add_adapter(self, name: str, adapter: LoraAdapter) -> None:
+        """Attach a built adapter under `name` (inactive until `set_active`)."""
+        if name in self.adapters:
+            raise AdapterConfigError(f"Module {self.path} already has an adapter named {name!r}. Pick another name.")
+        self.adapters[name] = adapter
+
+    def delete_adapter(self, name: str) -> None:
+        self._require_unmerged("delete an adapter")
+        del self.adapters[name]
+        self.active.pop(name, None)
+
+    def set_active(self, gains: dict[str, float]) -> None:
+        """Choose which adapters the forward adds, each with its gain; an empty dict means the plain base."""
+        self._require_unmerged("change the active adapters")
+        unknown = [name for name in gains if name not in self.adapters]
+        if unknown:
+            raise AdapterConfigError(
+                f"Module {self.path} has no adapter named {', '.join(map(repr, unknown))}; it has "
+                f"{', '.join(map(repr, self.adapters)) or 'none'}. Load or create the adapter first."
+            )
+        self.active = {name: float(gain) for name, gain in gains.items()}
+
+    def base_weight(self) -> torch.Tensor:
+        """The frozen weight as a dense (d_out, d_in) tensor, dequantized if needed."""
+        return read_weight(self.base_layer)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        base_out = self.base_layer(x)
+        if self.merged or not self.active:
+            return base_out
+        result = base_out
+        for name, gain in self.active.items():
+            result = result + gain * self._update(self.adapters[name], x, base_out)
+        return result.to(base_out.dtype)
+
+    def _update(self, adapter: LoraAdapter, x: torch.Tensor, base_out: torch.Tensor) -> torch.Tensor:
+        x = x.to(adapter.lora_A.dtype)
+        dropped = adapter.dropout(x)
+        update = adapter.low_rank(dropped)
+        if not adapter.use_dora:
+            return update
+        weight = self.base_weight().to(x.dtype)
+        factor = adapter.dora_factor(weight)
+        if isinstance(adapter.dropout, nn.Identity) or not self.training:  # x not dropped: reuse the base output
+            bias = self.base_layer.bias
+            plain = (base_out if bias is None else base_out - bias).to(x.dtype)
+        else:
+            plain = F.linear(dropped, weight)
+        return (factor - 1) * plain + factor * update
+
+    @torch.no_grad()
+    def plan_merge(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The merged weight for the active adapters and their DoRA factors, checked finite, not yet written."""
+        self._require_unmerged("merge")
+        weight = self.base_weight().float()
+        factors = {
+            name: self.adapters[name].dora_factor(weight) for name in self.active if self.adapters[name].use_dora
+        }
+        added, row_scale = self._merge_terms(self.active, factors)
+        merged = row_scale[:, None] * weight + added if factors else weight + added
+        if not torch.isfinite(merged).all():
+            raise NonFiniteMergeError(
+                f"Merging adapter(s) {', '.join(map(repr, self.active))} into {self.path} would put NaN/Inf into "
+                "its weights; nothing was changed. The adapter is broken (retrain it or load an earlier checkpoint)."
+            )
+        return merged, factors
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """Fold the active adapters into the base weight (once); the forward then skips the LoRA path."""
+        if not self.active:
+            raise AdapterStateError(f"Module {self.path} has no active adapter to merge. Activate one first.")
+        merged, factors = self.plan_merge()
+        write_weight(self.base_layer, merged)
+        self.merged, self._merge_factors = dict(self.active), factors
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Take the merged adapters out of the base weight again (lossy by rounding on 4/8-bit bases)."""
+        if not self.merged:
+            raise AdapterStateError(f"Module {self.path} has nothing merged to unmerge.")
+        added, row_scale = self._merge_terms(self.merged, self._merge_factors)
+        weight = self.base_weight().float() - added
+        if self._merge_factors:
+            weight = weight / row_scale[:, None]
+        write_weight(self.base_layer, weight)
+        self.merged, self._merge_factors = {}, {}
+
+    def _merge_terms(
+        self, gains: dict[str, float], factors: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sum_i gain_i * f_i * s_i B_i A_i, per-row c): the merged weight is c * W + that sum."""
+        added = torch.zeros(self.d_out, self.d_in, device=self.base_layer.weight.device)
+        row_scale = torch.ones(self.d_out, device=added.device)
+        for name, gain in gains.items():
+            delta = self.adapters[name].delta_weight().float()
+            if name in factors:
+                row_scale += gain * (factors[name] - 1)
+                delta = factors[name][:, None] * delta
+            added += gain * delta
+        return added, row_scale
+
+    def _require_unmerged(self, action: str) -> None:
+        if self.merged:
+            raise AdapterStateError(
+                f"Cannot {action} while adapter(s) {', '.join(map(repr, self.merged))} are merged into {self.path}. "
+                "Unmerge first."
+            )
+
+    def extra_repr(self) -> str:
+        return f"active={self.active}, merged={list(self.merged)}"
