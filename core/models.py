@@ -29,7 +29,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 
 from core import paths
 from core.errors import ModelSourceError
-from core.quantize import QUANTIZATIONS, linear_weight_bytes, quantize_linears
+from core.quantize import QUANTIZATIONS, quantize_linears, weight_bytes
 
 DEFAULT_MODEL = "default"
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
@@ -97,8 +97,8 @@ def load_base_model(
         source=source,
         folder=str(folder),
         parameters=count_parameters(model),
-        weight_bytes=sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()]),
-        linear_weight_bytes=linear_weight_bytes(model),
+        weight_bytes=weight_bytes(model),
+        linear_weight_bytes=weight_bytes(model, quantizable_only=True),
         dtype=str(torch_dtype).removeprefix("torch."),
         device=str(torch_device),
         quantization=quantization,

@@ -51,27 +51,34 @@ def quantize_linears(model: nn.Module, quantization: str, compute_dtype: torch.d
     return replaced
 
 
-def linear_weight_bytes(model: nn.Module) -> int:
-    """Bytes held by the weights that quantization shrinks (linear layers but the LM head), statistics included."""
-    total = 0
+def weight_bytes(model: nn.Module, quantizable_only: bool = False) -> int:
+    """Bytes held by the model's parameters (tied ones once), k-bit statistics included.
+
+    With `quantizable_only`, only the linear layers that quantization shrinks (all but the LM head).
+    """
+    total, seen = 0, set()
     for name, module in model.named_modules():
-        weight = getattr(module, "weight", None)
-        if not isinstance(module, nn.Linear) or weight is None or name.rsplit(".", 1)[-1] in SKIPPED_MODULES:
+        if quantizable_only and (not isinstance(module, nn.Linear) or name.rsplit(".", 1)[-1] in SKIPPED_MODULES):
             continue
-        total += weight.numel() * weight.element_size()
-        state = getattr(weight, "quant_state", None)
-        if state is not None:
-            total += _quant_state_bytes(state)
-        scales = getattr(weight, "SCB", None)
-        if scales is not None:
-            total += scales.numel() * scales.element_size()
+        for param in module.parameters(recurse=False):
+            if id(param) in seen:
+                continue
+            seen.add(id(param))
+            if quantizable_only and param is not module.weight:
+                continue
+            total += param.numel() * param.element_size()
+            state = getattr(param, "quant_state", None)
+            total += _quant_state_bytes(state) if state is not None else 0
+            scales = getattr(param, "SCB", None)
+            total += scales.numel() * scales.element_size() if scales is not None else 0
     return total
 
 
 def _quant_state_bytes(state) -> int:
-    """Bytes of a bitsandbytes QuantState: absmax (and, with double quantization, its own statistics)."""
-    tensors = [state.absmax, getattr(state, "code", None)]
+    """Bytes of a bitsandbytes QuantState's per-block scales (absmax, and with double quantization its
+    own scales). The NF4 and 8-bit code tables are constants bitsandbytes shares, not per-weight storage."""
+    tensors = [state.absmax]
     nested = getattr(state, "state2", None)
     if nested is not None:
-        tensors += [nested.absmax, getattr(nested, "code", None)]
-    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+        tensors.append(nested.absmax)
+    return sum(t.numel() * t.element_size() for t in tensors)

@@ -1,0 +1,50 @@
+"""`launch.py chat`: talk to a base model from the terminal, one prompt or an interactive session."""
+
+import argparse
+import sys
+
+from app.cli.options import add_model_options, model_options
+from core.generate import Sampling, conversation, stream_reply
+from core.models import load_base_model
+
+
+def register(verbs) -> None:
+    parser = verbs.add_parser("chat", help="chat with a model in the terminal")
+    parser.add_argument("--prompt", help="one prompt; the answer is printed and the command exits")
+    parser.add_argument("--system", help="a system prompt")
+    parser.add_argument("--temperature", type=float, default=0.7, help="0 for greedy (repeatable) answers")
+    parser.add_argument("--top-p", type=float, default=0.95)
+    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--seed", type=int)
+    add_model_options(parser)
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    sampling = Sampling(args.max_new_tokens, args.temperature, args.top_p, args.seed)
+    sampling.check()
+    loaded = load_base_model(**model_options(args))
+    if args.prompt is not None:
+        _print_streamed(loaded, conversation(args.prompt, system=args.system), sampling)
+        return 0
+    history: list[dict[str, str]] = []
+    print(f"Chatting with {loaded.facts.name} on {loaded.facts.device}. Empty line or Ctrl-D to quit.", file=sys.stderr)
+    while True:
+        try:
+            prompt = input("> ").strip()
+        except EOFError:
+            return 0
+        if not prompt:
+            return 0
+        messages = conversation(prompt, history, args.system)
+        reply = _print_streamed(loaded, messages, sampling)
+        history = [*messages[1 if args.system else 0 :], {"role": "assistant", "content": reply}]
+
+
+def _print_streamed(loaded, messages, sampling) -> str:
+    shown = ""
+    for shown_next in stream_reply(loaded, messages, sampling):
+        print(shown_next[len(shown) :], end="", flush=True)
+        shown = shown_next
+    print()
+    return shown
