@@ -1,0 +1,164 @@
+"""Batches without padding waste, in an order fixed by (seed, epoch) so training can resume exactly.
+
+Packing (the default) lays several examples end to end in one row of at most `tokens_per_batch`
+tokens, with position_ids restarting at 0 for each example. transformers (5.x) turns restarting
+position_ids into a block-diagonal causal mask for eager and sdpa attention (and varlen flash
+attention on CUDA) only when no attention_mask and no KV cache are passed, so `model_inputs()` passes
+neither (`use_cache=False`). There is no padding at all: every token in the row is real.
+
+With packing off, examples are padded per batch; `group_by_length` sorts examples by length within
+shuffled groups of `GROUP_BATCHES` batches, so each batch holds similar lengths and pads little.
+
+The position of a batch is (epoch, index within the epoch). A checkpoint stores `next_position`
+and `iterate_batches(..., start=next_position)` continues with exactly the batches that would follow.
+"""
+
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from core.data.render import IGNORE_INDEX, RenderedExample
+
+GROUP_BATCHES = 16
+
+
+@dataclass(frozen=True)
+class DataPosition:
+    """Where the data stream stands: the next batch is batch `index` of epoch `epoch`."""
+
+    epoch: int = 0
+    index: int = 0
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    """How examples become batches. tokens_per_batch applies when packing, batch_size when padding."""
+
+    packing: bool = True
+    tokens_per_batch: int = 2048
+    batch_size: int = 8
+    group_by_length: bool = True
+    seed: int = 0
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor
+    labels: torch.Tensor
+    position_ids: torch.Tensor | None
+    attention_mask: torch.Tensor | None
+    position: DataPosition
+    next_position: DataPosition
+    example_numbers: list[int]  # source line/row numbers, for messages about a bad batch
+
+    @property
+    def tokens(self) -> int:
+        """Real (non-padding) tokens in the batch."""
+        return int(self.attention_mask.sum()) if self.attention_mask is not None else self.input_ids.numel()
+
+    @property
+    def trained_tokens(self) -> int:
+        return int((self.labels != IGNORE_INDEX).sum())
+
+    def model_inputs(self) -> dict:
+        """Keyword arguments for `model(**...)`; no KV cache, so packed examples stay isolated."""
+        inputs = {"input_ids": self.input_ids, "labels": self.labels, "use_cache": False}
+        if self.position_ids is not None:
+            inputs["position_ids"] = self.position_ids
+        if self.attention_mask is not None:
+            inputs["attention_mask"] = self.attention_mask
+        return inputs
+
+
+def epoch_plan(lengths: Sequence[int], settings: BatchSettings, epoch: int) -> list[list[int]]:
+    """The example indices of every batch of one epoch; the same for the same lengths, settings and epoch."""
+    rng = random.Random(settings.seed * 1_000_003 + epoch)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    if settings.packing:
+        return _pack(order, lengths, settings.tokens_per_batch)
+    size = settings.batch_size
+    if not settings.group_by_length:
+        return [order[start : start + size] for start in range(0, len(order), size)]
+    group = size * GROUP_BATCHES
+    batches = []
+    for start in range(0, len(order), group):
+        by_length = sorted(order[start : start + group], key=lambda i: lengths[i], reverse=True)
+        batches += [by_length[i : i + size] for i in range(0, len(by_length), size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def iterate_batches(
+    examples: Sequence[RenderedExample],
+    settings: BatchSettings,
+    pad_token_id: int,
+    start: DataPosition = DataPosition(),
+    epochs: int | None = None,
+) -> Iterator[Batch]:
+    """Yield batches from `start` on, epoch after epoch (for ever when epochs is None)."""
+    lengths = [len(example.input_ids) for example in examples]
+    if settings.packing and max(lengths, default=0) > settings.tokens_per_batch:
+        raise ValueError(f"tokens_per_batch ({settings.tokens_per_batch}) must be at least max_length ({max(lengths)})")
+    epoch, index = start.epoch, start.index
+    while epochs is None or epoch < epochs:
+        plan = epoch_plan(lengths, settings, epoch)
+        for position in range(index, len(plan)):
+            chosen = [examples[i] for i in plan[position]]
+            following = DataPosition(epoch, position + 1) if position + 1 < len(plan) else DataPosition(epoch + 1, 0)
+            collate = _collate_packed if settings.packing else _collate_padded
+            yield collate(chosen, pad_token_id, DataPosition(epoch, position), following)
+        epoch, index = epoch + 1, 0
+
+
+def batches_per_epoch(lengths: Sequence[int], settings: BatchSettings) -> int:
+    """How many batches one epoch yields (packing varies slightly by epoch; epoch 0 is representative)."""
+    return len(epoch_plan(lengths, settings, 0))
+
+
+def padding_share(lengths: Sequence[int], plan: list[list[int]]) -> float:
+    """Share of tensor cells that are padding when each batch is padded to its longest example."""
+    cells = sum(max(lengths[i] for i in batch) * len(batch) for batch in plan)
+    return 1 - sum(lengths) / cells if cells else 0.0
+
+
+def _pack(order: list[int], lengths: Sequence[int], budget: int) -> list[list[int]]:
+    batches: list[list[int]] = []
+    used = budget + 1
+    for i in order:
+        if used + lengths[i] > budget:
+            batches.append([])
+            used = 0
+        batches[-1].append(i)
+        used += lengths[i]
+    return batches
+
+
+def _collate_packed(chosen: list[RenderedExample], pad_token_id: int, position: DataPosition, following: DataPosition) -> Batch:
+    ids = [token for example in chosen for token in example.input_ids]
+    labels = [label for example in chosen for label in example.labels]
+    positions = [p for example in chosen for p in range(len(example.input_ids))]
+    return Batch(
+        input_ids=torch.tensor([ids]),
+        labels=torch.tensor([labels]),
+        position_ids=torch.tensor([positions]),
+        attention_mask=None,
+        position=position,
+        next_position=following,
+        example_numbers=[example.number for example in chosen],
+    )
+
+
+def _collate_padded(chosen: list[RenderedExample], pad_token_id: int, position: DataPosition, following: DataPosition) -> Batch:
+    width = max(len(example.input_ids) for example in chosen)
+    ids = torch.full((len(chosen), width), pad_token_id)
+    labels = torch.full((len(chosen), width), IGNORE_INDEX)
+    mask = torch.zeros((len(chosen), width), dtype=torch.long)
+    for row, example in enumerate(chosen):
+        n = len(example.input_ids)
+        ids[row, :n] = torch.tensor(example.input_ids)
+        labels[row, :n] = torch.tensor(example.labels)
+        mask[row, :n] = 1
+    return Batch(ids, labels, None, mask, position, following, [example.number for example in chosen])

@@ -1,0 +1,107 @@
+"""The data side of preflight: what a run would train on, shown before it starts.
+
+It never raises for invalid rows: it reports them (with `ready` False unless the user chose to
+skip them), so the CLI and the UI can show every problem and the numbers in one place.
+"""
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from transformers import PreTrainedTokenizerBase
+
+from core.data.load import AUTO
+from core.data.prepare import prepare_dataset
+from core.data.render import IGNORE_INDEX, RenderedExample
+
+MARK_OPEN, MARK_CLOSE = "⟦", "⟧"
+
+
+@dataclass
+class DataPreflight:
+    source: str
+    format: str
+    rows: int
+    invalid_rows: int
+    problems: list[str]
+    ready: bool  # False when invalid rows would stop the run (skip_invalid not chosen) or none is valid
+    message: str  # why it is not ready, or "" when it is
+    max_length: int
+    length_p50: int  # tokens per example before truncation
+    length_p95: int
+    length_max: int
+    truncated_rows: int
+    truncated_share: float
+    tokens: int  # after truncation
+    trained_token_share: float
+    example_text: str = ""  # the first example, as the model sees it
+    example_trained_spans: list[tuple[int, int]] = field(default_factory=list)  # [start, end) in example_text
+    example_marked: str = ""  # example_text with trained spans wrapped in ⟦ ⟧
+
+
+def data_preflight(
+    source: str | Path,
+    tokenizer: PreTrainedTokenizerBase,
+    max_length: int = 1024,
+    train_on: str = "assistant",
+    format: str = AUTO,
+    skip_invalid: bool = False,
+) -> DataPreflight:
+    """Validate and render the dataset as training would, and summarise it; see DataPreflight."""
+    prepared = prepare_dataset(source, tokenizer, max_length, train_on, format, check=False)
+    report, examples = prepared.report, prepared.examples
+    full_lengths = sorted(example.full_length for example in examples)
+    tokens = sum(prepared.lengths)
+    trained = sum(example.trained_tokens for example in examples)
+    text, spans = marked_spans(examples[0], tokenizer) if examples else ("", [])
+    message = report.blocker(skip_invalid)
+    return DataPreflight(
+        source=str(source),
+        format=report.format,
+        rows=report.total_rows,
+        invalid_rows=report.invalid_rows,
+        problems=[str(problem) for problem in report.problems],
+        ready=not message,
+        message=message,
+        max_length=max_length,
+        length_p50=_percentile(full_lengths, 0.50),
+        length_p95=_percentile(full_lengths, 0.95),
+        length_max=full_lengths[-1] if full_lengths else 0,
+        truncated_rows=prepared.truncated_rows,
+        truncated_share=prepared.truncated_rows / len(examples) if examples else 0.0,
+        tokens=tokens,
+        trained_token_share=trained / tokens if tokens else 0.0,
+        example_text=text,
+        example_trained_spans=spans,
+        example_marked=mark(text, spans),
+    )
+
+
+def marked_spans(example: RenderedExample, tokenizer: PreTrainedTokenizerBase) -> tuple[str, list[tuple[int, int]]]:
+    """Decode an example run by run and return its text with the character spans of trained tokens."""
+    text, spans, start = "", [], 0
+    for end in range(1, len(example.input_ids) + 1):
+        trained = example.labels[start] != IGNORE_INDEX
+        if end < len(example.input_ids) and (example.labels[end] != IGNORE_INDEX) == trained:
+            continue
+        piece = tokenizer.decode(example.input_ids[start:end])
+        if trained:
+            spans.append((len(text), len(text) + len(piece)))
+        text, start = text + piece, end
+    return text, spans
+
+
+def mark(text: str, spans: list[tuple[int, int]]) -> str:
+    """Wrap each span of `text` in ⟦ ⟧."""
+    out, cursor = [], 0
+    for start, end in spans:
+        out += [text[cursor:start], MARK_OPEN, text[start:end], MARK_CLOSE]
+        cursor = end
+    return "".join(out) + text[cursor:]
+
+
+def _percentile(sorted_values: list[int], share: float) -> int:
+    """Nearest-rank percentile: the smallest value with at least `share` of the values at or below it."""
+    if not sorted_values:
+        return 0
+    return sorted_values[max(0, math.ceil(share * len(sorted_values)) - 1)]
