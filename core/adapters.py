@@ -200,9 +200,13 @@ def unmerge(model: nn.Module) -> None:
 
 def merge_and_unload(model: nn.Module) -> nn.Module:
     """Merge the active adapters and replace every LoRA layer by its base: a plain transformers model again."""
-    layers = lora_layers(model)
-    if active_gains(model) and not any(layer.merged for layer in layers.values()):
+    if active_gains(model) and not any(layer.merged for layer in lora_layers(model).values()):
         merge(model)
-    for path, layer in layers.items():
+    return unload(model)
+
+
+def unload(model: nn.Module) -> nn.Module:
+    """Put every base layer back as it is now (merged adapters stay in the weights, unmerged ones are dropped)."""
+    for path, layer in lora_layers(model).items():
         model.set_submodule(path, layer.base_layer)
     return model
