@@ -35,13 +35,13 @@ def load_examples(source: str | Path, format: str = AUTO) -> LoadedExamples:
     if not rows:
         raise DatasetError(f"{report.source} has no example rows (the file is empty). Add at least one example.")
     fmt = format if format != AUTO else dominant_format(row.record for row in rows if row.record is not None)
-    if fmt is None:
+    if fmt is None and any(row.record is not None for row in rows):
         fields = sorted({str(key) for row in rows if row.record for key in row.record})
         raise DatasetError(
             f"{report.source}: no row has a known format (fields found: {', '.join(fields) or 'none'}). "
             "Use alpaca (instruction/input/output), sharegpt (conversations), messages, prompt/completion or text fields."
         )
-    report.format = fmt
+    report.format = fmt or "unknown"
     examples = []
     for row in rows:
         if row.problem is not None:

@@ -41,7 +41,7 @@ def read_rows(source: str) -> Iterator[RawRow]:
     """Yield every row of a local file (by suffix) or a hub dataset id, in order."""
     path = Path(source).expanduser()
     if not path.exists():
-        if _HUB_ID.match(source):
+        if _HUB_ID.match(source) and path.suffix.lower() not in SUFFIX_UNITS:
             yield from _read_hub(source)
             return
         raise DatasetError(f"Dataset file not found: {source}. Check the path, or pass a .jsonl, .json, .csv or .parquet file.")
