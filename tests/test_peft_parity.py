@@ -1,0 +1,152 @@
+"""Our LoRA core against PEFT (a test-only oracle): same logits with non-zero adapters, files readable both ways."""
+
+import pytest
+import torch
+
+peft = pytest.importorskip("peft")
+from peft import LoraConfig, PeftModel, get_peft_model  # noqa: E402
+
+from core.adapters import LoraSettings, add_adapter, merge, set_active, unload  # noqa: E402
+from core.compose import combine_adapters  # noqa: E402
+from core.peft_format import load_adapter, save_adapter  # noqa: E402
+from core.quantize import quantize_linears  # noqa: E402
+from tests.lora_helpers import load, logits, randomize  # noqa: E402
+
+PARITY = 1e-5
+CASES = {
+    "linear-llama": ("tiny_llama_dir", dict(r=4, alpha=8, targets=["q_proj", "v_proj", "down_proj"])),
+    "conv1d-gpt2": ("tiny_gpt2_dir", dict(r=4, alpha=8, targets=["c_attn", "attn.c_proj", "c_fc"])),
+    "rslora": ("tiny_llama_dir", dict(r=8, alpha=4, targets="attention", use_rslora=True)),
+    "dora-llama": ("tiny_llama_dir", dict(r=4, alpha=8, targets="all-linear", use_dora=True)),
+    "dora-gpt2": ("tiny_gpt2_dir", dict(r=2, alpha=4, targets=["c_attn", "c_fc"], use_dora=True)),
+}
+
+
+def peft_config(settings: dict, **extra) -> LoraConfig:
+    targets = settings["targets"]
+    targets = {"attention": ["q_proj", "k_proj", "v_proj", "o_proj"], "all-linear": "all-linear"}.get(targets, targets) \
+        if isinstance(targets, str) else targets
+    return LoraConfig(
+        r=settings["r"], lora_alpha=settings["alpha"], target_modules=targets, task_type="CAUSAL_LM",
+        use_rslora=settings.get("use_rslora", False), use_dora=settings.get("use_dora", False), **extra,
+    )
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_our_saved_adapter_gives_equal_logits_in_peft(case, request, tmp_path):
+    folder = request.getfixturevalue(CASES[case][0])
+    settings = CASES[case][1]
+    ours = load(folder)
+    base_logits = logits(ours)
+    add_adapter(ours, "default", LoraSettings(**settings))
+    randomize(ours, "default")
+    our_logits = logits(ours)
+    save_adapter(ours, "default", tmp_path / "adapter")
+
+    theirs = PeftModel.from_pretrained(load(folder), tmp_path / "adapter").eval()
+    peft_logits = logits(theirs)
+
+    assert (our_logits - base_logits).abs().max() > 1e-2  # the adapter really changes the output
+    assert (our_logits - peft_logits).abs().max() < PARITY
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_peft_saved_adapter_gives_equal_logits_in_ours(case, request, tmp_path):
+    folder = request.getfixturevalue(CASES[case][0])
+    settings = CASES[case][1]
+    torch.manual_seed(1)
+    theirs = get_peft_model(load(folder), peft_config(settings, init_lora_weights=False)).eval()
+    with torch.no_grad():  # move DoRA magnitudes off their init so they matter
+        for name, param in theirs.named_parameters():
+            if "lora_magnitude_vector" in name:
+                param.mul_(1 + 0.3 * torch.rand_like(param))
+    peft_logits = logits(theirs)
+    theirs.save_pretrained(tmp_path / "adapter")
+
+    ours = load(folder)
+    report = load_adapter(ours, tmp_path / "adapter")
+
+    assert len(report.modules) == sum(1 for n, _ in theirs.named_modules() if n.endswith(".lora_A"))
+    assert (logits(ours) - peft_logits).abs().max() < PARITY
+
+
+def test_exact_composition_equals_peft_cat(tiny_llama_dir, tmp_path):
+    torch.manual_seed(2)
+    theirs = get_peft_model(load(tiny_llama_dir), peft_config(CASES["linear-llama"][1], init_lora_weights=False))
+    theirs.add_adapter("b", peft_config(dict(r=2, alpha=6, targets=["q_proj", "v_proj"]), init_lora_weights=False))
+    theirs.save_pretrained(tmp_path)  # default -> tmp_path, b -> tmp_path/b
+    theirs.add_weighted_adapter(["default", "b"], [0.7, -0.4], "mix", combination_type="cat")
+    theirs.set_adapter("mix")
+    peft_logits = logits(theirs.eval())
+
+    ours = load(tiny_llama_dir)
+    load_adapter(ours, tmp_path, "default")
+    load_adapter(ours, tmp_path / "b", "b")
+    report = combine_adapters(ours, {"default": 0.7, "b": -0.4}, "mix")
+    set_active(ours, "mix")
+
+    assert report.ranks["model.layers.0.self_attn.q_proj"] == 4 + 2
+    assert report.ranks["model.layers.0.mlp.down_proj"] == 4
+    assert report.max_relative_error == 0.0
+    assert (logits(ours) - peft_logits).abs().max() < PARITY
+
+
+def test_4bit_merge_stays_within_peft_tolerance(tiny_llama_dir, tmp_path):
+    source = load(tiny_llama_dir)
+    add_adapter(source, "default", LoraSettings(r=4, alpha=8, targets="attention"))
+    randomize(source, "default", std=0.3)
+    save_adapter(source, "default", tmp_path)
+
+    def nf4_model():
+        model = load(tiny_llama_dir)
+        quantize_linears(model, "nf4", compute_dtype=torch.float32, device=torch.device("cpu"))
+        return model
+
+    ours = nf4_model()
+    load_adapter(ours, tmp_path)
+    peft_base = nf4_model()
+    peft_base.is_loaded_in_4bit = True  # PEFT picks its bitsandbytes LoRA layer only when the model says so
+    theirs = PeftModel.from_pretrained(peft_base, tmp_path).eval()
+    ours_unmerged, peft_unmerged = logits(ours), logits(theirs)
+    merge(ours)
+    with pytest.warns(UserWarning):
+        theirs.merge_adapter()
+    ours_merged, peft_merged = logits(ours), logits(theirs)
+
+    peft_merge_shift = (peft_merged - peft_unmerged).abs().max().item()
+    assert (ours_unmerged - peft_unmerged).abs().max() < PARITY
+    assert 0 < peft_merge_shift  # requantization really moves the outputs...
+    assert (ours_merged - ours_unmerged).abs().max() <= 1.01 * peft_merge_shift  # ...and ours no more than PEFT's
+    assert (ours_merged - peft_merged).abs().max() < PARITY  # same dequantize-add-requantize result
+
+
+@pytest.mark.slow
+def test_default_model_adapter_gives_same_greedy_text_in_peft(default_model, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model, tokenizer = default_model.model, default_model.tokenizer
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Name three colours."}], add_generation_prompt=True, return_tensors="pt",
+        return_dict=True,
+    )
+    greedy = dict(max_new_tokens=24, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    try:
+        with torch.no_grad():
+            base_ids = model.generate(**prompt, **greedy)
+        add_adapter(model, "parity", LoraSettings(r=8, alpha=16, targets="qv"))
+        randomize(model, "parity", seed=3, std=0.03)
+        with torch.no_grad():
+            our_ids = model.generate(**prompt, **greedy)
+        save_adapter(model, "parity", tmp_path, base_model_name="HuggingFaceTB/SmolLM2-135M-Instruct")
+    finally:
+        unload(model)  # the session model goes back to the plain base for other tests
+
+    fresh = AutoModelForCausalLM.from_pretrained(default_model.facts.folder, dtype=torch.float32).eval()
+    theirs = PeftModel.from_pretrained(fresh, tmp_path).eval()
+    with torch.no_grad():
+        peft_ids = theirs.generate(**prompt, **greedy)
+
+    our_text = tokenizer.decode(our_ids[0], skip_special_tokens=True)
+    assert not torch.equal(our_ids, base_ids)  # the adapter changes what the model says
+    assert our_text == tokenizer.decode(peft_ids[0], skip_special_tokens=True)
+    assert torch.equal(our_ids, peft_ids)
