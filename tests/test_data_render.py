@@ -119,3 +119,12 @@ def test_template_that_refuses_a_conversation_is_a_row_problem(tmp_path):
     path.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
     report = prepare_dataset(path, tokenizer, max_length=64, check=False).report
     assert [(p.number, "chat template refused this conversation: no system role" in p.message) for p in report.problems] == [(2, True)]
+
+
+@pytest.mark.slow
+def test_masking_with_the_real_default_tokenizer(default_model):
+    tokenizer = default_model.tokenizer
+    rendered = render_example(CONVERSATION, tokenizer, max_length=512)
+    assert trained_runs(rendered, tokenizer) == ["It is 4.<|im_end|>", "Paris, of course.<|im_end|>"]
+    assert tokenizer.decode(rendered.input_ids) == tokenizer.apply_chat_template(list(CONVERSATION.messages), tokenize=False)
+    assert "SmolLM" in tokenizer.decode(rendered.input_ids)  # its template injected the default system prompt
