@@ -26,7 +26,7 @@ def build_chat_tab(loaded: LoadedModel) -> None:
     with gr.Row():
         prompt = gr.Textbox(placeholder="Ask something…", show_label=False, scale=8, elem_id="prompt", autofocus=True)
         send = gr.Button("Send", variant="primary", scale=1, elem_id="send")
-    with gr.Accordion("Settings", open=False):
+    with gr.Accordion("Sampling settings", open=False):
         system = gr.Textbox(label="System prompt", placeholder="Optional, e.g. 'Answer in one sentence.'")
         temperature = gr.Slider(0, 1.5, value=0.7, step=0.05, label="Temperature (0 = greedy, repeatable)")
         max_new_tokens = gr.Slider(16, 1024, value=256, step=16, label="Max new tokens")
