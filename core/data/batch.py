@@ -108,8 +108,8 @@ def iterate_batches(
         for position in range(index, len(plan)):
             chosen = [examples[i] for i in plan[position]]
             following = DataPosition(epoch, position + 1) if position + 1 < len(plan) else DataPosition(epoch + 1, 0)
-            collate = _collate_packed if settings.packing else _collate_padded
-            yield collate(chosen, pad_token_id, DataPosition(epoch, position), following)
+            here = DataPosition(epoch, position)
+            yield _collate_packed(chosen, here, following) if settings.packing else _collate_padded(chosen, pad_token_id, here, following)
         epoch, index = epoch + 1, 0
 
 
@@ -136,7 +136,7 @@ def _pack(order: list[int], lengths: Sequence[int], budget: int) -> list[list[in
     return batches
 
 
-def _collate_packed(chosen: list[RenderedExample], pad_token_id: int, position: DataPosition, following: DataPosition) -> Batch:
+def _collate_packed(chosen: list[RenderedExample], position: DataPosition, following: DataPosition) -> Batch:
     ids = [token for example in chosen for token in example.input_ids]
     labels = [label for example in chosen for label in example.labels]
     positions = [p for example in chosen for p in range(len(example.input_ids))]

@@ -50,7 +50,9 @@ def prepare_dataset(
     With check=False the report is returned instead of raised (preflight shows it to the user).
     """
     if max_length < 2:
-        raise ValueError(f"max_length must be at least 2, got {max_length}")
+        raise DatasetError(f"max_length must be at least 2 tokens, got {max_length}. Raise --max-len.")
+    if tokenizer.eos_token is None:
+        raise DatasetError("The tokenizer has no EOS token, so answers could not teach the model to stop. Use a model whose tokenizer defines one.")
     loaded = load_examples(source, format)
     report = loaded.report
     rendered = []
