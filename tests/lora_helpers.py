@@ -36,4 +36,4 @@ def assert_same_state(before: dict[str, torch.Tensor], model) -> None:
     after = model.state_dict()
     assert list(after) == list(before)
     for key, value in before.items():
-        assert torch.equal(after[key], value), key
+        torch.testing.assert_close(after[key], value, rtol=0, atol=0, equal_nan=True, msg=key)

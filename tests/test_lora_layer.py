@@ -1,0 +1,131 @@
+"""The LoRA layer's math: gradients, init, merge/unmerge, DoRA, dtypes, and its guards."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from core.lora import LoraAdapter, LoraLayer
+from core.lora_errors import AdapterStateError, NonFiniteMergeError
+
+
+def layer_with(base: nn.Module, seed: int = 0, **options) -> LoraLayer:
+    torch.manual_seed(seed)
+    layer = LoraLayer(base, "test.proj")
+    layer.add_adapter("a", LoraAdapter.for_layer(base, r=4, alpha=8, **options))
+    with torch.no_grad():
+        layer.adapters["a"].lora_B.normal_(std=0.5)
+        if layer.adapters["a"].use_dora:
+            layer.adapters["a"].magnitude.mul_(1.3)
+    layer.set_active({"a": 1.0})
+    return layer
+
+
+def test_gradients_of_a_and_b_equal_closed_forms():
+    torch.manual_seed(0)
+    layer = layer_with(nn.Linear(12, 10))
+    adapter = layer.adapters["a"]
+    x, upstream = torch.randn(5, 12), torch.randn(5, 10)
+    (layer(x) * upstream).sum().backward()
+
+    grad_w = upstream.T @ x  # dL/d(update), d_out x d_in
+    s = adapter.scaling
+    assert s == 8 / 4
+    torch.testing.assert_close(adapter.lora_A.grad, s * adapter.lora_B.detach().T @ grad_w, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(adapter.lora_B.grad, s * grad_w @ adapter.lora_A.detach().T, atol=1e-5, rtol=1e-5)
+
+
+def test_rslora_scales_by_alpha_over_sqrt_r():
+    assert LoraAdapter(8, 8, r=16, alpha=8, use_rslora=True).scaling == pytest.approx(8 / math.sqrt(16))
+    assert LoraAdapter(8, 8, r=16, alpha=8).scaling == pytest.approx(0.5)
+
+
+def test_fresh_adapter_is_kaiming_a_and_zero_b_so_output_equals_base():
+    torch.manual_seed(0)
+    base = nn.Linear(64, 32)
+    layer = LoraLayer(base)
+    adapter = LoraAdapter.for_layer(base, r=8, alpha=16)
+    layer.add_adapter("a", adapter)
+    layer.set_active({"a": 1.0})
+    x = torch.randn(3, 64)
+
+    bound = 1 / math.sqrt(64)  # kaiming_uniform(a=sqrt(5)) on fan_in 64
+    assert adapter.lora_A.abs().max() <= bound and adapter.lora_A.abs().max() > 0.8 * bound
+    assert torch.count_nonzero(adapter.lora_B) == 0
+    assert torch.equal(layer(x), base(x))
+
+
+def test_no_active_adapter_returns_base_output_bit_for_bit():
+    base = nn.Linear(16, 16)
+    layer = layer_with(base)
+    x = torch.randn(4, 16)
+    assert not torch.equal(layer(x), base(x))
+    layer.set_active({})
+    assert torch.equal(layer(x), base(x))
+
+
+@pytest.mark.parametrize("dora", [False, True])
+@pytest.mark.parametrize("kind", ["linear", "conv1d"])
+def test_merge_then_unmerge_restores_weight_and_merged_output_matches(kind, dora):
+    torch.manual_seed(0)
+    base = nn.Linear(24, 16) if kind == "linear" else Conv1D(16, 24)
+    layer = layer_with(base, use_dora=dora)
+    original = base.weight.detach().clone()
+    x = torch.randn(6, 24)
+    unmerged_out = layer(x).detach()
+
+    layer.merge()
+    assert (base.weight - original).abs().max() > 1e-2
+    merged_out = layer(x).detach()
+    layer.unmerge()
+
+    assert (merged_out - unmerged_out).abs().max() < 1e-5
+    assert (base.weight - original).abs().max() < 1e-6
+    assert (layer(x) - unmerged_out).abs().max() < 1e-5
+
+
+def test_merge_and_unmerge_are_guarded_run_once():
+    layer = layer_with(nn.Linear(8, 8))
+    layer.merge()
+    with pytest.raises(AdapterStateError, match="Unmerge first"):
+        layer.merge()
+    with pytest.raises(AdapterStateError, match="Unmerge first"):
+        layer.set_active({})
+    layer.unmerge()
+    with pytest.raises(AdapterStateError, match="nothing merged"):
+        layer.unmerge()
+
+
+def test_merge_of_non_finite_adapter_raises_and_leaves_weight_untouched():
+    base = nn.Linear(8, 8)
+    layer = layer_with(base)
+    original = base.weight.detach().clone()
+    with torch.no_grad():
+        layer.adapters["a"].lora_B[0, 0] = float("inf")
+    with pytest.raises(NonFiniteMergeError, match="test.proj"):
+        layer.merge()
+    assert torch.equal(base.weight, original)
+    assert layer.merged == {}
+
+
+def test_bf16_base_keeps_its_dtype_with_fp32_adapter():
+    base = nn.Linear(16, 8).to(torch.bfloat16)
+    layer = layer_with(base)
+    out = layer(torch.randn(2, 16, dtype=torch.bfloat16))
+    assert layer.adapters["a"].lora_A.dtype == torch.float32
+    assert out.dtype == torch.bfloat16
+
+
+def test_weighted_set_adds_each_update_times_its_gain():
+    torch.manual_seed(0)
+    base = nn.Linear(10, 6)
+    layer = layer_with(base)
+    second = LoraAdapter.for_layer(base, r=2, alpha=2)
+    nn.init.normal_(second.lora_B)
+    layer.add_adapter("b", second)
+    x = torch.randn(3, 10)
+    layer.set_active({"a": 0.5, "b": -2.0})
+    expected = base(x) + 0.5 * layer.adapters["a"].low_rank(x) - 2.0 * second.low_rank(x)
+    torch.testing.assert_close(layer(x), expected, atol=1e-6, rtol=1e-6)
