@@ -83,6 +83,7 @@ def extract_adapter(
     return LowRankReport(name, ranks, errors)
 
 
+@torch.no_grad()
 def low_rank_factors(delta: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor, float]:
     """(A, B, relative error) with B @ A the best rank-`rank` approximation of `delta` (Eckart-Young)."""
     u, s, vh = torch.linalg.svd(delta.float(), full_matrices=False)

@@ -84,10 +84,13 @@ def pattern_value(patterns: dict[str, float], path: str, default: float) -> floa
 
 
 def canonical_targets(model: nn.Module, paths: list[str]) -> list[str]:
-    """The shortest `target_modules` list that selects exactly `paths`: leaf names when they suffice, else paths."""
-    leaves = sorted({p.rsplit(".", 1)[-1] for p in paths})
-    selected = {p for p in adaptable_modules(model) if matches_any(p, leaves)}
-    return leaves if selected == set(paths) else sorted(paths)
+    """The shortest `target_modules` list selecting exactly `paths`: leaf names if they suffice, else longer suffixes."""
+    candidates = list(adaptable_modules(model))
+    for depth in range(1, max(p.count(".") for p in paths) + 1):
+        suffixes = sorted({".".join(p.split(".")[-depth:]) for p in paths})
+        if {p for p in candidates if matches_any(p, suffixes)} == set(paths):
+            return suffixes
+    return sorted(paths)
 
 
 def _is_head(module: nn.Module, head: nn.Module | None) -> bool:

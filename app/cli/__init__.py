@@ -11,7 +11,7 @@ import sys
 
 from core.errors import LoraForgeError
 
-VERB_MODULES = ("serve", "chat")
+VERB_MODULES = ("serve", "chat", "adapters")
 
 
 def build_parser() -> argparse.ArgumentParser:
