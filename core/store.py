@@ -1,0 +1,403 @@
+"""Run history in one SQLite file that the web UI, every job process and the CLI share.
+
+Each process opens its own `Store`. The file is in WAL mode (readers never wait for writers) with a busy
+timeout, and every write is one short `BEGIN IMMEDIATE` transaction: it takes the write lock before
+reading anything, so concurrent writers queue up instead of failing, and a write either lands whole or
+not at all. sqlite3 errors that a user can cause (a damaged file, a lock held too long) come out as
+LoraForgeErrors that say what to do.
+"""
+
+import json
+import os
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from sqlite_utils import Database
+
+from core import paths
+from core.lora_errors import AdapterFileError
+from core.processes import process_alive, process_start_time
+from core.store_errors import (
+    DatabaseBusy,
+    DatabaseDamaged,
+    DatabaseTooNew,
+    InvalidTransition,
+    RunNotFound,
+)
+from core.store_schema import JSON_COLUMNS, MIGRATIONS, upgrade
+
+DB_NAME = "loraforge.db"
+STATUSES = ("queued", "running", "completed", "failed", "cancelled", "interrupted")
+# Which status a run may move to from each status. "completed" is final; a cancelled run never completes.
+TRANSITIONS = {
+    "queued": ("running", "cancelled", "failed"),
+    "running": ("completed", "failed", "cancelled", "interrupted"),
+    "interrupted": ("queued", "running", "cancelled", "failed"),
+    "failed": ("queued", "running"),
+    "cancelled": ("queued", "running"),
+    "completed": (),
+}
+VOTE_WINNERS = ("left", "right", "tie")
+
+
+def now_iso() -> str:
+    """The current time as ISO-8601 UTC text; same-width text, so it sorts in time order."""
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+def new_run_id() -> str:
+    """A run id such as r-20261123-142501-ab12: sorts by creation time and reads well in a shell."""
+    return f"r-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+
+
+class Store:
+    """The LoRA Forge database: runs, metrics, samples, adapters, exports and chat votes."""
+
+    def __init__(self, path: str | Path | None = None, busy_timeout: float = 10.0):
+        """Open (creating if needed) the database at `path` (default LORAFORGE_HOME/loraforge.db) and
+        upgrade its schema. `busy_timeout` is how many seconds a write waits for another process's lock."""
+        self.path = Path(path) if path is not None else paths.home() / DB_NAME
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.busy_timeout = busy_timeout
+        self._lock = threading.RLock()  # one connection shared by the threads of a process (the web UI)
+        self._conn = sqlite3.connect(
+            self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+        )
+        try:
+            with self._guard():
+                self._conn.execute("PRAGMA journal_mode = WAL")
+                self._conn.execute("PRAGMA synchronous = NORMAL")  # safe in WAL: a crash loses no committed data
+                self._conn.execute("PRAGMA foreign_keys = ON")
+                self.db = Database(self._conn, execute_plugins=False)
+            self._migrate()
+            self._columns = {table: set(self.db[table].columns_dict) for table in self.db.table_names()}
+        except BaseException:
+            self._conn.close()
+            raise
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- transactions and error translation ---------------------------------------------------------
+
+    @contextmanager
+    def _guard(self) -> Iterator[None]:
+        """Turn the sqlite3 errors a user can cause into messages that say what to do."""
+        try:
+            yield
+        except sqlite3.DatabaseError as error:
+            code = getattr(error, "sqlite_errorcode", 0) & 0xFF
+            if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+                raise DatabaseDamaged(self.path, str(error)) from None
+            if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                raise DatabaseBusy(self.path, self.busy_timeout) from None
+            raise
+
+    @contextmanager
+    def _write(self) -> Iterator[Database]:
+        """One short write transaction that holds the write lock from its start: all of it or nothing."""
+        with self._lock, self._guard():
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.db
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self.db.rollback()
+                raise
+
+    def _query(self, table: str, sql: str, params: tuple | dict = ()) -> list[dict]:
+        """Rows of `sql` as dicts, with `table`'s JSON columns decoded."""
+        with self._lock, self._guard():
+            rows = list(self.db.query(sql, params))
+        return [_decode(table, row) for row in rows]
+
+    def _migrate(self) -> None:
+        """Bring an older database up to the current schema; all migrations commit together or not at all."""
+        with self._lock, self._guard():
+            version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > len(MIGRATIONS):
+            raise DatabaseTooNew(self.path, version, len(MIGRATIONS))
+        if version < len(MIGRATIONS):
+            with self._write() as db:
+                upgrade(db)  # re-reads the version under the lock: another process may have upgraded first
+
+    def _check_columns(self, table: str, fields: dict) -> None:
+        unknown = set(fields) - self._columns[table]
+        if unknown:
+            raise ValueError(f"{table} has no column(s) {sorted(unknown)}; known: {sorted(self._columns[table])}")
+
+    # -- runs ---------------------------------------------------------------------------------------
+
+    def create_run(
+        self,
+        name: str,
+        config: dict,
+        base_model: str | None,
+        dataset_path: str | Path | None,
+        dataset_sha256: str | None,
+        run_dir: str | Path | None = None,
+        status: str = "queued",
+    ) -> str:
+        """Record a new run (queued, or running in this process) and return its id.
+        `run_dir` defaults to LORAFORGE_HOME/runs/<run id>; the folder itself is the job's to create."""
+        with self._write() as db:
+            run_id = new_run_id()
+            while self._find_run(run_id):
+                run_id = new_run_id()
+            row = {
+                "id": run_id,
+                "name": name,
+                "config": config,
+                "base_model": base_model,
+                "dataset_path": None if dataset_path is None else str(dataset_path),
+                "dataset_sha256": dataset_sha256,
+                "created": now_iso(),
+                "run_dir": str(run_dir) if run_dir is not None else str(paths.home() / "runs" / run_id),
+            }
+            row.update(_status_change(run_id, None, status, {}))
+            db["runs"].insert(_encode("runs", row))
+        return run_id
+
+    def get_run(self, run_id: str) -> dict:
+        """The run as a dict (config and summary decoded); RunNotFound if there is none."""
+        run = self._find_run(run_id)
+        if run is None:
+            raise RunNotFound(run_id)
+        return run
+
+    def list_runs(self, status: str | None = None) -> list[dict]:
+        """All runs, or those with `status`, newest first."""
+        where, params = ("WHERE status = ?", (_checked_status(status),)) if status else ("", ())
+        return self._query("runs", f"SELECT * FROM runs {where} ORDER BY created DESC, rowid DESC", params)
+
+    def update_run(self, run_id: str, **fields: Any) -> dict:
+        """Change fields of a run other than its status (use `set_status` for that); returns the run."""
+        if "status" in fields or "id" in fields:
+            raise ValueError("update_run cannot change id or status; use set_status for the status")
+        self._check_columns("runs", fields)
+        with self._write() as db:
+            self.get_run(run_id)
+            db["runs"].update(run_id, _encode("runs", fields))
+            return self.get_run(run_id)
+
+    def set_status(self, run_id: str, status: str, **fields: Any) -> dict:
+        """Move a run to `status`, stamping its times, and return it; InvalidTransition if not allowed.
+
+        running stamps `started` and records the job process (default: this process); the final statuses
+        stamp `finished`; queued clears the previous attempt's finish time, error and process.
+        """
+        self._check_columns("runs", fields)
+        with self._write() as db:
+            change = _status_change(run_id, self.get_run(run_id)["status"], status, fields)
+            db["runs"].update(run_id, _encode("runs", change))
+            return self.get_run(run_id)
+
+    def claim_next_queued(self, pid: int, pid_start_time: float | None) -> dict | None:
+        """Atomically take the longest-queued run and mark it running for process `pid`; None if none wait.
+        The write lock is held from the read to the update, so two claimers never get the same run."""
+        with self._write() as db:
+            rows = list(db.query("SELECT id FROM runs WHERE status = 'queued' ORDER BY queued, rowid LIMIT 1"))
+            if not rows:
+                return None
+            run_id = rows[0]["id"]
+            change = _status_change(run_id, "queued", "running", {"pid": pid, "pid_start_time": pid_start_time})
+            db["runs"].update(run_id, change)
+            return self.get_run(run_id)
+
+    def mark_stale_runs_interrupted(self) -> list[str]:
+        """Mark interrupted every running run whose process is gone (pid plus start time); return their ids."""
+        changed = []
+        for run in self.list_runs("running"):
+            if process_alive(run["pid"], run["pid_start_time"]):
+                continue
+            with self._write() as db:
+                # Only if nothing moved it meanwhile (it finished, or a new process claimed it).
+                cursor = db.execute(
+                    "UPDATE runs SET status = 'interrupted', finished = ?, error = ? "
+                    "WHERE id = ? AND status = 'running' AND pid IS ? AND pid_start_time IS ?",
+                    (
+                        now_iso(),
+                        f"The job process (pid {run['pid']}) ended without finishing the run. "
+                        f"Resume it with `python launch.py resume {run['id']}`.",
+                        run["id"],
+                        run["pid"],
+                        run["pid_start_time"],
+                    ),
+                )
+            if cursor.rowcount:
+                changed.append(run["id"])
+        return changed
+
+    def _find_run(self, run_id: str) -> dict | None:
+        rows = self._query("runs", "SELECT * FROM runs WHERE id = ?", (run_id,))
+        return rows[0] if rows else None
+
+    # -- metrics and samples ------------------------------------------------------------------------
+
+    def add_metrics(self, run_id: str, rows: list[dict]) -> None:
+        """Store metric rows in one transaction. A row for a step and split already stored replaces it
+        (a resumed run logs its steps again). `time` defaults to now (Unix seconds)."""
+        columns = self._columns["metrics"] - {"run_id"}
+        full_rows = []
+        for row in rows:
+            self._check_columns("metrics", row)
+            if row.get("split", "train") not in ("train", "eval"):
+                raise ValueError(f"metric split must be 'train' or 'eval', not {row['split']!r}")
+            full_rows.append({**{c: row.get(c) for c in columns}, "split": row.get("split", "train"),
+                              "time": row.get("time", time.time()), "run_id": run_id})
+        with self._write() as db:
+            self.get_run(run_id)
+            db["metrics"].insert_all(full_rows, replace=True)
+
+    def metrics(self, run_id: str, split: str | None = None) -> list[dict]:
+        """Metric rows of a run, by step."""
+        where, params = ("AND split = ?", (run_id, split)) if split else ("", (run_id,))
+        return self._query("metrics", f"SELECT * FROM metrics WHERE run_id = ? {where} ORDER BY step, split", params)
+
+    def add_sample(self, run_id: str, step: int, prompt_index: int, prompt: str, output: str) -> None:
+        """Store what the model answered to one sample prompt at a checkpoint (replacing an earlier answer)."""
+        with self._write() as db:
+            self.get_run(run_id)
+            row = {"run_id": run_id, "step": step, "prompt_index": prompt_index, "prompt": prompt, "output": output}
+            db["samples"].insert(row, replace=True)
+
+    def samples(self, run_id: str) -> list[dict]:
+        """Sample outputs of a run, by step then prompt."""
+        return self._query("samples", "SELECT * FROM samples WHERE run_id = ? ORDER BY step, prompt_index", (run_id,))
+
+    # -- adapters, exports, votes -------------------------------------------------------------------
+
+    def register_adapter(
+        self, path: str | Path, run_id: str | None = None, source: str = "trained", name: str | None = None
+    ) -> dict:
+        """Record the adapter folder at `path` from its files; registering the same folder again refreshes
+        its figures instead of adding a second row. The name defaults to the run's name, else the folder's."""
+        from core.peft_format import inspect_adapter  # imports torch: only the commands that touch adapters pay
+
+        if source not in ("trained", "imported"):
+            raise ValueError(f"adapter source must be 'trained' or 'imported', not {source!r}")
+        folder = Path(path).expanduser().resolve()
+        info = inspect_adapter(folder)
+        figures = {
+            "run_id": run_id,
+            "base_model": info.base_model,
+            "rank": max(info.ranks, default=None),
+            "alpha": info.alpha,
+            "targets": info.targets,
+            "parameters": info.parameters,
+            "size_bytes": info.size_bytes,
+            "source": source,
+        }
+        with self._write() as db:
+            default_name = self.get_run(run_id)["name"] if run_id else folder.name
+            existing = list(db.query("SELECT id FROM adapters WHERE path = ?", (str(folder),)))
+            if existing:
+                adapter_id = existing[0]["id"]
+                db["adapters"].update(adapter_id, _encode("adapters", {**figures, **({"name": name} if name else {})}))
+            else:
+                row = {**figures, "name": name or default_name, "path": str(folder), "created": now_iso()}
+                adapter_id = db["adapters"].insert(_encode("adapters", row)).last_pk
+            return self._query("adapters", "SELECT * FROM adapters WHERE id = ?", (adapter_id,))[0]
+
+    def import_adapter(self, folder: str | Path) -> dict:
+        """Register an existing PEFT adapter folder (adapter_config.json + adapter_model.safetensors)."""
+        folder = Path(folder).expanduser()
+        if not folder.is_dir():
+            raise AdapterFileError(
+                f"{folder} is not a folder. Pass the folder that holds adapter_config.json and "
+                "adapter_model.safetensors, e.g. `python launch.py adapters import path/to/adapter`."
+            )
+        return self.register_adapter(folder, source="imported")
+
+    def adapters(self) -> list[dict]:
+        """All registered adapters, newest first."""
+        return self._query("adapters", "SELECT * FROM adapters ORDER BY created DESC, id DESC")
+
+    def add_export(
+        self,
+        format: str,
+        path: str | Path,
+        adapter_id: int | None = None,
+        run_id: str | None = None,
+        parity: dict | None = None,
+        status: str = "done",
+    ) -> int:
+        """Record an export (merged checkpoint, GGUF, ...) of an adapter or run; returns its id."""
+        row = {"format": format, "path": str(path), "adapter_id": adapter_id, "run_id": run_id,
+               "parity": parity, "status": status, "created": now_iso()}
+        with self._write() as db:
+            return db["exports"].insert(_encode("exports", row)).last_pk
+
+    def update_export(self, export_id: int, **fields: Any) -> None:
+        """Change an export's fields, e.g. its status and parity figures once the parity check ran."""
+        self._check_columns("exports", fields)
+        with self._write() as db:
+            db["exports"].update(export_id, _encode("exports", fields))
+
+    def exports(self) -> list[dict]:
+        """All exports, newest first."""
+        return self._query("exports", "SELECT * FROM exports ORDER BY created DESC, id DESC")
+
+    def add_vote(self, prompt: str, left: dict, right: dict, winner: str) -> int:
+        """Record a side-by-side chat vote; `left`/`right` describe what each side was (base, adapters)."""
+        if winner not in VOTE_WINNERS:
+            raise ValueError(f"winner must be one of {VOTE_WINNERS}, not {winner!r}")
+        row = {"prompt": prompt, "left": left, "right": right, "winner": winner, "created": now_iso()}
+        with self._write() as db:
+            return db["chat_votes"].insert(_encode("chat_votes", row)).last_pk
+
+    def votes(self) -> list[dict]:
+        """All chat votes, oldest first."""
+        return self._query("chat_votes", "SELECT * FROM chat_votes ORDER BY id")
+
+    def integrity_ok(self) -> bool:
+        """True if SQLite's full integrity check finds nothing wrong."""
+        with self._lock, self._guard():
+            return self._conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+
+
+def _checked_status(status: str) -> str:
+    if status not in STATUSES:
+        raise ValueError(f"unknown run status {status!r}; statuses are {', '.join(STATUSES)}")
+    return status
+
+
+def _status_change(run_id: str, current: str | None, status: str, fields: dict) -> dict:
+    """The fields to write when a run moves from `current` (None: new) to `status`, times stamped."""
+    allowed = ("queued", "running") if current is None else TRANSITIONS[current]
+    if _checked_status(status) not in allowed:
+        raise InvalidTransition(
+            f"Run {run_id} is {current}, so it cannot become {status}. A {current} run can become: "
+            f"{', '.join(allowed) or 'nothing, it is final'}. See its state with `python launch.py runs`."
+        )
+    now = now_iso()
+    if status == "queued":
+        stamps = {"queued": now, "finished": None, "error": None, "pid": None, "pid_start_time": None}
+    elif status == "running":
+        pid = fields.get("pid", os.getpid())
+        stamps = {"started": now, "finished": None, "error": None, "pid": pid,
+                  "pid_start_time": process_start_time(pid)}
+    else:
+        stamps = {"finished": now}
+    return {**stamps, **fields, "status": status}
+
+
+def _encode(table: str, fields: dict) -> dict:
+    return {k: json.dumps(v) if k in JSON_COLUMNS.get(table, ()) and v is not None else v for k, v in fields.items()}
+
+
+def _decode(table: str, row: dict) -> dict:
+    return {k: json.loads(v) if k in JSON_COLUMNS.get(table, ()) and v is not None else v for k, v in row.items()}
