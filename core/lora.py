@@ -2,13 +2,11 @@
 
 Data path of `LoraLayer.forward` with active adapters {name: gain}:
 
-    x ──► base_layer (frozen W, b; Linear / Conv1D / bnb 4-bit / bnb 8-bit) ───────────────► y_base ──┐
-    │                                                                                                  │
-    └─► cast to fp32 ─► dropout ─► A (r x d_in) ─► B (d_out x r) ─► * s ─► * gain ─► (+) ◄───────────┘
-                                                                               │
-                                                          s = alpha / r  (rsLoRA: alpha / sqrt(r))
-                                                                               ▼
-                                                     y = y_base + sum_i gain_i * update_i, in the base dtype
+    x ─┬─► base_layer (frozen W, b: Linear | Conv1D | bnb 4-bit | bnb 8-bit) ──► y_base ───┐
+       │                                                                                   ▼
+       └─► to fp32 ─► dropout ─► A (r x d_in) ─► B (d_out x r) ─► × s ─► × gain ───────► (+) ─► y (base dtype)
+
+    s = alpha / r, or alpha / sqrt(r) with rsLoRA; one such branch per active adapter.
 
     DoRA (Liu et al. 2024) rescales each output row by f = m / ||W + s B A||_row (the norm is detached):
         update = (f - 1) * (y_base - b) + f * s * B(A(x))
@@ -17,7 +15,8 @@ With no adapter active, or with the active ones merged into W, the layer returns
 so the output equals the base model's bit for bit.
 
 Merging is explicit and run-once: `merge()` folds the active adapters into W (checking the result is finite
-before writing), `unmerge()` takes them out again. Because DoRA's factor is linear in W per row,
+before writing), `unmerge()` takes them out again. With each DoRA factor f fixed at merge time the result is
+linear in W per row,
     merged W' = c * W + sum_i gain_i * f_i * s_i B_i A_i,   c = 1 + sum_dora gain_i * (f_i - 1)
 and unmerge solves for W with the factors f_i remembered from merge time.
 """
