@@ -21,7 +21,7 @@ from typing import Any
 
 from sqlite_utils import Database
 
-from core import paths
+from core import paths, store_schema
 from core.lora_errors import AdapterFileError
 from core.processes import process_alive, process_start_time
 from core.store_errors import (
@@ -31,7 +31,7 @@ from core.store_errors import (
     InvalidTransition,
     RunNotFound,
 )
-from core.store_schema import JSON_COLUMNS, MIGRATIONS, upgrade
+from core.store_schema import JSON_COLUMNS
 
 DB_NAME = "loraforge.db"
 STATUSES = ("queued", "running", "completed", "failed", "cancelled", "interrupted")
@@ -128,11 +128,12 @@ class Store:
         """Bring an older database up to the current schema; all migrations commit together or not at all."""
         with self._lock, self._guard():
             version = self._conn.execute("PRAGMA user_version").fetchone()[0]
-        if version > len(MIGRATIONS):
-            raise DatabaseTooNew(self.path, version, len(MIGRATIONS))
-        if version < len(MIGRATIONS):
+        latest = len(store_schema.MIGRATIONS)
+        if version > latest:
+            raise DatabaseTooNew(self.path, version, latest)
+        if version < latest:
             with self._write() as db:
-                upgrade(db)  # re-reads the version under the lock: another process may have upgraded first
+                store_schema.upgrade(db)  # re-reads the version under the lock: another process may have upgraded first
 
     def _check_columns(self, table: str, fields: dict) -> None:
         unknown = set(fields) - self._columns[table]

@@ -109,10 +109,9 @@ def _create_everything(db: Database) -> None:
 MIGRATIONS: list[Callable[[Database], None]] = [_create_everything]
 
 
-def upgrade(db: Database) -> int:
-    """Run the migrations this database has not had, inside the caller's transaction; return the new version."""
+def upgrade(db: Database) -> None:
+    """Run the migrations this database has not had, inside the caller's transaction."""
     version = db.execute("PRAGMA user_version").fetchone()[0]
     for number, migrate in enumerate(MIGRATIONS[version:], start=version + 1):
         migrate(db)
         db.execute(f"PRAGMA user_version = {number}")
-    return len(MIGRATIONS)
