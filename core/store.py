@@ -8,7 +8,6 @@ LoraForgeErrors that say what to do.
 """
 
 import json
-import os
 import secrets
 import sqlite3
 import threading
@@ -23,33 +22,13 @@ from sqlite_utils import Database
 
 from core import paths, store_schema
 from core.lora_errors import AdapterFileError
-from core.processes import process_alive, process_start_time
-from core.store_errors import (
-    DatabaseBusy,
-    DatabaseDamaged,
-    DatabaseTooNew,
-    InvalidTransition,
-    RunNotFound,
-)
+from core.processes import process_alive
+from core.run_status import check_status, now_iso, status_change
+from core.store_errors import DatabaseBusy, DatabaseDamaged, DatabaseTooNew, RunNotFound
 from core.store_schema import JSON_COLUMNS
 
 DB_NAME = "loraforge.db"
-STATUSES = ("queued", "running", "completed", "failed", "cancelled", "interrupted")
-# Which status a run may move to from each status. "completed" is final; a cancelled run never completes.
-TRANSITIONS = {
-    "queued": ("running", "cancelled", "failed"),
-    "running": ("completed", "failed", "cancelled", "interrupted"),
-    "interrupted": ("queued", "running", "cancelled", "failed"),
-    "failed": ("queued", "running"),
-    "cancelled": ("queued", "running"),
-    "completed": (),
-}
 VOTE_WINNERS = ("left", "right", "tie")
-
-
-def now_iso() -> str:
-    """The current time as ISO-8601 UTC text; same-width text, so it sorts in time order."""
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
 
 def new_run_id() -> str:
@@ -168,7 +147,7 @@ class Store:
                 "created": now_iso(),
                 "run_dir": str(run_dir) if run_dir is not None else str(paths.home() / "runs" / run_id),
             }
-            row.update(_status_change(run_id, None, status, {}))
+            row.update(status_change(run_id, None, status, {}))
             db["runs"].insert(_encode("runs", row))
         return run_id
 
@@ -181,7 +160,7 @@ class Store:
 
     def list_runs(self, status: str | None = None) -> list[dict]:
         """All runs, or those with `status`, newest first."""
-        where, params = ("WHERE status = ?", (_checked_status(status),)) if status else ("", ())
+        where, params = ("WHERE status = ?", (check_status(status),)) if status else ("", ())
         return self._query("runs", f"SELECT * FROM runs {where} ORDER BY created DESC, rowid DESC", params)
 
     def update_run(self, run_id: str, **fields: Any) -> dict:
@@ -195,14 +174,10 @@ class Store:
             return self.get_run(run_id)
 
     def set_status(self, run_id: str, status: str, **fields: Any) -> dict:
-        """Move a run to `status`, stamping its times, and return it; InvalidTransition if not allowed.
-
-        running stamps `started` and records the job process (default: this process); the final statuses
-        stamp `finished`; queued clears the previous attempt's finish time, error and process.
-        """
+        """Move a run to `status`, stamping its times (see run_status.status_change), and return it."""
         self._check_columns("runs", fields)
         with self._write() as db:
-            change = _status_change(run_id, self.get_run(run_id)["status"], status, fields)
+            change = status_change(run_id, self.get_run(run_id)["status"], status, fields)
             db["runs"].update(run_id, _encode("runs", change))
             return self.get_run(run_id)
 
@@ -214,7 +189,7 @@ class Store:
             if not rows:
                 return None
             run_id = rows[0]["id"]
-            change = _status_change(run_id, "queued", "running", {"pid": pid, "pid_start_time": pid_start_time})
+            change = status_change(run_id, "queued", "running", {"pid": pid, "pid_start_time": pid_start_time})
             db["runs"].update(run_id, change)
             return self.get_run(run_id)
 
@@ -368,32 +343,6 @@ class Store:
         """True if SQLite's full integrity check finds nothing wrong."""
         with self._lock, self._guard():
             return self._conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
-
-
-def _checked_status(status: str) -> str:
-    if status not in STATUSES:
-        raise ValueError(f"unknown run status {status!r}; statuses are {', '.join(STATUSES)}")
-    return status
-
-
-def _status_change(run_id: str, current: str | None, status: str, fields: dict) -> dict:
-    """The fields to write when a run moves from `current` (None: new) to `status`, times stamped."""
-    allowed = ("queued", "running") if current is None else TRANSITIONS[current]
-    if _checked_status(status) not in allowed:
-        raise InvalidTransition(
-            f"Run {run_id} is {current}, so it cannot become {status}. A {current} run can become: "
-            f"{', '.join(allowed) or 'nothing, it is final'}. See its state with `python launch.py runs`."
-        )
-    now = now_iso()
-    if status == "queued":
-        stamps = {"queued": now, "finished": None, "error": None, "pid": None, "pid_start_time": None}
-    elif status == "running":
-        pid = fields.get("pid", os.getpid())
-        stamps = {"started": now, "finished": None, "error": None, "pid": pid,
-                  "pid_start_time": process_start_time(pid)}
-    else:
-        stamps = {"finished": now}
-    return {**stamps, **fields, "status": status}
 
 
 def _encode(table: str, fields: dict) -> dict:

@@ -68,13 +68,15 @@ def test_list_runs_newest_first_and_by_status(store):
 
 
 def test_status_transitions_stamp_times(store, monkeypatch):
-    from core import store as store_module
+    from core import run_status, store as store_module
 
     times = iter(f"2026-01-01T00:00:0{i}.000000+00:00" for i in range(10))
-    monkeypatch.setattr(store_module, "now_iso", lambda: next(times))
+    for module in (store_module, run_status):
+        monkeypatch.setattr(module, "now_iso", lambda: next(times))
     run_id = new_run(store)  # created 00, queued 01
     running = store.set_status(run_id, "running", pid=4321, pid_start_time=12.5)
-    assert (running["status"], running["started"], running["finished"]) == ("running", "2026-01-01T00:00:02.000000+00:00", None)
+    assert (running["status"], running["finished"]) == ("running", None)
+    assert running["started"] == "2026-01-01T00:00:02.000000+00:00"
     assert (running["pid"], running["pid_start_time"]) == (4321, 12.5)
 
     interrupted = store.set_status(run_id, "interrupted", error="killed")
