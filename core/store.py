@@ -52,7 +52,7 @@ class Store:
         try:
             with self._guard():
                 self._conn.execute("PRAGMA journal_mode = WAL")
-                self._conn.execute("PRAGMA synchronous = NORMAL")  # safe in WAL: a crash loses no committed data
+                self._conn.execute("PRAGMA synchronous = NORMAL")  # WAL: a power cut may lose the last writes, never consistency
                 self._conn.execute("PRAGMA foreign_keys = ON")
                 self.db = Database(self._conn, execute_plugins=False)
             self._migrate()
