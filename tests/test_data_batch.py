@@ -24,7 +24,7 @@ def make_examples(lengths, vocab=300, seed=0):
 def test_packed_examples_do_not_attend_to_each_other(tiny_llama_dir, attention):
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, attn_implementation=attention).eval()
     examples = make_examples([9, 14, 5, 11])
-    batch = next(iterate_batches(examples, BatchSettings(packing=True, tokens_per_batch=64), pad_token_id=0))
+    batch = next(iterate_batches(examples, BatchSettings(packing=True, batch_size=4), pad_token_id=0))
     assert batch.input_ids.shape == (1, 39) and batch.attention_mask is None
     with torch.no_grad():
         packed = model(**batch.model_inputs()).logits[0]
@@ -41,7 +41,7 @@ def test_packed_examples_do_not_attend_to_each_other(tiny_llama_dir, attention):
 
 def test_packed_batch_layout():
     examples = make_examples([4, 3])
-    batch = next(iterate_batches(examples, BatchSettings(packing=True, tokens_per_batch=16, seed=1), pad_token_id=0))
+    batch = next(iterate_batches(examples, BatchSettings(packing=True, batch_size=2, seed=1), pad_token_id=0))
     first, second = (examples[n - 1] for n in batch.example_numbers)
     assert batch.position_ids.tolist() == [list(range(len(first.input_ids))) + list(range(len(second.input_ids)))]
     assert batch.input_ids.tolist() == [first.input_ids + second.input_ids]
@@ -49,18 +49,11 @@ def test_packed_batch_layout():
     assert (batch.tokens, batch.trained_tokens) == (7, 2 + 2)
 
 
-def test_packing_respects_the_token_budget_and_uses_every_example_once():
+def test_packing_flattens_batch_size_examples_and_uses_every_example_once():
     lengths = [random.Random(i).randrange(5, 120) for i in range(300)]
-    plan = epoch_plan(lengths, BatchSettings(packing=True, tokens_per_batch=256), epoch=0)
+    plan = epoch_plan(lengths, BatchSettings(packing=True, batch_size=8), epoch=0)
     assert sorted(i for batch in plan for i in batch) == list(range(300))
-    assert max(sum(lengths[i] for i in batch) for batch in plan) <= 256
-    # Greedy packing fills rows well: on average at least 80% of the budget.
-    assert sum(lengths) / (256 * len(plan)) > 0.8
-
-
-def test_a_longer_example_than_the_budget_is_refused():
-    with pytest.raises(ValueError, match="tokens_per_batch"):
-        next(iterate_batches(make_examples([40]), BatchSettings(tokens_per_batch=32), pad_token_id=0))
+    assert [len(batch) for batch in plan] == [8] * 37 + [4]
 
 
 def test_length_grouping_cuts_padding():
@@ -82,7 +75,7 @@ def test_padded_batches_mask_padding():
 @pytest.mark.parametrize("packing", [True, False])
 def test_resuming_from_a_position_gives_the_same_batches(packing):
     examples = make_examples([random.Random(i).randrange(4, 40) for i in range(60)])
-    settings = BatchSettings(packing=packing, tokens_per_batch=64, batch_size=4, seed=3)
+    settings = BatchSettings(packing=packing, batch_size=4, seed=3)
     stream = iterate_batches(examples, settings, pad_token_id=0, epochs=3)
     uninterrupted = [(b.position, b.example_numbers, b.input_ids.tolist()) for b in stream]
     per_epoch = sum(1 for p, _, _ in uninterrupted if p.epoch == 0)

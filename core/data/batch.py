@@ -1,7 +1,8 @@
 """Batches without padding waste, in an order fixed by (seed, epoch) so training can resume exactly.
 
-Packing (the default) lays several examples end to end in one row of at most `tokens_per_batch`
-tokens, with position_ids restarting at 0 for each example. transformers (5.x) turns restarting
+Packing (the default) lays the `batch_size` examples of a batch end to end in one row, with
+position_ids restarting at 0 for each example (padding-free flattening: a step sees the same examples
+as a padded batch would, so settings mean what they mean in other trainers). transformers (5.x) turns restarting
 position_ids into a block-diagonal causal mask for eager and sdpa attention (and varlen flash
 attention on CUDA) only when no attention_mask and no KV cache are passed, so `model_inputs()` passes
 neither (`use_cache=False`). There is no padding at all: every token in the row is real.
@@ -34,10 +35,9 @@ class DataPosition:
 
 @dataclass(frozen=True)
 class BatchSettings:
-    """How examples become batches. tokens_per_batch applies when packing, batch_size when padding."""
+    """How examples become batches: `batch_size` examples each, flattened into one row or padded."""
 
     packing: bool = True
-    tokens_per_batch: int = 2048
     batch_size: int = 8
     group_by_length: bool = True
     seed: int = 0
@@ -62,14 +62,14 @@ class Batch:
     def trained_tokens(self) -> int:
         return int((self.labels != IGNORE_INDEX).sum())
 
-    def model_inputs(self) -> dict:
-        """Keyword arguments for `model(**...)`; no KV cache, so packed examples stay isolated."""
-        inputs = {"input_ids": self.input_ids, "labels": self.labels, "use_cache": False}
+    def model_inputs(self, device: torch.device | str = "cpu") -> dict:
+        """Keyword arguments for `model(**...)` on `device`; no KV cache, so packed examples stay isolated."""
+        inputs = {"input_ids": self.input_ids, "labels": self.labels}
         if self.position_ids is not None:
             inputs["position_ids"] = self.position_ids
         if self.attention_mask is not None:
             inputs["attention_mask"] = self.attention_mask
-        return inputs
+        return {**{key: value.to(device) for key, value in inputs.items()}, "use_cache": False}
 
 
 def epoch_plan(lengths: Sequence[int], settings: BatchSettings, epoch: int) -> list[list[int]]:
@@ -77,10 +77,8 @@ def epoch_plan(lengths: Sequence[int], settings: BatchSettings, epoch: int) -> l
     rng = random.Random(settings.seed * 1_000_003 + epoch)
     order = list(range(len(lengths)))
     rng.shuffle(order)
-    if settings.packing:
-        return _pack(order, lengths, settings.tokens_per_batch)
     size = settings.batch_size
-    if not settings.group_by_length:
+    if settings.packing or not settings.group_by_length:
         return [order[start : start + size] for start in range(0, len(order), size)]
     group = size * GROUP_BATCHES
     batches = []
@@ -100,8 +98,6 @@ def iterate_batches(
 ) -> Iterator[Batch]:
     """Yield batches from `start` on, epoch after epoch (for ever when epochs is None)."""
     lengths = [len(example.input_ids) for example in examples]
-    if settings.packing and max(lengths, default=0) > settings.tokens_per_batch:
-        raise ValueError(f"tokens_per_batch ({settings.tokens_per_batch}) must be at least max_length ({max(lengths)})")
     epoch, index = start.epoch, start.index
     while epochs is None or epoch < epochs:
         plan = epoch_plan(lengths, settings, epoch)
@@ -122,18 +118,6 @@ def padding_share(lengths: Sequence[int], plan: list[list[int]]) -> float:
     """Share of tensor cells that are padding when each batch is padded to its longest example."""
     cells = sum(max(lengths[i] for i in batch) * len(batch) for batch in plan)
     return 1 - sum(lengths) / cells if cells else 0.0
-
-
-def _pack(order: list[int], lengths: Sequence[int], budget: int) -> list[list[int]]:
-    batches: list[list[int]] = []
-    used = budget + 1
-    for i in order:
-        if used + lengths[i] > budget:
-            batches.append([])
-            used = 0
-        batches[-1].append(i)
-        used += lengths[i]
-    return batches
 
 
 def _collate_packed(chosen: list[RenderedExample], position: DataPosition, following: DataPosition) -> Batch:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase
 
+from core.data.formats import Example
 from core.data.load import AUTO, load_examples
 from core.data.problems import DatasetError, RowProblem, ValidationReport
 from core.data.render import RenderedExample, render_example
@@ -21,6 +22,7 @@ class PreparedDataset:
     """Rendered examples ready for batching, with the validation report behind them."""
 
     examples: list[RenderedExample]
+    sources: list[Example]  # the normalised row behind each example, same order (prompts, reference answers)
     report: ValidationReport
     max_length: int
     train_on: str
@@ -55,7 +57,7 @@ def prepare_dataset(
         raise DatasetError("The tokenizer has no EOS token, so answers could not teach the model to stop. Use a model whose tokenizer defines one.")
     loaded = load_examples(source, format)
     report = loaded.report
-    rendered = []
+    rendered, sources = [], []
     for example in loaded.examples:
         try:
             item = render_example(example, tokenizer, max_length, train_on)
@@ -66,7 +68,8 @@ def prepare_dataset(
             report.add(example.number, f"no trained tokens left after truncation to {max_length} tokens; raise max_length or shorten the prompt")
             continue
         rendered.append(item)
+        sources.append(example)
     report.problems.sort(key=lambda problem: problem.number)
     if check and (blocker := report.blocker(skip_invalid)):
         raise DatasetError(blocker, report)
-    return PreparedDataset(rendered, report, max_length, train_on)
+    return PreparedDataset(rendered, sources, report, max_length, train_on)
