@@ -39,7 +39,7 @@ def build_chat_tab(loaded: LoadedModel) -> None:
         messages = conversation(text, earlier, system_prompt.strip() or None)
         shown = [*history, {"role": "user", "content": text}]
         try:
-            for reply in stream_reply(loaded, messages, Sampling(int(max_new), float(temp))):
+            for reply in stream_reply(loaded.model, loaded.tokenizer, messages, Sampling(int(max_new), float(temp))):
                 yield "", [*shown, {"role": "assistant", "content": reply}]
         except LoraForgeError as error:
             raise gr.Error(str(error)) from None

@@ -12,7 +12,6 @@ import torch
 from transformers import TextIteratorStreamer
 
 from core.errors import LoraForgeError
-from core.models import LoadedModel
 
 Message = dict[str, str]
 
@@ -45,11 +44,10 @@ def conversation(prompt: str, history: list[Message] | None = None, system: str 
     return [*messages, *(history or []), {"role": "user", "content": prompt}]
 
 
-def stream_reply(loaded: LoadedModel, messages: list[Message], sampling: Sampling | None = None) -> Iterator[str]:
+def stream_reply(model, tokenizer, messages: list[Message], sampling: Sampling | None = None) -> Iterator[str]:
     """Yield the assistant's reply as it grows (each item is the whole text so far)."""
     sampling = sampling or Sampling()
     sampling.check()
-    tokenizer, model = loaded.tokenizer, loaded.model
     inputs = tokenizer.apply_chat_template(
         messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
     ).to(model.device)
@@ -90,9 +88,31 @@ def stream_reply(loaded: LoadedModel, messages: list[Message], sampling: Samplin
         raise errors[0]
 
 
-def generate_reply(loaded: LoadedModel, messages: list[Message], sampling: Sampling | None = None) -> str:
+def generate_reply(model, tokenizer, messages: list[Message], sampling: Sampling | None = None) -> str:
     """The whole reply at once."""
     text = ""
-    for text in stream_reply(loaded, messages, sampling):
+    for text in stream_reply(model, tokenizer, messages, sampling):
         pass
     return text.strip()
+
+
+def greedy_answers(model, tokenizer, conversations: list[list[Message]], max_new_tokens: int, batch_size: int = 16) -> list[str]:
+    """Greedy replies to many conversations, a batch at a time (left padding), for evaluation and samples."""
+    answers = []
+    was_training, side = model.training, tokenizer.padding_side
+    model.eval()
+    tokenizer.padding_side = "left"
+    try:
+        for start in range(0, len(conversations), batch_size):
+            texts = [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False)
+                     for c in conversations[start : start + batch_size]]
+            inputs = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+            with torch.inference_mode():
+                output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, temperature=None,
+                                        top_p=None, top_k=None, pad_token_id=tokenizer.pad_token_id)
+            new_tokens = output[:, inputs["input_ids"].shape[1] :]
+            answers += [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+    finally:
+        tokenizer.padding_side = side
+        model.train(was_training)
+    return answers

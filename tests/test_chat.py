@@ -33,17 +33,17 @@ def test_conversation_orders_system_history_and_prompt():
 def test_streamed_reply_grows_and_greedy_is_repeatable(tiny_llama_dir):
     loaded = load_base_model(str(tiny_llama_dir))
     messages = conversation("hello")
-    pieces = list(stream_reply(loaded, messages, Sampling(max_new_tokens=12, temperature=0)))
+    pieces = list(stream_reply(loaded.model, loaded.tokenizer, messages, Sampling(max_new_tokens=12, temperature=0)))
     assert len(pieces) >= 2
     assert all(later.startswith(earlier) for earlier, later in zip(pieces, pieces[1:]))
-    assert generate_reply(loaded, messages, Sampling(max_new_tokens=12, temperature=0)) == pieces[-1].strip()
+    assert generate_reply(loaded.model, loaded.tokenizer, messages, Sampling(max_new_tokens=12, temperature=0)) == pieces[-1].strip()
 
 
 def test_seeded_sampling_is_repeatable(tiny_llama_dir):
     loaded = load_base_model(str(tiny_llama_dir))
     settings = dict(max_new_tokens=16, temperature=1.0, top_p=1.0)
-    first = generate_reply(loaded, conversation("hi"), Sampling(**settings, seed=3))
-    assert first == generate_reply(loaded, conversation("hi"), Sampling(**settings, seed=3))
+    first = generate_reply(loaded.model, loaded.tokenizer, conversation("hi"), Sampling(**settings, seed=3))
+    assert first == generate_reply(loaded.model, loaded.tokenizer, conversation("hi"), Sampling(**settings, seed=3))
 
 
 @pytest.mark.parametrize(
@@ -53,12 +53,12 @@ def test_seeded_sampling_is_repeatable(tiny_llama_dir):
 def test_bad_sampling_settings(tiny_llama_dir, settings, message):
     loaded = load_base_model(str(tiny_llama_dir))
     with pytest.raises(GenerationSettingsError, match=message):
-        generate_reply(loaded, conversation("hi"), Sampling(**settings))
+        generate_reply(loaded.model, loaded.tokenizer, conversation("hi"), Sampling(**settings))
 
 
 @pytest.mark.slow
 def test_default_model_knows_the_capital_of_france(default_model):
-    reply = generate_reply(default_model, conversation(CAPITAL_QUESTION), Sampling(max_new_tokens=40, temperature=0))
+    reply = generate_reply(default_model.model, default_model.tokenizer, conversation(CAPITAL_QUESTION), Sampling(max_new_tokens=40, temperature=0))
     assert "Paris" in reply
 
 

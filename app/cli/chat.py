@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _print_streamed(loaded, messages, sampling) -> str:
     shown = ""
-    for shown_next in stream_reply(loaded, messages, sampling):
+    for shown_next in stream_reply(loaded.model, loaded.tokenizer, messages, sampling):
         print(shown_next[len(shown) :], end="", flush=True)
         shown = shown_next
     print()
