@@ -1,0 +1,126 @@
+"""`launch.py train` and `launch.py resume`: run training in this terminal with a progress bar.
+
+The last line of stdout is one JSON object (run_id, run_dir, adapter_dir, steps, losses, tokens,
+tokens_per_s, peak_mem_mb), so scripts can read the outcome without parsing the progress output.
+Flags override `--config run.yaml`, which overrides the defaults.
+"""
+
+import argparse
+import json
+import sys
+
+from core.runs import create_run, execute_run
+from core.store import Store
+from core.train import TrainResult
+from core.train_config import TrainConfig
+
+# flag -> (TrainConfig field, type, help)
+FLAGS = {
+    "--base": ("base", str, "base model: 'default', a Hugging Face folder, a .gguf file or a hub id"),
+    "--dataset": ("dataset", str, "training data: JSONL, JSON, CSV or Parquet"),
+    "--eval-file": ("eval_file", str, "evaluation data (default: hold out --eval-share of --dataset)"),
+    "--eval-share": ("eval_share", float, "share of the dataset held out for evaluation when no --eval-file"),
+    "--name": ("name", str, "a name for the run"),
+    "--rank": ("rank", int, "LoRA rank r"),
+    "--alpha": ("alpha", float, "LoRA alpha (scaling = alpha / r)"),
+    "--dropout": ("dropout", float, "dropout on the LoRA input"),
+    "--targets": ("targets", str, "qv, attention, mlp, all-linear, names separated by commas, or a regex"),
+    "--quant": ("quant", str, "base weights: none, nf4 (QLoRA) or int8"),
+    "--dtype": ("dtype", str, "auto, fp32, bf16 or fp16"),
+    "--device": ("device", str, "auto, cpu, cuda or cuda:N"),
+    "--epochs": ("epochs", float, "passes over the data"),
+    "--max-steps": ("max_steps", int, "optimizer steps (overrides --epochs)"),
+    "--batch-size": ("batch_size", int, "examples per micro-batch"),
+    "--grad-accum": ("grad_accum", int, "micro-batches per optimizer step"),
+    "--lr": ("lr", float, "peak learning rate"),
+    "--schedule": ("schedule", str, "cosine, linear or constant (after warm-up)"),
+    "--warmup-ratio": ("warmup_ratio", float, "share of steps spent warming up"),
+    "--optimizer": ("optimizer", str, "adamw, adamw8bit or paged_adamw (the last two need CUDA)"),
+    "--max-len": ("max_len", int, "tokens per example; longer examples are cut (and counted)"),
+    "--train-on": ("train_on", str, "assistant (answers only) or all"),
+    "--save-every": ("save_every", int, "steps between checkpoints"),
+    "--eval-every": ("eval_every", int, "steps between evaluations"),
+    "--seed": ("seed", int, "random seed"),
+}
+SWITCHES = {
+    "--skip-invalid": ("skip_invalid", True, "drop invalid rows instead of refusing the dataset"),
+    "--no-packing": ("packing", False, "pad batches instead of packing examples into one row"),
+    "--gradient-checkpointing": ("gradient_checkpointing", True, "trade compute for memory"),
+    "--rslora": ("use_rslora", True, "scale by alpha / sqrt(r)"),
+    "--dora": ("use_dora", True, "weight-decomposed LoRA (DoRA)"),
+}
+
+
+def register(verbs) -> None:
+    parser = verbs.add_parser("train", help="train an adapter", argument_default=argparse.SUPPRESS)
+    parser.add_argument("--config", help="a run.yaml (as written into every run folder); flags override it")
+    add_training_flags(parser)
+    parser.set_defaults(handler=run_train)
+
+    resume = verbs.add_parser("resume", help="continue a run from its newest checkpoint")
+    resume.add_argument("run_id")
+    resume.set_defaults(handler=run_resume)
+
+
+def add_training_flags(parser: argparse.ArgumentParser) -> None:
+    for flag, (_, kind, text) in FLAGS.items():
+        parser.add_argument(flag, type=kind, help=text)
+    for flag, (_, value, text) in SWITCHES.items():
+        parser.add_argument(flag, action="store_const", const=value, help=text)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    values = TrainConfig.from_yaml(args.config).__dict__ if getattr(args, "config", None) else {}
+    for flag, (field, *_) in {**FLAGS, **SWITCHES}.items():
+        given = getattr(args, flag.lstrip("-").replace("-", "_"), None)
+        if given is not None:
+            values[field] = given
+    if isinstance(values.get("targets"), str) and "," in values["targets"]:
+        values["targets"] = [name.strip() for name in values["targets"].split(",") if name.strip()]
+    return TrainConfig.from_dict(values).check()
+
+
+def run_train(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    with Store() as store:
+        run_id = create_run(store, config, status="running")
+        print(f"Run {run_id}: {store.get_run(run_id)['run_dir']}", file=sys.stderr)
+        return report(store, run_id, execute_run(store, run_id, events=ProgressBar()))
+
+
+def run_resume(args: argparse.Namespace) -> int:
+    with Store() as store:
+        store.mark_stale_runs_interrupted()
+        store.get_run(args.run_id)
+        return report(store, args.run_id, execute_run(store, args.run_id, events=ProgressBar()))
+
+
+def report(store: Store, run_id: str, result: TrainResult) -> int:
+    """Print the final JSON line; exit 0 when the run completed, 3 when it stopped early (resumable)."""
+    fields = ("run_dir", "adapter_dir", "status", "steps", "train_loss", "eval_loss", "tokens", "tokens_per_s",
+              "peak_mem_mb")
+    print(json.dumps({"run_id": run_id, **{key: getattr(result, key) for key in fields}}))
+    return 0 if result.status == "completed" else 3
+
+
+class ProgressBar:
+    """Training progress on stderr: a live bar in a terminal, a line every few steps in a log."""
+
+    def __init__(self) -> None:
+        self.bar = None
+
+    def __call__(self, kind: str, payload: dict) -> None:
+        from tqdm import tqdm
+
+        if kind == "metrics" and payload["split"] == "train":
+            if self.bar is None:
+                self.bar = tqdm(total=payload["total_steps"], initial=payload["step"] - 1, unit="step",
+                                file=sys.stderr, dynamic_ncols=True, mininterval=1 if sys.stderr.isatty() else 10)
+            self.bar.set_postfix(loss=f"{payload['loss']:.3f}", tok_s=f"{payload['tokens_per_s']:.0f}", refresh=False)
+            self.bar.update(1)
+            if payload["step"] == payload["total_steps"]:
+                self.bar.close()
+        elif kind == "metrics":
+            print(f"\neval loss at step {payload['step']}: {payload['loss']:.4f}", file=sys.stderr)
+        elif kind == "resumed":
+            print(f"Resuming at step {payload['step']} from {payload['checkpoint']}", file=sys.stderr)

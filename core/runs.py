@@ -1,0 +1,99 @@
+"""Runs: a training config recorded in the store, executed by one process, its history kept.
+
+    create_run(config)  -> a queued row in the store, run folder with config.yaml
+    execute_run(run_id) -> this process trains it: status running -> completed / failed / interrupted,
+                           metrics and samples written to the store as they happen, adapter registered
+
+The foreground CLI (`train`, `resume`) and background job processes both go through `execute_run`,
+so a run looks the same in the store however it was started.
+"""
+
+import hashlib
+import os
+import traceback
+from pathlib import Path
+
+from core.checkpoint import newest_checkpoint
+from core.data import DatasetError, load_examples
+from core.errors import LoraForgeError
+from core.processes import process_start_time
+from core.store import Store
+from core.train import TrainResult, train
+from core.train_config import TrainConfig
+
+METRIC_FIELDS = ("step", "split", "loss", "lr", "grad_norm", "tokens_per_s", "memory_mb", "tokens", "time")
+
+
+def create_run(store: Store, config: TrainConfig, status: str = "queued") -> str:
+    """Check the config and the data, record the run and write its folder with the resolved config.
+
+    Every row of the dataset (and eval file) is validated first, so bad data starts nothing."""
+    config.check()
+    for source in filter(None, (config.dataset, config.eval_file)):
+        report = load_examples(source).report
+        if blocker := report.blocker(config.skip_invalid):
+            raise DatasetError(blocker, report)
+    dataset = Path(config.dataset)
+    run_id = store.create_run(
+        name=config.name or f"{Path(config.base).name or config.base}-{dataset.stem}",
+        config=config.__dict__,
+        base_model=config.base,
+        dataset_path=str(dataset.resolve()) if dataset.exists() else config.dataset,
+        dataset_sha256=file_sha256(dataset) if dataset.is_file() else None,
+        status=status,
+    )
+    run_dir = Path(store.get_run(run_id)["run_dir"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config.to_yaml(run_dir / "config.yaml")
+    return run_id
+
+
+def execute_run(store: Store, run_id: str, events=None) -> TrainResult:
+    """Train run `run_id` in this process, resuming from its newest checkpoint when it has one."""
+    run = store.get_run(run_id)
+    run_dir = Path(run["run_dir"])
+    config = TrainConfig.from_yaml(run_dir / "config.yaml")
+    if run["status"] != "running":
+        store.set_status(run_id, "running", pid=os.getpid(), pid_start_time=process_start_time(os.getpid()))
+
+    def record(kind: str, payload: dict) -> None:
+        if kind == "metrics":
+            store.add_metrics(run_id, [{key: payload.get(key) for key in METRIC_FIELDS}])
+        elif kind == "sample":
+            store.add_sample(run_id, payload["step"], payload["prompt_index"], payload["prompt"], payload["output"])
+        if events:
+            events(kind, payload)
+
+    try:
+        result = train(config, run_dir, resume=newest_checkpoint(run_dir) is not None, events=record)
+    except LoraForgeError as error:
+        _finish(store, run_id, "failed", error=str(error))
+        raise
+    except BaseException as error:
+        detail = "".join(traceback.format_exception_only(type(error), error)).strip()
+        _finish(store, run_id, "failed" if not isinstance(error, KeyboardInterrupt) else "interrupted", error=detail)
+        raise
+    summary = {key: getattr(result, key) for key in ("steps", "total_steps", "train_loss", "eval_loss", "tokens",
+                                                     "tokens_per_s", "peak_mem_mb", "trainable_parameters")}
+    if result.status == "completed":
+        _finish(store, run_id, "completed", summary=summary, adapter_dir=result.adapter_dir)
+        store.register_adapter(result.adapter_dir, run_id=run_id, source="trained")
+    else:
+        _finish(store, run_id, "interrupted", summary=summary,
+                error=f"Stopped at step {result.steps}; resume with `python launch.py resume {run_id}`.")
+    return result
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _finish(store: Store, run_id: str, status: str, **fields) -> None:
+    """Record the outcome unless the run was moved meanwhile (a cancel wins over a late finish)."""
+    if store.get_run(run_id)["status"] == "running":
+        store.set_status(run_id, status, **fields)
+

@@ -1,0 +1,246 @@
+"""The training loop: a dataset and a base model in, a PEFT-format adapter out. Read it top to bottom.
+
+    load base -> prepare data (refuse bad rows) -> inject LoRA -> [resume from newest checkpoint]
+    -> for each optimizer step: grad_accum micro-batches -> clip -> AdamW -> metrics
+       every eval_every: eval loss;  every save_every: samples + atomic checkpoint
+    -> final adapter (PEFT format) in run_dir/adapter
+
+Everything a run writes lives in its run folder; `events` (optional) hears about metrics, samples and
+checkpoints so a store can record them too. Resume is exact on CPU: optimizer, random states and the
+data position are restored, and the learning rate is a pure function of the step.
+"""
+
+import json
+import math
+import resource
+import signal
+import sys
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from core.adapters import LoraSettings, add_adapter
+from core.checkpoint import load_checkpoint, newest_checkpoint, save_checkpoint
+from core.data import BatchSettings, DataPosition, batches_per_epoch, iterate_batches
+from core.errors import LoraForgeError
+from core.loss import trained_token_loss
+from core.models import load_base_model
+from core.peft_format import save_adapter
+from core.train_config import TrainConfig
+from core.train_data import TrainingData, load_training_data, sample_outputs
+
+ADAPTER = "default"
+Events = Callable[[str, dict], None]
+
+
+class TrainingError(LoraForgeError):
+    """Training stopped on a problem the user can act on (NaN loss, out of memory...)."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: str
+    adapter_dir: str | None
+    status: str  # "completed", or "interrupted" when stopped by a signal (resumable)
+    steps: int
+    total_steps: int
+    train_loss: float | None
+    eval_loss: float | None
+    tokens: int  # non-padding tokens processed by training
+    tokens_per_s: float  # over the training loop's wall time, model loading excluded
+    peak_mem_mb: float
+    trainable_parameters: int
+
+
+def train(config: TrainConfig, run_dir: Path, resume: bool = False, events: Events | None = None) -> TrainResult:
+    """Train (or resume) the run in `run_dir`; see the module docstring for the path it takes."""
+    config.check()
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config.to_yaml(run_dir / "config.yaml")
+    emit = events or (lambda kind, payload: None)
+    torch.manual_seed(config.seed)
+
+    loaded = load_base_model(config.base, config.dtype, config.quant, config.device)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    data = load_training_data(config, tokenizer)
+    report = add_adapter(model, ADAPTER, lora_settings(config))
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.enable_input_require_grads()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = build_optimizer(config, trainable)
+    batch_settings = BatchSettings(packing=config.packing, batch_size=config.batch_size, seed=config.seed)
+    total_steps = planned_steps(config, data, batch_settings)
+
+    step, position, tokens, elapsed = 0, DataPosition(), 0, 0.0
+    last_eval = None
+    checkpoint = newest_checkpoint(run_dir) if resume else None
+    if checkpoint is not None:
+        state = load_checkpoint(checkpoint, model, optimizer)
+        step, position = state["step"], DataPosition(**state["position"])
+        tokens, elapsed, last_eval = state["tokens"], state["elapsed"], state.get("eval_loss")
+        emit("resumed", {"step": step, "checkpoint": str(checkpoint)})
+
+    batches = iterate_batches(data.train.examples, batch_settings, tokenizer.pad_token_id, start=position)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if model.device.type == "cuda" else nullcontext()
+    stop = _StopFlag()
+    metrics_file = open(run_dir / "metrics.jsonl", "a")
+    train_loss = None
+    try:
+        model.train()
+        while step < total_steps and not stop.requested:
+            started = time.perf_counter()
+            window = [next(batches) for _ in range(config.grad_accum)]
+            trained = sum(batch.trained_tokens for batch in window)
+            loss_sum = 0.0
+            for batch in window:
+                with autocast:
+                    loss, _ = trained_token_loss(model, batch.model_inputs(model.device))
+                (loss / max(trained, 1)).backward()
+                loss_sum += loss.item()
+            train_loss = loss_sum / max(trained, 1)
+            if not math.isfinite(train_loss):
+                raise TrainingError(
+                    f"The loss became {train_loss} at step {step + 1}, so training stopped. The last good checkpoint "
+                    "is kept. Lower the learning rate (e.g. halve --lr), keep gradient clipping on, and resume or restart."
+                )
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm))
+            rate = learning_rate(config, step, total_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = rate
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            position = window[-1].next_position
+            step_tokens = sum(batch.tokens for batch in window)
+            tokens += step_tokens
+            seconds = time.perf_counter() - started
+            elapsed += seconds
+            row = dict(step=step, split="train", loss=train_loss, lr=rate, grad_norm=grad_norm, tokens=tokens,
+                       tokens_per_s=step_tokens / seconds, memory_mb=peak_memory_mb(model.device), time=time.time(),
+                       epoch=position.epoch, total_steps=total_steps)
+            _log(metrics_file, row, emit)
+
+            final = step == total_steps
+            if step % config.eval_every == 0 or final:
+                last_eval = data.eval_loss(model, batch_settings)
+                if last_eval is not None:
+                    _log(metrics_file, dict(step=step, split="eval", loss=last_eval, time=time.time()), emit)
+            if step % config.save_every == 0 or final or stop.requested:
+                for sample in sample_outputs(model, tokenizer, data.sample_prompts, config.sample_max_new_tokens):
+                    _append_json(run_dir / "samples.jsonl", {"step": step, **sample})
+                    emit("sample", {"step": step, **sample})
+                model.train()
+                state = dict(position=asdict(position), tokens=tokens, elapsed=elapsed, eval_loss=last_eval,
+                             train_loss=train_loss, total_steps=total_steps)
+                saved = save_checkpoint(run_dir, step, model, ADAPTER, optimizer, state, config.keep_checkpoints)
+                emit("checkpoint", {"step": step, "path": str(saved)})
+    except torch.cuda.OutOfMemoryError:
+        raise TrainingError(
+            f"The GPU ran out of memory at step {step + 1}. Lower --batch-size (and raise --grad-accum to keep the "
+            "same effective batch), lower --max-len, use --quant nf4, or turn on gradient checkpointing."
+        ) from None
+    finally:
+        metrics_file.close()
+        stop.restore()
+
+    adapter_dir = None
+    if step >= total_steps:
+        adapter_dir = save_adapter(model, ADAPTER, run_dir / "adapter", base_model_name=loaded.facts.name)
+    result = TrainResult(
+        run_dir=str(run_dir),
+        adapter_dir=str(adapter_dir) if adapter_dir else None,
+        status="completed" if adapter_dir else "interrupted",
+        steps=step,
+        total_steps=total_steps,
+        train_loss=train_loss,
+        eval_loss=last_eval,
+        tokens=tokens,
+        tokens_per_s=tokens / elapsed if elapsed else 0.0,
+        peak_mem_mb=peak_memory_mb(model.device),
+        trainable_parameters=report.trainable,
+    )
+    (run_dir / "result.json").write_text(json.dumps(asdict(result), indent=1))
+    return result
+
+
+def lora_settings(config: TrainConfig) -> LoraSettings:
+    return LoraSettings(r=config.rank, alpha=config.alpha, dropout=config.dropout, targets=config.targets,
+                        use_rslora=config.use_rslora, use_dora=config.use_dora)
+
+
+def build_optimizer(config: TrainConfig, parameters: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    """AdamW; bitsandbytes' 8-bit or paged AdamW on request (they need CUDA)."""
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    if not torch.cuda.is_available():
+        raise TrainingError(f"optimizer {config.optimizer} needs a CUDA GPU; use --optimizer adamw on this machine.")
+    import bitsandbytes as bnb
+
+    kind = bnb.optim.AdamW8bit if config.optimizer == "adamw8bit" else bnb.optim.PagedAdamW
+    return kind(parameters, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def planned_steps(config: TrainConfig, data: TrainingData, settings: BatchSettings) -> int:
+    if config.max_steps is not None:
+        return config.max_steps
+    per_epoch = batches_per_epoch(data.train.lengths, settings) / config.grad_accum
+    return max(1, math.ceil(per_epoch * config.epochs))
+
+
+def learning_rate(config: TrainConfig, step: int, total_steps: int) -> float:
+    """Linear warm-up, then cosine, linear or constant decay; a pure function of the step (resume-safe)."""
+    warmup = math.ceil(config.warmup_ratio * total_steps)
+    if step < warmup:
+        return config.lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total_steps - warmup)
+    if config.schedule == "cosine":
+        return config.lr * 0.5 * (1 + math.cos(math.pi * progress))
+    if config.schedule == "linear":
+        return config.lr * (1 - progress)
+    return config.lr
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak GPU memory on CUDA; peak resident memory of this process on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+class _StopFlag:
+    """SIGTERM asks the loop to save a checkpoint and stop at the end of the current step."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = signal.signal(signal.SIGTERM, self._request) if _main_thread() else None
+
+    def _request(self, signum, frame) -> None:
+        self.requested = True
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _log(handle, row: dict, emit: Events) -> None:
+    handle.write(json.dumps(row) + "\n")
+    handle.flush()
+    emit("metrics", row)
+
+
+def _append_json(path: Path, row: dict) -> None:
+    with open(path, "a") as handle:
+        handle.write(json.dumps(row) + "\n")
