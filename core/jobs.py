@@ -1,0 +1,120 @@
+"""Background training jobs: submit, cancel, resume, and the job process's own entry point.
+
+Every job is a separate OS process in its own session, started by the detached supervisor
+(core/supervisor.py), so closing the UI or the terminal that queued it loses nothing; its state lives
+in the store and its run folder. The UI and the CLI call `refresh` whenever they read the runs.
+
+    submit(config)          -> queued run, supervisor started if none runs
+    cancel(run_id)          -> queued: cancelled; running: its process group stopped, then cancelled
+    resume_in_background()  -> an interrupted, failed or cancelled run queued again
+    run_claimed_job(run_id) -> inside the job process: train the run the supervisor claimed for it
+"""
+
+import dataclasses
+import os
+from pathlib import Path
+
+from core.errors import LoraForgeError
+from core.job_settings import load_job_settings
+from core.process_groups import stop_group
+from core.runs import create_run, execute_run
+from core.store import Store
+from core.supervisor import ensure_supervisor
+from core.train import TrainResult
+from core.train_config import TrainConfig
+
+RESUMABLE = ("interrupted", "failed", "cancelled")
+__all__ = ["submit", "cancel", "resume_in_background", "resumable_run", "refresh", "run_claimed_job",
+           "ensure_supervisor", "RunFolderMissing", "RunNotResumable"]
+
+
+class RunFolderMissing(LoraForgeError):
+    """A run's folder (with its config.yaml and checkpoints) is gone from disk."""
+
+
+class RunNotResumable(LoraForgeError):
+    """The run is in a state that resuming makes no sense for (queued, running, completed)."""
+
+
+def submit(store: Store, config: TrainConfig) -> str:
+    """Check the config and data, queue the run and make sure a supervisor will start it; returns its id."""
+    load_job_settings()  # a bad setting is the submitter's to see, not only the supervisor log's
+    run_id = create_run(store, _absolute_paths(config), status="queued")
+    ensure_supervisor()
+    return run_id
+
+
+def cancel(store: Store, run_id: str, grace: float = 5.0) -> dict:
+    """Cancel a queued or running run and return it. A running job's whole process group gets SIGTERM
+    (it checkpoints and stops), then SIGKILL after `grace` seconds; the run ends cancelled, never completed."""
+    run = store.set_status(run_id, "cancelled")  # atomic: a supervisor claiming it meanwhile has already set its pid
+    if run["pid"] is not None:
+        stop_group(run["pid"], run["pid_start_time"], grace)
+    run = store.get_run(run_id)
+    if run["status"] != "cancelled":  # the dying job recorded itself as interrupted or failed: cancel wins
+        run = store.set_status(run_id, "cancelled", error=None)
+    return run
+
+
+def resumable_run(store: Store, run_id: str) -> dict:
+    """The run, if it can be resumed: interrupted, failed or cancelled, with its folder and config on disk."""
+    store.mark_stale_runs_interrupted()
+    run = store.get_run(run_id)
+    if run["status"] not in RESUMABLE:
+        raise RunNotResumable(
+            f"Run {run_id} is {run['status']}; only an interrupted, failed or cancelled run can be resumed. "
+            "See its state with `python launch.py runs`."
+        )
+    _check_folder(run)
+    return run
+
+
+def resume_in_background(store: Store, run_id: str) -> dict:
+    """Queue an interrupted, failed or cancelled run again; it continues from its newest checkpoint."""
+    resumable_run(store, run_id)
+    run = store.set_status(run_id, "queued")
+    ensure_supervisor()
+    return run
+
+
+def refresh(store: Store) -> list[dict]:
+    """All runs as they really are: runs whose process died marked interrupted, and a supervisor started
+    if runs wait for one (after a reboot, say). What the UI and `launch.py runs` show."""
+    store.mark_stale_runs_interrupted()
+    waiting = store.list_runs("queued") or (load_job_settings().auto_resume and store.list_runs("interrupted"))
+    if waiting:
+        ensure_supervisor()
+    return store.list_runs()
+
+
+def run_claimed_job(store: Store, run_id: str) -> TrainResult | None:
+    """Train `run_id` in this job process if the supervisor claimed it for this process; None if it was
+    cancelled (or taken) before the job got going."""
+    run = store.get_run(run_id)
+    if run["status"] != "running" or run["pid"] != os.getpid():
+        return None
+    try:
+        _check_folder(run)
+    except RunFolderMissing as error:
+        store.set_status(run_id, "failed", error=str(error))
+        raise
+    return execute_run(store, run_id)
+
+
+def _check_folder(run: dict) -> None:
+    config = Path(run["run_dir"]) / "config.yaml"
+    if not config.is_file():
+        raise RunFolderMissing(
+            f"Run {run['id']} cannot go on: {config} is missing (was the run folder moved or deleted?). "
+            "Put the folder back, or start a new run with `python launch.py train`."
+        )
+
+
+def _absolute_paths(config: TrainConfig) -> TrainConfig:
+    """The config with local paths made absolute: the job runs later, from another working directory."""
+    changes = {}
+    for field in ("dataset", "eval_file", "base"):
+        value = getattr(config, field)
+        if value and Path(value).expanduser().exists():
+            changes[field] = str(Path(value).expanduser().resolve())
+    return dataclasses.replace(config, **changes)
