@@ -1,16 +1,25 @@
-"""`launch.py adapters <action>`: work with saved adapters. `inspect DIR` summarises one without loading a model."""
+"""`launch.py adapters <action>`: work with saved adapters. `inspect DIR` summarises one without loading a model;
+`list` shows the adapters in the store (trained or imported); `import DIR` registers an existing PEFT folder."""
 
 import argparse
+import json
 
 from core.peft_format import inspect_adapter
+from core.store import Store
 
 
 def register(verbs) -> None:
-    parser = verbs.add_parser("adapters", help="inspect saved LoRA adapters (PEFT format)")
+    parser = verbs.add_parser("adapters", help="list, import and inspect LoRA adapters (PEFT format)")
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     inspect = actions.add_parser("inspect", help="show an adapter's base model, rank, alpha, targets and size")
     inspect.add_argument("folder", metavar="DIR", help="a folder with adapter_config.json and adapter_model.safetensors")
     inspect.set_defaults(handler=run_inspect)
+    listing = actions.add_parser("list", help="list the adapters LoRA Forge knows, newest first")
+    listing.add_argument("--json", action="store_true", help="print a JSON array instead of a table")
+    listing.set_defaults(handler=run_list)
+    importing = actions.add_parser("import", help="register an existing PEFT adapter folder")
+    importing.add_argument("folder", metavar="DIR", help="a folder with adapter_config.json and adapter_model.safetensors")
+    importing.set_defaults(handler=run_import)
 
 
 def run_inspect(args: argparse.Namespace) -> int:
@@ -29,6 +38,27 @@ def run_inspect(args: argparse.Namespace) -> int:
     ]
     for label, value in rows:
         print(f"{label:<11} {value}")
+    return 0
+
+
+def run_list(args: argparse.Namespace) -> int:
+    with Store() as store:
+        adapters = store.adapters()
+    if args.json:
+        print(json.dumps(adapters, indent=1))
+        return 0
+    print(f"{'ID':>4}  {'SOURCE':<8}  {'RANK':>4}  {'ALPHA':>6}  {'SIZE':>9}  {'NAME':<24}  PATH")
+    for adapter in adapters:
+        print(f"{adapter['id']:>4}  {adapter['source']:<8}  {adapter['rank'] or '':>4}  {adapter['alpha'] or 0:>6g}  "
+              f"{_human_bytes(adapter['size_bytes'] or 0):>9}  {adapter['name']:<24}  {adapter['path']}")
+    return 0
+
+
+def run_import(args: argparse.Namespace) -> int:
+    with Store() as store:
+        adapter = store.import_adapter(args.folder)
+    print(f"Adapter {adapter['id']} ({adapter['name']}) registered from {adapter['path']}.")
+    print(json.dumps(adapter))
     return 0
 
 

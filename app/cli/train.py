@@ -9,6 +9,7 @@ import argparse
 import json
 import sys
 
+from core import jobs
 from core.runs import create_run, execute_run
 from core.store import Store
 from core.train import TrainResult
@@ -42,6 +43,7 @@ FLAGS = {
     "--eval-every": ("eval_every", int, "steps between evaluations"),
     "--seed": ("seed", int, "random seed"),
 }
+BACKGROUND_HELP = "queue it for the background supervisor and print the run id at once (survives closing the terminal)"
 SWITCHES = {
     "--skip-invalid": ("skip_invalid", True, "drop invalid rows instead of refusing the dataset"),
     "--no-packing": ("packing", False, "pad batches instead of packing examples into one row"),
@@ -55,10 +57,12 @@ def register(verbs) -> None:
     parser = verbs.add_parser("train", help="train an adapter", argument_default=argparse.SUPPRESS)
     parser.add_argument("--config", help="a run.yaml (as written into every run folder); flags override it")
     add_training_flags(parser)
+    parser.add_argument("--background", action="store_true", help=BACKGROUND_HELP)
     parser.set_defaults(handler=run_train)
 
     resume = verbs.add_parser("resume", help="continue a run from its newest checkpoint")
     resume.add_argument("run_id")
+    resume.add_argument("--background", action="store_true", help=BACKGROUND_HELP)
     resume.set_defaults(handler=run_resume)
 
 
@@ -82,6 +86,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def run_train(args: argparse.Namespace) -> int:
     config = config_from_args(args)
+    if getattr(args, "background", False):
+        with Store() as store:
+            return print_queued(jobs.submit(store, config))
     with Store() as store:
         run_id = create_run(store, config, status="running")
         print(f"Run {run_id}: {store.get_run(run_id)['run_dir']}", file=sys.stderr)
@@ -90,9 +97,17 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_resume(args: argparse.Namespace) -> int:
     with Store() as store:
-        store.mark_stale_runs_interrupted()
-        store.get_run(args.run_id)
+        if args.background:
+            return print_queued(jobs.resume_in_background(store, args.run_id)["id"])
+        jobs.resumable_run(store, args.run_id)
         return report(store, args.run_id, execute_run(store, args.run_id, events=ProgressBar()))
+
+
+def print_queued(run_id: str) -> int:
+    """The run id as the last stdout line, JSON like every verb's outcome; the supervisor takes it from here."""
+    print(f"Run {run_id} queued; follow it with `python launch.py runs`.", file=sys.stderr)
+    print(json.dumps({"run_id": run_id}))
+    return 0
 
 
 def report(store: Store, run_id: str, result: TrainResult) -> int:
