@@ -84,6 +84,21 @@ def execute_run(store: Store, run_id: str, events=None) -> TrainResult:
     return result
 
 
+def adapter_source(store: Store, reference: str) -> tuple[Path, str | None]:
+    """An adapter folder and the base model it was trained on, from a run id or a PEFT folder path."""
+    folder = Path(reference).expanduser()
+    if folder.is_dir():
+        return folder, None
+    if "/" in reference or reference.startswith("."):
+        raise LoraForgeError(f"Adapter folder {reference} does not exist. Pass a folder with adapter_config.json, "
+                             "or a run id from `python launch.py runs`.")
+    run = store.get_run(reference)
+    if not run["adapter_dir"]:
+        raise LoraForgeError(f"Run {reference} is {run['status']} and has no final adapter yet. "
+                             f"Resume it with `python launch.py resume {reference}`, or pass an adapter folder.")
+    return Path(run["adapter_dir"]), run["base_model"]
+
+
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

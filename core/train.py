@@ -25,13 +25,13 @@ import torch
 
 from core.adapters import LoraSettings, add_adapter
 from core.checkpoint import load_checkpoint, newest_checkpoint, save_checkpoint
-from core.data import BatchSettings, DataPosition, batches_per_epoch, iterate_batches
+from core.data import BatchSettings, DataPosition, iterate_batches
 from core.errors import LoraForgeError
 from core.loss import trained_token_loss
 from core.models import load_base_model
 from core.peft_format import save_adapter
 from core.train_config import TrainConfig
-from core.train_data import TrainingData, load_training_data, sample_outputs
+from core.train_data import load_training_data, sample_outputs
 
 ADAPTER = "default"
 Events = Callable[[str, dict], None]
@@ -75,7 +75,7 @@ def train(config: TrainConfig, run_dir: Path, resume: bool = False, events: Even
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(config, trainable)
     batch_settings = BatchSettings(packing=config.packing, batch_size=config.batch_size, seed=config.seed)
-    total_steps = planned_steps(config, data, batch_settings)
+    total_steps = planned_steps(config, len(data.train.examples))
 
     step, position, tokens, elapsed = 0, DataPosition(), 0, 0.0
     last_eval = None
@@ -186,10 +186,11 @@ def build_optimizer(config: TrainConfig, parameters: list[torch.nn.Parameter]) -
     return kind(parameters, lr=config.lr, weight_decay=config.weight_decay)
 
 
-def planned_steps(config: TrainConfig, data: TrainingData, settings: BatchSettings) -> int:
+def planned_steps(config: TrainConfig, examples: int) -> int:
+    """Optimizer steps of a run: max_steps, or epochs over `examples` in batches of batch_size x grad_accum."""
     if config.max_steps is not None:
         return config.max_steps
-    per_epoch = batches_per_epoch(data.train.lengths, settings) / config.grad_accum
+    per_epoch = math.ceil(examples / config.batch_size) / config.grad_accum
     return max(1, math.ceil(per_epoch * config.epochs))
 
 

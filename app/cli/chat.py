@@ -3,9 +3,8 @@
 import argparse
 import sys
 
-from app.cli.options import add_model_options, model_options
+from app.cli.options import add_model_options, load_model
 from core.generate import Sampling, conversation, stream_reply
-from core.models import load_base_model
 
 
 def register(verbs) -> None:
@@ -16,14 +15,14 @@ def register(verbs) -> None:
     parser.add_argument("--top-p", type=float, default=0.95)
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--seed", type=int)
-    add_model_options(parser)
+    add_model_options(parser, adapter=True)
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     sampling = Sampling(args.max_new_tokens, args.temperature, args.top_p, args.seed)
     sampling.check()
-    loaded = load_base_model(**model_options(args))
+    loaded, _ = load_model(args)
     if args.prompt is not None:
         _print_streamed(loaded, conversation(args.prompt, system=args.system), sampling)
         return 0

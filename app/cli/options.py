@@ -2,22 +2,39 @@
 
 import argparse
 
-from core.models import DEFAULT_MODEL, DTYPES
+from core.models import DEFAULT_MODEL, DTYPES, LoadedModel, load_base_model
 from core.quantize import QUANTIZATIONS
 
 
-def add_model_options(parser: argparse.ArgumentParser) -> None:
-    """--model, --dtype, --quantization, --device: the arguments of `core.models.load_base_model`."""
-    group = parser.add_argument_group("base model")
+def add_model_options(parser: argparse.ArgumentParser, adapter: bool = False) -> None:
+    """--model/--base, --dtype, --quantization, --device (the arguments of `load_base_model`), and --adapter."""
+    group = parser.add_argument_group("model")
     group.add_argument(
-        "--model",
-        default=DEFAULT_MODEL,
-        help="'default' (embedded SmolLM2-135M-Instruct), a Hugging Face folder, a .gguf file, or a hub id",
+        "--model", "--base", dest="model",
+        help="'default' (embedded SmolLM2-135M-Instruct), a Hugging Face folder, a .gguf file, or a hub id "
+             "(default: the adapter's base model, else 'default')",
     )
     group.add_argument("--dtype", default="auto", choices=["auto", *DTYPES])
-    group.add_argument("--quantization", default="none", choices=QUANTIZATIONS)
+    group.add_argument("--quantization", "--quant", dest="quantization", default="none", choices=QUANTIZATIONS)
     group.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    if adapter:
+        group.add_argument("--adapter", help="a run id (see `launch.py runs`) or a PEFT adapter folder")
 
 
-def model_options(args: argparse.Namespace) -> dict:
-    return dict(source=args.model, dtype=args.dtype, quantization=args.quantization, device=args.device)
+def load_model(args: argparse.Namespace) -> tuple[LoadedModel, str | None]:
+    """Load the base model and, when --adapter is given, attach it as the active adapter 'adapter'."""
+    folder, trained_on = None, None
+    if getattr(args, "adapter", None):
+        from core.runs import adapter_source
+        from core.store import Store
+
+        with Store() as store:
+            folder, trained_on = adapter_source(store, args.adapter)
+    source = args.model or trained_on or DEFAULT_MODEL
+    loaded = load_base_model(source=source, dtype=args.dtype, quantization=args.quantization, device=args.device)
+    if folder is None:
+        return loaded, None
+    from core.peft_format import load_adapter
+
+    load_adapter(loaded.model, folder, name="adapter")
+    return loaded, "adapter"

@@ -9,10 +9,9 @@ import ipaddress
 import os
 import sys
 
-from app.cli.options import add_model_options, model_options
+from app.cli.options import add_model_options, load_model
 from core import paths
 from core.errors import LoraForgeError
-from core.models import load_base_model
 
 
 def register(verbs) -> None:
@@ -31,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     from app.web import build_page  # gradio is slow to import; the other verbs don't need it
 
     print("Loading the base model…", file=sys.stderr, flush=True)
-    loaded = load_base_model(**model_options(args))
+    loaded, _ = load_model(args)
     page = build_page(loaded)
     print(f"LoRA Forge is ready on http://{args.host}:{args.port}", file=sys.stderr, flush=True)
     page.queue(default_concurrency_limit=1).launch(

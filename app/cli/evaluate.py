@@ -1,0 +1,32 @@
+"""`launch.py evaluate`: loss, perplexity and exact match of the base model and of an adapter, side by side.
+
+The base model is loaded once; the adapter is switched off for the base scores and on for its own.
+The last line of stdout is `{"base": {...}, "adapter": {...}}`.
+"""
+
+import argparse
+import json
+from dataclasses import asdict
+
+from app.cli.options import add_model_options, load_model
+from core.adapters import active_adapters
+from core.evaluate import evaluate
+
+
+def register(verbs) -> None:
+    parser = verbs.add_parser("evaluate", help="score the base model and an adapter on a dataset")
+    parser.add_argument("--dataset", required=True, help="JSONL, JSON, CSV or Parquet with reference answers")
+    parser.add_argument("--max-len", type=int, default=512)
+    add_model_options(parser, adapter=True)
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    loaded, adapter = load_model(args)
+    scores = {}
+    with active_adapters(loaded.model, {}):
+        scores["base"] = asdict(evaluate(loaded.model, loaded.tokenizer, args.dataset, args.max_len))
+    if adapter:
+        scores["adapter"] = asdict(evaluate(loaded.model, loaded.tokenizer, args.dataset, args.max_len))
+    print(json.dumps(scores))
+    return 0

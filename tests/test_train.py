@@ -1,0 +1,195 @@
+"""The training engine on a tiny random Llama: what a run writes, how it resumes, and how it fails."""
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import core.checkpoint
+import core.train
+from core.checkpoint import CheckpointError, checkpoints, newest_checkpoint
+from core.store import Store
+from core.train import TrainingError, learning_rate, train
+from core.train_config import ConfigError, TrainConfig
+
+REPO = Path(__file__).resolve().parents[1]
+DATES = str(REPO / "assets/samples/dates.train.jsonl")
+DATES_EVAL = str(REPO / "assets/samples/dates.eval.jsonl")
+
+
+def tiny_config(model_dir, **overrides) -> TrainConfig:
+    settings = dict(base=str(model_dir), dataset=DATES, eval_share=0.05, max_steps=6, batch_size=4, lr=5e-3,
+                    save_every=2, eval_every=3, dropout=0.1, targets="all-linear", max_len=128,
+                    sample_max_new_tokens=8)
+    return TrainConfig(**{**settings, **overrides})
+
+
+def adapter_tensors(folder) -> dict[str, torch.Tensor]:
+    return load_file(Path(folder) / "adapter_model.safetensors")
+
+
+def short_samples(folder: Path) -> str:
+    """A --config file that keeps checkpoint samples short: a tiny random model only babbles."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "run.yaml").write_text("sample_max_new_tokens: 8\n")
+    return str(folder / "run.yaml")
+
+
+def cli(*args, home, **options) -> subprocess.Popen:
+    env = {**os.environ, "LORAFORGE_HOME": str(home)}
+    return subprocess.Popen([sys.executable, "launch.py", *args], cwd=REPO, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **options)
+
+
+def test_a_run_writes_metrics_checkpoints_samples_and_a_peft_adapter(tiny_llama_dir, tmp_path):
+    result = train(tiny_config(tiny_llama_dir, keep_checkpoints=2), tmp_path / "run")
+    run = tmp_path / "run"
+    assert result.status == "completed" and result.steps == result.total_steps == 6
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if r["split"] == "train"]
+    assert [r["step"] for r in train_rows] == [1, 2, 3, 4, 5, 6]
+    assert [r["step"] for r in rows if r["split"] == "eval"] == [3, 6]
+    assert train_rows[-1]["loss"] < train_rows[0]["loss"]  # a random model learns the data's tokens fast
+    assert result.tokens == train_rows[-1]["tokens"] > 0 and result.tokens_per_s > 0
+    assert [p.name for p in checkpoints(run)] == ["step-000004", "step-000006"]  # only the newest two are kept
+    samples = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
+    assert {s["step"] for s in samples} == {2, 4, 6} and {s["prompt_index"] for s in samples} == {0, 1, 2}
+    assert "Rewrite the date" in samples[0]["prompt"]
+    config = json.loads((run / "adapter" / "adapter_config.json").read_text())
+    assert config["peft_type"] == "LORA" and config["r"] == 8
+    assert TrainConfig.from_yaml(run / "config.yaml") == tiny_config(tiny_llama_dir, keep_checkpoints=2)
+
+
+def test_resume_after_sigkill_ends_with_the_same_adapter(tiny_llama_dir, tmp_path):
+    """A run killed with SIGKILL mid-training and resumed equals an uninterrupted run (within 1e-5)."""
+    common = ["--config", short_samples(tmp_path), "--base", str(tiny_llama_dir), "--dataset", DATES, "--max-steps", "40", "--save-every", "4",
+              "--batch-size", "4", "--lr", "5e-3", "--dropout", "0.1", "--targets", "all-linear", "--max-len", "128"]
+    reference = cli("train", *common, home=tmp_path / "reference")
+    out, err = reference.communicate(timeout=600)
+    assert reference.returncode == 0, err
+    expected = adapter_tensors(json.loads(out.strip().splitlines()[-1])["adapter_dir"])
+
+    home = tmp_path / "interrupted"
+    job = cli("train", *common, home=home)
+    runs = home / "runs"
+    deadline = time.monotonic() + 300
+    while not list(runs.glob("*/checkpoints/step-000008")):
+        assert job.poll() is None and time.monotonic() < deadline, job.stderr.read() if job.poll() else "timeout"
+        time.sleep(0.02)
+    job.send_signal(signal.SIGKILL)
+    job.communicate(timeout=60)
+    run_dir = next(runs.iterdir())
+    assert not (run_dir / "adapter").exists(), "the run finished before it could be killed"
+
+    with Store(home / "loraforge.db") as store:
+        assert store.mark_stale_runs_interrupted() == [run_dir.name]
+    resumed = cli("resume", run_dir.name, home=home)
+    out, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err
+    assert "Resuming at step" in err
+    final = json.loads(out.strip().splitlines()[-1])
+    assert final["steps"] == 40 and final["status"] == "completed"
+    got = adapter_tensors(final["adapter_dir"])
+    assert got.keys() == expected.keys()
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], atol=1e-5, rtol=0, msg=key)
+    steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert steps[-1] == 40 and set(range(1, 41)) <= set(steps)
+    with Store(home / "loraforge.db") as store:
+        run = store.get_run(run_dir.name)
+        assert run["status"] == "completed" and store.adapters()[0]["run_id"] == run_dir.name
+        assert [m["step"] for m in store.metrics(run_dir.name, "train")] == list(range(1, 41))
+
+
+def test_sigterm_saves_a_checkpoint_and_stops_cleanly(tiny_llama_dir, tmp_path):
+    home = tmp_path / "home"
+    job = cli("train", "--config", short_samples(tmp_path), "--base", str(tiny_llama_dir), "--dataset", DATES, "--max-steps", "500", "--save-every", "1000",
+              "--batch-size", "4", "--max-len", "128", home=home)
+    deadline = time.monotonic() + 300
+    while not any(home.glob("runs/*/metrics.jsonl")) or not next(home.glob("runs/*/metrics.jsonl")).read_text():
+        assert job.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    job.send_signal(signal.SIGTERM)
+    out, err = job.communicate(timeout=120)
+    assert job.returncode == 3, err  # stopped early, resumable
+    final = json.loads(out.strip().splitlines()[-1])
+    assert final["status"] == "interrupted" and 0 < final["steps"] < 500
+    assert newest_checkpoint(final["run_dir"]).name == f"step-{final['steps']:06d}"
+    with Store(home / "loraforge.db") as store:
+        assert store.get_run(final["run_id"])["status"] == "interrupted"
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_llama_dir, tmp_path, monkeypatch):
+    real_loss, calls = core.train.trained_token_loss, []
+
+    def loss_that_explodes_at_step_4(model, inputs):
+        calls.append(1)
+        loss, count = real_loss(model, inputs)
+        return (loss * float("nan"), count) if len(calls) == 4 else (loss, count)
+
+    monkeypatch.setattr(core.train, "trained_token_loss", loss_that_explodes_at_step_4)
+    with pytest.raises(TrainingError, match="loss became nan at step 4.*Lower the learning rate"):
+        train(tiny_config(tiny_llama_dir, eval_share=0), tmp_path / "run")
+    assert [p.name for p in checkpoints(tmp_path / "run")] == ["step-000002"]
+    assert not (tmp_path / "run" / "adapter").exists()
+
+
+def test_full_disk_during_a_save_keeps_the_previous_checkpoint(tiny_llama_dir, tmp_path, monkeypatch):
+    real_save, saves = core.checkpoint.save_file, []
+
+    def save_that_fills_the_disk(tensors, path, *args, **kwargs):
+        if "step-000004" in str(path):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        saves.append(path)
+        return real_save(tensors, path, *args, **kwargs)
+
+    monkeypatch.setattr(core.checkpoint, "save_file", save_that_fills_the_disk)
+    with pytest.raises(CheckpointError, match=r"disk is full .* step 4 .*step-000002\) is intact"):
+        train(tiny_config(tiny_llama_dir, eval_share=0), tmp_path / "run")
+    root = tmp_path / "run" / "checkpoints"
+    assert sorted(p.name for p in root.iterdir()) == ["step-000002"]  # no partial folder left behind
+    assert len(load_file(root / "step-000002" / "trainable.safetensors")) > 0
+
+
+def test_learning_rate_schedule():
+    config = TrainConfig(dataset="x", lr=1e-3, warmup_ratio=0.1, schedule="cosine")
+    rates = [learning_rate(config, step, 100) for step in range(100)]
+    assert rates[0] == pytest.approx(1e-4) and rates[9] == pytest.approx(1e-3)
+    assert rates[10] == pytest.approx(1e-3) and rates[55] == pytest.approx(5e-4, rel=0.05) and rates[-1] < 1e-6
+    linear = TrainConfig(dataset="x", lr=1e-3, warmup_ratio=0, schedule="linear")
+    assert learning_rate(linear, 50, 100) == pytest.approx(5e-4)
+    constant = TrainConfig(dataset="x", lr=1e-3, warmup_ratio=0, schedule="constant")
+    assert {learning_rate(constant, s, 100) for s in range(100)} == {1e-3}
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        (dict(dataset=""), "No dataset given"),
+        (dict(rank=0), "rank is 0"),
+        (dict(lr=3.0), "lr is 3.0"),
+        (dict(quant="nf2"), "quant is 'nf2'"),
+        (dict(max_steps=0), "max_steps is 0"),
+        (dict(dropout=1.0), "dropout is 1.0"),
+    ],
+)
+def test_bad_settings_are_refused_before_anything_starts(settings, message):
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig(**{"dataset": DATES, **settings}).check()
+
+
+def test_yaml_config_round_trip_and_unknown_keys(tmp_path):
+    config = TrainConfig(dataset=DATES, rank=4, targets=["q_proj", "v_proj"], sample_prompts=["hi"])
+    config.to_yaml(tmp_path / "run.yaml")
+    assert TrainConfig.from_yaml(tmp_path / "run.yaml") == config
+    (tmp_path / "typo.yaml").write_text("dataset: x\nrnak: 4\n")
+    with pytest.raises(ConfigError, match="Unknown setting.*rnak"):
+        TrainConfig.from_yaml(tmp_path / "typo.yaml")

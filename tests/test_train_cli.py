@@ -1,0 +1,111 @@
+"""The training CLI as scripts use it: preflight, train, evaluate and chat with an adapter, bad input."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from core.store import Store
+from tests.test_train import DATES, DATES_EVAL, REPO
+
+
+def run_cli(*args, home: Path, timeout=600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "LORAFORGE_HOME": str(home)}
+    return subprocess.run([sys.executable, "launch.py", *args], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def last_json(result: subprocess.CompletedProcess):
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_llama_dir, tmp_path_factory):
+    """One short tiny-model run through the CLI, shared by the tests below."""
+    home = tmp_path_factory.mktemp("cli-home")
+    config = home / "run.yaml"
+    config.write_text("sample_max_new_tokens: 8\n")
+    result = run_cli("train", "--config", str(config), "--base", str(tiny_llama_dir), "--dataset", DATES,
+                     "--max-steps", "4", "--batch-size", "4", "--rank", "4", "--targets", "q_proj,v_proj",
+                     "--name", "cli-test", home=home)
+    return home, last_json(result), result
+
+
+def test_train_prints_the_final_json_and_records_the_run(trained_run, tiny_llama_dir):
+    home, final, result = trained_run
+    assert {"run_id", "run_dir", "adapter_dir", "steps", "train_loss", "eval_loss", "tokens", "tokens_per_s",
+            "peak_mem_mb"} <= set(final)
+    assert final["steps"] == 4 and final["tokens"] > 0 and final["peak_mem_mb"] > 100
+    assert "4/4" in result.stderr  # the progress bar reached the end
+    with Store(home / "loraforge.db") as store:
+        run = store.get_run(final["run_id"])
+        assert run["status"] == "completed" and run["name"] == "cli-test"
+        assert run["config"]["targets"] == ["q_proj", "v_proj"] and run["config"]["rank"] == 4
+        assert len(store.metrics(final["run_id"], "train")) == 4
+        assert store.adapters()[0]["path"] == final["adapter_dir"]
+    # The run folder's config reproduces the run.
+    reproduced = (Path(final["run_dir"]) / "config.yaml").read_text()
+    assert "rank: 4" in reproduced and str(tiny_llama_dir) in reproduced
+
+
+def test_evaluate_scores_base_and_adapter(trained_run):
+    home, final, _ = trained_run
+    scores = last_json(run_cli("evaluate", "--adapter", final["run_id"], "--dataset", DATES_EVAL, home=home))
+    assert set(scores) == {"base", "adapter"}
+    for side in scores.values():
+        assert side["examples"] == 100 and 0 <= side["exact_match"] <= 1
+        assert side["perplexity"] == pytest.approx(2.718281828 ** side["loss"], rel=1e-6)
+    assert scores["base"]["loss"] != scores["adapter"]["loss"]  # the adapter changed the model
+
+
+def test_chat_with_an_adapter_by_run_id_and_by_folder(trained_run, tiny_llama_dir):
+    home, final, _ = trained_run
+    options = ["--prompt", "hi", "--temperature", "0", "--max-new-tokens", "6"]
+    by_id = run_cli("chat", "--adapter", final["run_id"], *options, home=home)
+    by_folder = run_cli("chat", "--adapter", final["adapter_dir"], "--model", str(tiny_llama_dir), *options, home=home)
+    base = run_cli("chat", "--model", str(tiny_llama_dir), *options, home=home)
+    assert by_id.returncode == by_folder.returncode == base.returncode == 0, by_id.stderr + by_folder.stderr
+    assert by_id.stdout == by_folder.stdout  # the run's base model is found from the run id
+
+
+def test_preflight_reports_data_parameters_and_estimates(tiny_llama_dir, tmp_path):
+    result = run_cli("preflight", "--base", str(tiny_llama_dir), "--dataset", DATES, "--rank", "4",
+                     "--targets", "q_proj,v_proj", "--epochs", "2", "--batch-size", "8", home=tmp_path)
+    report = last_json(result)
+    # tiny Llama: 2 layers x (q: 64->64, v: 64->32) at r=4: 4 * ((64+64) + (64+32)) * 2
+    assert report["trainable_parameters"] == 4 * (128 + 96) * 2
+    assert report["total_steps"] == 100 and report["data"]["rows"] == 400 and report["data"]["ready"]
+    assert report["estimated_seconds_per_step"] > 0 and report["estimated_peak_memory_mb"] > 0
+    assert "⟦" in result.stdout and "Ready." in result.stdout
+    assert not (tmp_path / "runs").exists()  # preflight trains nothing
+
+
+def test_bad_dataset_gets_line_numbers_and_starts_nothing(tiny_llama_dir, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"instruction": "a", "output": "b"}\n{"instruction": "a"}\n{"messages": [{"role": "robot", '
+                   '"content": "x"}]}\n')
+    result = run_cli("train", "--base", str(tiny_llama_dir), "--dataset", str(bad), home=tmp_path / "home")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "line 2" in result.stderr and "line 3" in result.stderr and "--skip-invalid" in result.stderr
+    with Store(tmp_path / "home" / "loraforge.db") as store:
+        assert store.list_runs() == []
+    preflight = run_cli("preflight", "--base", str(tiny_llama_dir), "--dataset", str(bad), home=tmp_path / "home")
+    assert preflight.returncode == 2 and "NOT READY" in preflight.stdout and "line 2" in preflight.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "--dataset", DATES, "--rank", "0"], "rank is 0"),
+        (["train", "--dataset", "no/such.jsonl"], "not found"),
+        (["resume", "r-00000000-000000-0000"], "launch.py runs"),
+        (["evaluate", "--adapter", "./missing-adapter", "--dataset", DATES], "does not exist"),
+    ],
+)
+def test_user_errors_are_one_clear_line(tmp_path, args, message):
+    result = run_cli(*args, home=tmp_path)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
