@@ -49,12 +49,16 @@ def _positive_int(name: str, value: object) -> int:
     except ValueError:
         number = 0
     if number < 1:
-        raise SettingsError(f"{name} is {value!r}; it must be a whole number of 1 or more (LORAFORGE_MAX_JOBS or {SETTINGS_FILE}).")
+        raise SettingsError(
+            f"{name} is {value!r}; it must be a whole number of 1 or more (LORAFORGE_MAX_JOBS or {SETTINGS_FILE})."
+        )
     return number
 
 
 def _flag(name: str, value: object) -> bool:
     text = str(value).strip().lower()
     if text not in _TRUE + _FALSE:
-        raise SettingsError(f"{name} is {value!r}; use 1/true/on or 0/false/off (LORAFORGE_AUTO_RESUME or {SETTINGS_FILE}).")
+        raise SettingsError(
+            f"{name} is {value!r}; use 1/true/on or 0/false/off (LORAFORGE_AUTO_RESUME or {SETTINGS_FILE})."
+        )
     return text in _TRUE

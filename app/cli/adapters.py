@@ -18,7 +18,7 @@ def register(verbs) -> None:
     listing.add_argument("--json", action="store_true", help="print a JSON array instead of a table")
     listing.set_defaults(handler=run_list)
     importing = actions.add_parser("import", help="register an existing PEFT adapter folder")
-    importing.add_argument("folder", metavar="DIR", help="a folder with adapter_config.json and adapter_model.safetensors")
+    importing.add_argument("folder", metavar="DIR", help="a PEFT adapter folder (adapter_config.json + safetensors)")
     importing.set_defaults(handler=run_import)
 
 

@@ -1,0 +1,105 @@
+"""The job verbs' answers to mistakes and faults (unknown run, missing folder, damaged database): one clear
+line on stderr, exit 2, nothing changed. Also `runs` as a table, `adapters list|import`, and job settings."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from app.cli import main
+from core.adapters import LoraSettings, add_adapter
+from core.job_settings import JobSettings, SettingsError, load_job_settings
+from core.peft_format import save_adapter
+from core.store import Store
+from tests.lora_helpers import load
+
+
+def error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: ")
+    return err
+
+
+def stored_run(status: str, run_dir: Path | None = None) -> str:
+    with Store() as store:
+        run_id = store.create_run("stored", {}, "tiny", None, None, run_dir=run_dir, status="running")
+        store.set_status(run_id, status)
+        return run_id
+
+
+@pytest.mark.parametrize("argv", [["cancel", "r-nope"], ["resume", "r-nope"], ["resume", "r-nope", "--background"]])
+def test_unknown_run_id_exits_2_with_one_line(argv, capsys):
+    assert main(argv) == 2
+    assert "No run has the id 'r-nope'" in error_line(capsys)
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_resume_with_a_missing_run_folder_exits_2_and_changes_nothing(background, tmp_path, capsys):
+    run_id = stored_run("interrupted", run_dir=tmp_path / "gone")
+    assert main(["resume", run_id, *(["--background"] if background else [])]) == 2
+    assert "config.yaml is missing" in error_line(capsys)
+    with Store() as store:
+        assert store.get_run(run_id)["status"] == "interrupted"
+        assert store.integrity_ok()
+
+
+def test_resume_of_a_completed_run_is_refused(capsys):
+    run_id = stored_run("completed")
+    assert main(["resume", run_id]) == 2
+    assert "only an interrupted, failed or cancelled run can be resumed" in error_line(capsys)
+    assert main(["cancel", run_id]) == 2
+    assert "cannot become cancelled" in error_line(capsys)
+
+
+def test_damaged_database_exits_2_and_is_left_as_it_was(loraforge_home, capsys):
+    loraforge_home.mkdir(parents=True, exist_ok=True)
+    damaged = b"this is not a database" * 100
+    (loraforge_home / "loraforge.db").write_bytes(damaged)
+    for argv in (["runs", "--json"], ["cancel", "r-x"], ["adapters", "list"]):
+        assert main(argv) == 2
+        assert "is damaged" in error_line(capsys)
+    assert (loraforge_home / "loraforge.db").read_bytes() == damaged
+
+
+def test_runs_table_and_json_show_every_run(capsys):
+    done, queued_dead = stored_run("completed"), stored_run("cancelled")
+    assert main(["runs"]) == 0
+    header, *rows = capsys.readouterr().out.splitlines()
+    assert header.split()[:3] == ["ID", "STATUS", "STEPS"]
+    assert {tuple(row.split()[:2]) for row in rows} == {(done, "completed"), (queued_dead, "cancelled")}
+    assert main(["runs", "--json"]) == 0
+    assert [run["id"] for run in json.loads(capsys.readouterr().out)] == [queued_dead, done]  # newest first
+
+
+def test_adapters_import_then_list(tiny_llama_dir, tmp_path, capsys):
+    model = load(tiny_llama_dir)
+    add_adapter(model, "default", LoraSettings(r=4, alpha=8, targets="qv"))
+    save_adapter(model, "default", tmp_path / "mine", base_model_name="tiny-llama")
+    assert main(["adapters", "import", str(tmp_path / "mine")]) == 0
+    imported = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert imported["source"] == "imported" and imported["rank"] == 4 and imported["alpha"] == 8
+
+    assert main(["adapters", "list", "--json"]) == 0
+    [listed] = json.loads(capsys.readouterr().out)
+    assert listed["path"] == str((tmp_path / "mine").resolve()) and listed["base_model"] == "tiny-llama"
+    assert main(["adapters", "list"]) == 0
+    assert str((tmp_path / "mine").resolve()) in capsys.readouterr().out
+
+    shutil.rmtree(tmp_path / "mine")
+    assert main(["adapters", "import", str(tmp_path / "mine")]) == 2
+    assert "is not a folder" in error_line(capsys)
+
+
+def test_job_settings_default_file_and_environment(loraforge_home, monkeypatch):
+    monkeypatch.delenv("LORAFORGE_MAX_JOBS", raising=False)
+    monkeypatch.delenv("LORAFORGE_AUTO_RESUME", raising=False)
+    assert load_job_settings() == JobSettings(max_jobs=1, auto_resume=False)
+    (loraforge_home / "settings.json").write_text(json.dumps({"max_jobs": 2, "auto_resume": True}))
+    assert load_job_settings() == JobSettings(max_jobs=2, auto_resume=True)
+    monkeypatch.setenv("LORAFORGE_AUTO_RESUME", "0")
+    monkeypatch.setenv("LORAFORGE_MAX_JOBS", "3")
+    assert load_job_settings() == JobSettings(max_jobs=3, auto_resume=False)
+    monkeypatch.setenv("LORAFORGE_MAX_JOBS", "0")
+    with pytest.raises(SettingsError, match="LORAFORGE_MAX_JOBS"):
+        load_job_settings()
