@@ -118,6 +118,8 @@ class _Rounds:
         settings = load_job_settings()
         if settings.auto_resume:
             self._requeue_interrupted()
+        # Busy: job processes still alive (a finished run's process may still be exiting) and every running
+        # run, including one a user trains in the foreground, since all of them share the same CPU or GPU.
         busy = set(self.children) | {run["pid"] for run in self.store.list_runs("running")}
         while len(busy) < settings.max_jobs and (pid := self._start_next()) is not None:
             busy.add(pid)
