@@ -10,7 +10,6 @@ in the store and its run folder. The UI and the CLI call `refresh` whenever they
     run_claimed_job(run_id) -> inside the job process: train the run the supervisor claimed for it
 """
 
-import dataclasses
 import os
 from pathlib import Path
 
@@ -39,7 +38,7 @@ class RunNotResumable(LoraForgeError):
 def submit(store: Store, config: TrainConfig) -> str:
     """Check the config and data, queue the run and make sure a supervisor will start it; returns its id."""
     load_job_settings()  # a bad setting is the submitter's to see, not only the supervisor log's
-    run_id = create_run(store, _absolute_paths(config), status="queued")
+    run_id = create_run(store, config, status="queued")
     ensure_supervisor()
     return run_id
 
@@ -108,13 +107,3 @@ def _check_folder(run: dict) -> None:
             f"Run {run['id']} cannot go on: {config} is missing (was the run folder moved or deleted?). "
             "Put the folder back, or start a new run with `python launch.py train`."
         )
-
-
-def _absolute_paths(config: TrainConfig) -> TrainConfig:
-    """The config with local paths made absolute: the job runs later, from another working directory."""
-    changes = {}
-    for field in ("dataset", "eval_file", "base"):
-        value = getattr(config, field)
-        if value and Path(value).expanduser().exists():
-            changes[field] = str(Path(value).expanduser().resolve())
-    return dataclasses.replace(config, **changes)

@@ -8,6 +8,7 @@ The foreground CLI (`train`, `resume`) and background job processes both go thro
 so a run looks the same in the store however it was started.
 """
 
+import dataclasses
 import hashlib
 import os
 import traceback
@@ -27,8 +28,9 @@ METRIC_FIELDS = ("step", "split", "loss", "lr", "grad_norm", "tokens_per_s", "me
 def create_run(store: Store, config: TrainConfig, status: str = "queued") -> str:
     """Check the config and the data, record the run and write its folder with the resolved config.
 
-    Every row of the dataset (and eval file) is validated first, so bad data starts nothing."""
-    config.check()
+    Every row of the dataset (and eval file) is validated first, so bad data starts nothing. Local paths
+    are stored absolute: a resume or a background job may run from another working directory."""
+    config = absolute_paths(config.check())
     for source in filter(None, (config.dataset, config.eval_file)):
         report = load_examples(source).report
         if blocker := report.blocker(config.skip_invalid):
@@ -38,7 +40,7 @@ def create_run(store: Store, config: TrainConfig, status: str = "queued") -> str
         name=config.name or f"{Path(config.base).name or config.base}-{dataset.stem}",
         config=config.__dict__,
         base_model=config.base,
-        dataset_path=str(dataset.resolve()) if dataset.exists() else config.dataset,
+        dataset_path=config.dataset,
         dataset_sha256=file_sha256(dataset) if dataset.is_file() else None,
         status=status,
     )
@@ -82,6 +84,16 @@ def execute_run(store: Store, run_id: str, events=None) -> TrainResult:
         _finish(store, run_id, "interrupted", summary=summary,
                 error=f"Stopped at step {result.steps}; resume with `python launch.py resume {run_id}`.")
     return result
+
+
+def absolute_paths(config: TrainConfig) -> TrainConfig:
+    """The config with its local paths (dataset, eval file, base model folder) made absolute."""
+    changes = {}
+    for field in ("dataset", "eval_file", "base"):
+        value = getattr(config, field)
+        if value and Path(value).expanduser().exists():
+            changes[field] = str(Path(value).expanduser().resolve())
+    return dataclasses.replace(config, **changes)
 
 
 def adapter_source(store: Store, reference: str) -> tuple[Path, str | None]:

@@ -10,6 +10,7 @@ checkpoints so a store can record them too. Resume is exact on CPU: optimizer, r
 data position are restored, and the learning rate is a pure function of the step.
 """
 
+import dataclasses
 import json
 import math
 import resource
@@ -57,12 +58,31 @@ class TrainResult:
 
 
 def train(config: TrainConfig, run_dir: Path, resume: bool = False, events: Events | None = None) -> TrainResult:
-    """Train (or resume) the run in `run_dir`; see the module docstring for the path it takes."""
+    """Train (or resume) the run in `run_dir`; see the module docstring for the path it takes.
+
+    On CUDA out-of-memory it retries once, from the newest checkpoint, with half the micro-batch and twice
+    the accumulation: the same effective batch, so the run continues as it would have.
+    """
+    try:
+        return _train_once(config, run_dir, resume, events)
+    except torch.cuda.OutOfMemoryError:
+        if config.batch_size % 2:
+            raise _out_of_memory(config) from None
+    _free_accelerator_memory()  # outside the except block, so the failed attempt's tensors can be freed
+    smaller = dataclasses.replace(config, batch_size=config.batch_size // 2, grad_accum=config.grad_accum * 2)
+    (events or _ignore)("oom_retry", {"batch_size": smaller.batch_size, "grad_accum": smaller.grad_accum})
+    try:
+        return _train_once(smaller, run_dir, True, events)
+    except torch.cuda.OutOfMemoryError:
+        raise _out_of_memory(smaller) from None
+
+
+def _train_once(config: TrainConfig, run_dir: Path, resume: bool, events: Events | None) -> TrainResult:
     config.check()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     config.to_yaml(run_dir / "config.yaml")
-    emit = events or (lambda kind, payload: None)
+    emit = events or _ignore
     torch.manual_seed(config.seed)
 
     loaded = load_base_model(config.base, config.dtype, config.quant, config.device)
@@ -82,7 +102,7 @@ def train(config: TrainConfig, run_dir: Path, resume: bool = False, events: Even
     checkpoint = newest_checkpoint(run_dir) if resume else None
     if checkpoint is not None:
         state = load_checkpoint(checkpoint, model, optimizer)
-        step, position = state["step"], DataPosition(**state["position"])
+        step, position = state["step"], _same_examples_position(state, config.batch_size)
         tokens, elapsed, last_eval = state["tokens"], state["elapsed"], state.get("eval_loss")
         emit("resumed", {"step": step, "checkpoint": str(checkpoint)})
 
@@ -136,15 +156,10 @@ def train(config: TrainConfig, run_dir: Path, resume: bool = False, events: Even
                     _append_json(run_dir / "samples.jsonl", {"step": step, **sample})
                     emit("sample", {"step": step, **sample})
                 model.train()
-                state = dict(position=asdict(position), tokens=tokens, elapsed=elapsed, eval_loss=last_eval,
+                state = dict(position=asdict(position), batch_size=config.batch_size, tokens=tokens, elapsed=elapsed, eval_loss=last_eval,
                              train_loss=train_loss, total_steps=total_steps)
                 saved = save_checkpoint(run_dir, step, model, ADAPTER, optimizer, state, config.keep_checkpoints)
                 emit("checkpoint", {"step": step, "path": str(saved)})
-    except torch.cuda.OutOfMemoryError:
-        raise TrainingError(
-            f"The GPU ran out of memory at step {step + 1}. Lower --batch-size (and raise --grad-accum to keep the "
-            "same effective batch), lower --max-len, use --quant nf4, or turn on gradient checkpointing."
-        ) from None
     finally:
         metrics_file.close()
         stop.restore()
@@ -167,6 +182,32 @@ def train(config: TrainConfig, run_dir: Path, resume: bool = False, events: Even
     )
     (run_dir / "result.json").write_text(json.dumps(asdict(result), indent=1))
     return result
+
+
+def _same_examples_position(state: dict, batch_size: int) -> DataPosition:
+    """The checkpoint's data position in batches of `batch_size`: batches are consecutive chunks of one
+    shuffled order, so halving the batch size doubles the index and the same examples come next."""
+    epoch, index = state["position"]["epoch"], state["position"]["index"]
+    return DataPosition(epoch, index * state.get("batch_size", batch_size) // batch_size)
+
+
+def _out_of_memory(config: TrainConfig) -> TrainingError:
+    return TrainingError(
+        f"The GPU ran out of memory with --batch-size {config.batch_size}. Lower --batch-size (and raise --grad-accum "
+        "to keep the same effective batch), lower --max-len, use --quant nf4, or add --gradient-checkpointing."
+    )
+
+
+def _free_accelerator_memory() -> None:
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _ignore(kind: str, payload: dict) -> None:
+    """The default event listener."""
 
 
 def lora_settings(config: TrainConfig) -> LoraSettings:

@@ -159,6 +159,41 @@ def test_full_disk_during_a_save_keeps_the_previous_checkpoint(tiny_llama_dir, t
     assert len(load_file(root / "step-000002" / "trainable.safetensors")) > 0
 
 
+@pytest.mark.parametrize("fail_from_step", [1, 3])
+def test_out_of_memory_retries_with_half_the_batch_and_the_same_effective_batch(
+    tiny_llama_dir, tmp_path, monkeypatch, fail_from_step
+):
+    """Simulated CUDA OOM for micro-batches of 4 examples: the run retries with 2 x 2 and ends as a 4 x 1 run would."""
+    config = tiny_config(tiny_llama_dir, eval_share=0, dropout=0.0, max_steps=6)
+    expected = adapter_tensors(train(config, tmp_path / "reference").adapter_dir)
+    real_loss, calls, events = core.train.trained_token_loss, [], []
+
+    def loss_without_room_for_four(model, inputs):
+        calls.append(1)
+        if len(calls) >= fail_from_step and int((inputs["position_ids"] == 0).sum()) > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_loss(model, inputs)
+
+    monkeypatch.setattr(core.train, "trained_token_loss", loss_without_room_for_four)
+    result = train(config, tmp_path / "run", events=lambda kind, payload: events.append((kind, payload)))
+    assert ("oom_retry", {"batch_size": 2, "grad_accum": 2}) in events
+    assert result.status == "completed" and result.steps == 6
+    retried = TrainConfig.from_yaml(tmp_path / "run" / "config.yaml")
+    assert (retried.batch_size, retried.grad_accum) == (2, 2)
+    got = adapter_tensors(result.adapter_dir)
+    for key in expected:  # same examples per step; only the summation order differs
+        torch.testing.assert_close(got[key], expected[key], atol=1e-4, rtol=0, msg=key)
+
+
+def test_out_of_memory_with_an_odd_batch_names_the_settings_to_change(tiny_llama_dir, tmp_path, monkeypatch):
+    def no_memory(model, inputs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(core.train, "trained_token_loss", no_memory)
+    with pytest.raises(TrainingError, match="ran out of memory with --batch-size 3.*--grad-accum.*--quant nf4"):
+        train(tiny_config(tiny_llama_dir, batch_size=3), tmp_path / "run")
+
+
 def test_learning_rate_schedule():
     config = TrainConfig(dataset="x", lr=1e-3, warmup_ratio=0.1, schedule="cosine")
     rates = [learning_rate(config, step, 100) for step in range(100)]

@@ -137,5 +137,8 @@ class ProgressBar:
                 self.bar.close()
         elif kind == "metrics":
             print(f"\neval loss at step {payload['step']}: {payload['loss']:.4f}", file=sys.stderr)
+        elif kind == "oom_retry":
+            print(f"\nThe GPU ran out of memory; retrying with --batch-size {payload['batch_size']} and "
+                  f"--grad-accum {payload['grad_accum']} (the same effective batch).", file=sys.stderr)
         elif kind == "resumed":
             print(f"Resuming at step {payload['step']} from {payload['checkpoint']}", file=sys.stderr)
