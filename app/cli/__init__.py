@@ -11,7 +11,7 @@ import sys
 
 from core.errors import LoraForgeError
 
-VERB_MODULES = ("serve", "chat", "train", "preflight", "evaluate", "adapters", "runs", "jobs")
+VERB_MODULES = ("serve", "chat", "train", "preflight", "evaluate", "adapters", "runs", "jobs", "export")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,71 @@
+"""`launch.py merge` and `launch.py export`: write a merged folder, a GGUF or a PEFT adapter, parity-checked.
+
+    merge  --adapter A [--adapter B ... --weights 1,0.5] --out DIR [--force]
+    export --adapter A --format merged|gguf|peft [--gguf-type f16|q8_0] --out PATH [--force]
+
+Progress goes to stderr, a failed parity check is a `WARNING: ...` line on stderr, and the last line of
+stdout is the result as JSON: path, format, status, parity figures, export id.
+"""
+
+import argparse
+import json
+import sys
+
+from core.export import FORMATS, ExportResult, export_adapters
+from core.export_gguf import GGUF_TYPES
+
+
+def register(verbs) -> None:
+    merge = verbs.add_parser("merge", help="merge one or more adapters (weighted) into the base; save a model folder")
+    _add_common(merge, several=True)
+    merge.add_argument("--weights", type=_weights, help="comma-separated weight per adapter, e.g. 1,0.5")
+    merge.set_defaults(handler=run_merge)
+    export = verbs.add_parser("export", help="export an adapter as a merged folder, a GGUF file or a PEFT adapter")
+    _add_common(export, several=False)
+    export.add_argument("--format", required=True, choices=FORMATS)
+    export.add_argument("--gguf-type", default="f16", choices=list(GGUF_TYPES), help="GGUF weight type (default f16)")
+    export.set_defaults(handler=run_export)
+
+
+def run_merge(args: argparse.Namespace) -> int:
+    return _report(export_adapters(args.adapter, "merged", args.out, weights=args.weights, base=args.model,
+                                   force=args.force, progress=_progress))
+
+
+def run_export(args: argparse.Namespace) -> int:
+    return _report(export_adapters([args.adapter], args.format, args.out, gguf_type=args.gguf_type,
+                                   base=args.model, force=args.force, progress=_progress))
+
+
+def _add_common(parser: argparse.ArgumentParser, several: bool) -> None:
+    help_text = "a run id (see `launch.py runs`) or a PEFT adapter folder"
+    if several:
+        parser.add_argument("--adapter", action="append", required=True, help=f"{help_text}; repeat for several")
+    else:
+        parser.add_argument("--adapter", required=True, help=help_text)
+    parser.add_argument("--out", required=True, help="output folder (for a zipped PEFT adapter: a path ending in .zip)")
+    parser.add_argument("--force", action="store_true", help="replace an existing non-empty output")
+    parser.add_argument("--model", "--base", dest="model",
+                        help="base model (default: the one the adapter's run used, else 'default')")
+
+
+def _weights(text: str) -> list[float]:
+    try:
+        return [float(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers, e.g. 1,0.5") from None
+
+
+def _progress(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _report(result: ExportResult) -> int:
+    for warning in result.warnings:
+        print(f"WARNING: {warning}", file=sys.stderr)
+    parity = result.parity["checks"][0]
+    print(f"Exported {result.format} to {result.path}: max logit difference {parity['max_logit_diff']}, "
+          f"greedy answers {'agree' if parity['greedy_agree'] else 'DIFFER'}, chat template "
+          f"{'kept' if parity['template_same'] else 'CHANGED'}.")
+    print(json.dumps(result.to_json()))
+    return 0

@@ -1,0 +1,221 @@
+"""Export adapters as a merged Hugging Face folder, a GGUF file, or a PEFT adapter, each parity-checked.
+
+One call does everything a front-end needs:
+
+    result = export_adapters(["r-2024...", "path/to/adapter"], "gguf", "exports/my-model",
+                             weights=[1.0, 0.5], gguf_type="q8_0", progress=print)
+    result.status      "done" (every parity check passed) or "parity_failed" (export kept, check failed)
+    result.parity      {"passed": ..., "checks": [{"target", "max_logit_diff", "greedy_agree", ...}]}
+    result.warnings    one line per failed check, for the user to see
+
+Outputs: merged -> a folder (config, safetensors, tokenizer, chat template, generation config);
+gguf -> a folder with `<name>.<type>.gguf` and an Ollama `Modelfile`; peft -> an adapter folder, or a
+zip when `out` ends in .zip. The export is written aside and renamed into place when complete, and only
+then recorded in the store, so a failure (full disk included) leaves neither files nor a record.
+"""
+
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from core.adapters import active_adapters, active_gains, merge_and_unload
+from core.compose import combine_adapters
+from core.export_gguf import GGUF_TYPES, gguf_pre_tokenizer, write_gguf
+from core.export_merged import DEFAULT_SHARD_BYTES, AdapterChoice, load_with_adapters, save_merged
+from core.export_output import ExportError, check_target, commit, folder_bytes, staging
+from core.modelfile import write_modelfile
+from core.models import DEFAULT_MODEL, LoadedModel, default_gguf_path
+from core.parity import LOGIT_TOLERANCES, ModelOutputs, ParityReport, compare_outputs, model_outputs
+from core.peft_format import CONFIG_FILE, WEIGHTS_FILE, load_adapter, save_adapter
+from core.runs import adapter_source
+from core.store import Store
+
+FORMATS = ("merged", "gguf", "peft")
+STATUS_DONE = "done"
+STATUS_PARITY_FAILED = "parity_failed"
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class ExportResult:
+    """What was written, where, and how it compares with the live adapter."""
+
+    format: str
+    path: str
+    status: str
+    parity: dict
+    export_id: int
+    size_bytes: int
+    warnings: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def export_adapters(
+    adapters: list[str],
+    format: str,
+    out: str | Path,
+    weights: list[float] | None = None,
+    gguf_type: str = "f16",
+    base: str | None = None,
+    force: bool = False,
+    progress: Progress | None = None,
+    max_shard_bytes: int = DEFAULT_SHARD_BYTES,
+) -> ExportResult:
+    """Export one adapter, or the weighted sum of several, and check the export against the live model.
+
+    Args:
+        adapters: run ids or PEFT adapter folders.
+        format: "merged", "gguf" or "peft".
+        out: the output folder (a .zip path for a zipped PEFT adapter).
+        weights: one weight per adapter (default 1.0 each).
+        gguf_type: "f16" or "q8_0" (format "gguf" only).
+        base: the base model; default: the one the adapters' runs were trained on, else the embedded default.
+        force: replace an existing non-empty output.
+        progress: called with a short line at each stage.
+        max_shard_bytes: largest safetensors file of a merged folder; bigger models are sharded with an index.
+    """
+    say = progress or (lambda _line: None)
+    out = Path(out).expanduser().resolve()
+    weights = _check_request(adapters, format, weights, gguf_type)
+    check_target(out, force)
+    with Store() as store:
+        sources = [adapter_source(store, reference) for reference in adapters]
+    for folder, _ in sources:
+        for required in (CONFIG_FILE, WEIGHTS_FILE):
+            if not (folder / required).is_file():
+                raise ExportError(f"{folder} has no {required}, so it is not a PEFT adapter. Pass a run id or an adapter folder.")
+    base = base or _common_base([trained_on for _, trained_on in sources])
+    choices = [AdapterChoice(folder, weight) for (folder, _), weight in zip(sources, weights)]
+
+    say(f"Loading {base} in full precision with {len(choices)} adapter(s)")
+    loaded = load_with_adapters(base, choices)
+    say("Running the parity prompts through the live adapter")
+    reference = model_outputs(loaded.model, loaded.tokenizer)
+    with staging(out) as tmp:
+        say(f"Writing the {format} export")
+        if format == "peft":
+            report = _export_peft(loaded, choices, tmp, out, reference)
+        elif format == "merged":
+            report = _export_merged(loaded, tmp, reference, say, max_shard_bytes)
+        else:
+            report = _export_gguf(loaded, tmp, out.name, gguf_type, _pre_tokenizer(base), reference, say)
+        commit(tmp, out)
+    status = STATUS_DONE if report.passed else STATUS_PARITY_FAILED
+    label = f"gguf-{gguf_type}" if format == "gguf" else format
+    with Store() as store:
+        export_id = store.add_export(label, out, adapter_id=_adapter_id(store, sources), run_id=_run_id(adapters),
+                                     parity=report.to_json(), status=status)
+    warnings = [f"parity check failed: {problem}" for problem in report.problems]
+    return ExportResult(label, str(out), status, report.to_json(), export_id, folder_bytes(out), warnings)
+
+
+def _check_request(adapters: list[str], format: str, weights: list[float] | None, gguf_type: str) -> list[float]:
+    if not adapters:
+        raise ExportError("No adapter given. Pass --adapter RUN_ID or --adapter DIR (once per adapter).")
+    if format not in FORMATS:
+        raise ExportError(f"Unknown export format {format!r}. Choose one of: {', '.join(FORMATS)}.")
+    if gguf_type not in GGUF_TYPES:
+        raise ExportError(f"Unknown GGUF type {gguf_type!r}. Choose one of: {', '.join(GGUF_TYPES)}.")
+    weights = list(weights) if weights is not None else [1.0] * len(adapters)
+    if len(weights) != len(adapters):
+        raise ExportError(f"{len(adapters)} adapter(s) but {len(weights)} weight(s). Give one weight per adapter.")
+    return weights
+
+
+def _common_base(trained_on: list[str | None]) -> str:
+    known = sorted({base for base in trained_on if base})
+    if len(known) > 1:
+        raise ExportError(f"The adapters were trained on different base models ({', '.join(known)}); they cannot "
+                          "be merged into one. Export them separately, or pass --base to choose one explicitly.")
+    return known[0] if known else DEFAULT_MODEL
+
+
+def _pre_tokenizer(base: str) -> str:
+    """llama.cpp's pre-tokenizer name: the base GGUF's when the base came from one, else llama.cpp's default."""
+    path = default_gguf_path() if base == DEFAULT_MODEL else Path(base).expanduser()
+    if path.suffix == ".gguf" and path.is_file():
+        return gguf_pre_tokenizer(path) or "default"
+    return "default"
+
+
+def _export_merged(
+    loaded: LoadedModel, tmp: Path, reference: ModelOutputs, say: Progress, max_shard_bytes: int
+) -> ParityReport:
+    model = merge_and_unload(loaded.model)
+    save_merged(model, loaded.tokenizer, tmp, max_shard_bytes)
+    say("Reloading the merged folder with transformers for the parity check")
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32)
+    candidate = model_outputs(reloaded, AutoTokenizer.from_pretrained(tmp))
+    return ParityReport([compare_outputs(reference, candidate, "merged", LOGIT_TOLERANCES["merged"])])
+
+
+def _export_gguf(
+    loaded: LoadedModel, tmp: Path, name: str, gguf_type: str, pre: str, reference: ModelOutputs, say: Progress
+) -> ParityReport:
+    model = merge_and_unload(loaded.model)
+    tmp.mkdir()
+    gguf_name = f"{name}.{gguf_type}.gguf"
+    write_gguf(model, loaded.tokenizer, tmp / gguf_name, gguf_type, name=name, pre_tokenizer=pre)
+    write_modelfile(tmp, gguf_name, loaded.tokenizer)
+    say("Reloading the GGUF with transformers for the parity check")
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp, gguf_file=gguf_name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(tmp, gguf_file=gguf_name)
+    candidate = model_outputs(reloaded, tokenizer)
+    check = compare_outputs(reference, candidate, f"gguf-{gguf_type}", LOGIT_TOLERANCES[gguf_type],
+                            greedy_required=gguf_type == "f16")
+    return ParityReport([check])
+
+
+def _export_peft(
+    loaded: LoadedModel, choices: list[AdapterChoice], tmp: Path, out: Path, reference: ModelOutputs
+) -> ParityReport:
+    """The adapter as one PEFT folder (a weighted set becomes one exact concatenated adapter), or a zip of it."""
+    zipped = out.suffix == ".zip"
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(scratch) / "adapter" if zipped else tmp
+        _write_peft_folder(loaded, choices, folder)
+        if zipped:
+            with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as archive:
+                for name in (CONFIG_FILE, WEIGHTS_FILE):
+                    archive.write(folder / name, name)
+            folder = Path(scratch) / "unzipped"
+            zipfile.ZipFile(tmp).extractall(folder)
+        load_adapter(loaded.model, folder, name="exported", activate=False)
+    with active_adapters(loaded.model, "exported"):
+        candidate = model_outputs(loaded.model, loaded.tokenizer)
+    return ParityReport([compare_outputs(reference, candidate, "peft", LOGIT_TOLERANCES["peft"])])
+
+
+def _write_peft_folder(loaded: LoadedModel, choices: list[AdapterChoice], folder: Path) -> None:
+    """Copy a single unweighted adapter as it is; otherwise save the exact weighted combination."""
+    if len(choices) == 1 and choices[0].weight == 1.0:
+        folder.mkdir(parents=True)
+        for name in (CONFIG_FILE, WEIGHTS_FILE):
+            shutil.copy2(choices[0].folder / name, folder / name)
+        return
+    combine_adapters(loaded.model, active_gains(loaded.model), "combined")
+    save_adapter(loaded.model, "combined", folder, base_model_name=loaded.facts.name)
+
+
+def _adapter_id(store: Store, sources: list[tuple[Path, str | None]]) -> int | None:
+    """The store's id for the adapter, when exactly one registered adapter was exported."""
+    if len(sources) != 1:
+        return None
+    wanted = str(sources[0][0].expanduser().resolve())
+    return next((row["id"] for row in store.adapters() if row["path"] == wanted), None)
+
+
+def _run_id(references: list[str]) -> str | None:
+    """The run id, when exactly one adapter was given as a run id rather than a folder."""
+    if len(references) == 1 and not Path(references[0]).expanduser().is_dir():
+        return references[0]
+    return None

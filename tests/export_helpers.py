@@ -1,0 +1,33 @@
+"""Helpers for the export tests: trained-looking adapters on the tiny Llama, and the live reference."""
+
+from pathlib import Path
+
+import torch
+
+from core.adapters import LoraSettings, add_adapter, set_active
+from core.models import load_base_model
+from core.peft_format import save_adapter
+from tests.lora_helpers import randomize
+
+
+def make_adapter(base: str | Path, folder: Path, seed: int = 0, targets: str = "all-linear", std: float = 0.2) -> Path:
+    """Save an adapter with random non-zero A and B (a 'trained' one) for the base at `base`."""
+    loaded = load_base_model(str(base), dtype="fp32")
+    add_adapter(loaded.model, "trained", LoraSettings(r=4, alpha=8, targets=targets))
+    randomize(loaded.model, "trained", seed=seed, std=std)
+    save_adapter(loaded.model, "trained", folder, base_model_name=loaded.facts.name)
+    return folder
+
+
+@torch.no_grad()
+def live_logits(base: str | Path, adapters: dict[Path, float], ids: torch.Tensor) -> torch.Tensor:
+    """Logits of base + adapters applied live (unmerged), with the given weights."""
+    from core.peft_format import load_adapter
+
+    loaded = load_base_model(str(base), dtype="fp32")
+    gains = {}
+    for index, (folder, weight) in enumerate(adapters.items()):
+        load_adapter(loaded.model, folder, name=f"a{index}", activate=False)
+        gains[f"a{index}"] = weight
+    set_active(loaded.model, gains)
+    return loaded.model(ids).logits

@@ -1,0 +1,186 @@
+"""Merged and PEFT exports of the tiny Llama: logits equal the live adapter's, the parity check sees
+differences, and bad input (missing adapter, wrong base, existing output, full disk) leaves nothing behind."""
+
+import errno
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from app.cli import main
+from core.export import export_adapters
+from core.lora_errors import AdapterFileError
+from core.store import Store
+from core.store_errors import RunNotFound
+from tests.export_helpers import live_logits, make_adapter
+from tests.tiny_models import make_tiny_llama
+
+IDS = torch.tensor([[1, 17, 42, 99, 7, 230, 5, 64, 3, 150]])
+
+
+@pytest.fixture(scope="module")
+def adapters(tiny_llama_dir, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("adapters")
+    return [make_adapter(tiny_llama_dir, folder / f"adapter{seed}", seed=seed) for seed in (0, 1)]
+
+
+def test_merged_logits_equal_the_live_adapter_and_the_folder_loads_plainly(tiny_llama_dir, adapters, tmp_path):
+    result = export_adapters([str(adapters[0])], "merged", tmp_path / "merged", base=str(tiny_llama_dir))
+
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
+    with torch.no_grad():
+        got = merged(IDS).logits
+    live = live_logits(tiny_llama_dir, {adapters[0]: 1.0}, IDS)
+    base = live_logits(tiny_llama_dir, {}, IDS)
+    assert (live - base).abs().max() > 0.1  # the adapter really changes the model
+    torch.testing.assert_close(got, live, rtol=0, atol=1e-4)
+
+    check = result.parity["checks"][0]
+    assert result.status == "done" and result.parity["passed"]
+    assert check["max_logit_diff"] < 1e-4 and check["greedy_agree"] and check["template_same"]
+    assert sorted(p.name for p in (tmp_path / "merged").iterdir()) == [
+        "chat_template.jinja", "config.json", "generation_config.json", "model.safetensors",
+        "tokenizer.json", "tokenizer_config.json",
+    ]
+    assert AutoTokenizer.from_pretrained(tmp_path / "merged").chat_template == \
+        AutoTokenizer.from_pretrained(tiny_llama_dir).chat_template
+    [row] = Store().exports()
+    assert (row["format"], row["status"], row["path"]) == ("merged", "done", str(tmp_path / "merged"))
+    assert row["parity"] == result.parity
+
+
+def test_weighted_merge_equals_the_weighted_composition_applied_live(tiny_llama_dir, adapters, tmp_path):
+    export_adapters([str(a) for a in adapters], "merged", tmp_path / "mix", weights=[1.0, -0.5],
+                    base=str(tiny_llama_dir))
+
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "mix").eval()
+    with torch.no_grad():
+        got = merged(IDS).logits
+    live = live_logits(tiny_llama_dir, {adapters[0]: 1.0, adapters[1]: -0.5}, IDS)
+    torch.testing.assert_close(got, live, rtol=0, atol=1e-4)
+    unweighted = live_logits(tiny_llama_dir, {adapters[0]: 1.0, adapters[1]: 1.0}, IDS)
+    assert (got - unweighted).abs().max() > 0.05  # the weights were applied, not ignored
+
+
+def test_sharded_merged_folder_loads_with_its_index(tiny_llama_dir, adapters, tmp_path):
+    export_adapters([str(adapters[0])], "merged", tmp_path / "sharded", base=str(tiny_llama_dir),
+                    max_shard_bytes=40_000)
+
+    shards = sorted(p.name for p in (tmp_path / "sharded").glob("model-*.safetensors"))
+    assert len(shards) > 2 and (tmp_path / "sharded" / "model.safetensors.index.json").is_file()
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "sharded").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(merged(IDS).logits, live_logits(tiny_llama_dir, {adapters[0]: 1.0}, IDS),
+                                   rtol=0, atol=1e-4)
+
+
+def test_peft_export_as_folder_and_zip_round_trips(tiny_llama_dir, adapters, tmp_path):
+    folder = export_adapters([str(adapters[0])], "peft", tmp_path / "peft", base=str(tiny_llama_dir))
+    zipped = export_adapters([str(a) for a in adapters], "peft", tmp_path / "mix.zip", weights=[0.5, 2.0],
+                             base=str(tiny_llama_dir))
+
+    assert (tmp_path / "peft" / "adapter_model.safetensors").read_bytes() == \
+        (adapters[0] / "adapter_model.safetensors").read_bytes()
+    assert (tmp_path / "mix.zip").is_file()
+    for result in (folder, zipped):
+        assert result.status == "done"
+        assert result.parity["checks"][0]["max_logit_diff"] < 1e-4
+    assert {row["format"] for row in Store().exports()} == {"peft"}
+
+
+def test_a_changed_chat_template_fails_the_parity_check_visibly(tiny_llama_dir, adapters, tmp_path, monkeypatch,
+                                                               capsys):
+    from core import export_merged
+
+    real_save = export_merged.save_merged
+
+    def save_with_lost_template(model, tokenizer, folder, *args):
+        tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+        return real_save(model, tokenizer, folder, *args)
+
+    monkeypatch.setattr("core.export.save_merged", save_with_lost_template)
+    code = main(["merge", "--adapter", str(adapters[0]), "--base", str(tiny_llama_dir), "--out", str(tmp_path / "m")])
+
+    out, err = capsys.readouterr()
+    assert code == 0
+    assert "WARNING: parity check failed: merged: the chat template was lost or changed" in err
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["status"] == "parity_failed" and not result["parity"]["passed"]
+    assert Store().exports()[0]["status"] == "parity_failed"
+
+
+def test_changed_weights_fail_the_parity_check(tiny_llama_dir, adapters, tmp_path, monkeypatch):
+    from core import export_merged
+
+    real_save = export_merged.save_merged
+
+    def save_perturbed(model, tokenizer, folder, *args):
+        with torch.no_grad():
+            model.lm_head.weight.add_(0.05)
+        return real_save(model, tokenizer, folder, *args)
+
+    monkeypatch.setattr("core.export.save_merged", save_perturbed)
+    result = export_adapters([str(adapters[0])], "merged", tmp_path / "m", base=str(tiny_llama_dir))
+
+    assert result.status == "parity_failed"
+    assert result.parity["checks"][0]["max_logit_diff"] > 1e-3
+    assert any("logits differ by up to" in warning for warning in result.warnings)
+
+
+def test_cli_merge_and_export_print_json_last(tiny_llama_dir, adapters, tmp_path, capsys):
+    assert main(["merge", "--adapter", str(adapters[0]), "--adapter", str(adapters[1]), "--weights", "1,0.25",
+                 "--base", str(tiny_llama_dir), "--out", str(tmp_path / "merged")]) == 0
+    merged = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert main(["export", "--adapter", str(adapters[0]), "--format", "peft", "--base", str(tiny_llama_dir),
+                 "--out", str(tmp_path / "peft")]) == 0
+    peft = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+    assert merged["path"] == str(tmp_path / "merged") and merged["format"] == "merged"
+    assert merged["parity"]["checks"][0]["max_logit_diff"] < 1e-4
+    assert peft["path"] == str(tmp_path / "peft") and peft["status"] == "done"
+    assert [row["id"] for row in Store().exports()] == [peft["export_id"], merged["export_id"]]
+
+
+def test_missing_adapter_is_a_clear_error(tmp_path, capsys):
+    assert main(["export", "--adapter", str(tmp_path / "nope"), "--format", "merged", "--out", str(tmp_path / "o")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    with pytest.raises(RunNotFound, match="No run has the id"):
+        export_adapters(["r-unknown"], "merged", tmp_path / "o")
+    assert not (tmp_path / "o").exists() and Store().exports() == []
+
+
+def test_adapter_of_another_base_is_refused_and_nothing_is_written(adapters, tmp_path):
+    other = make_tiny_llama(tmp_path / "other", hidden_size=32, intermediate_size=64)
+    with pytest.raises(AdapterFileError, match="was made for base model .tiny-llama0., but the loaded base is .other."):
+        export_adapters([str(adapters[0])], "merged", tmp_path / "o", base=str(other))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["home", "other"]
+    assert Store().exports() == []
+
+
+def test_existing_output_needs_force(tiny_llama_dir, adapters, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    args = ["export", "--adapter", str(adapters[0]), "--format", "merged", "--base", str(tiny_llama_dir),
+            "--out", str(out)]
+    assert main(args) == 2
+    assert "already exists and is not empty" in capsys.readouterr().err
+    assert (out / "keep.txt").read_text() == "mine"
+
+    assert main([*args, "--force"]) == 0
+    assert not (out / "keep.txt").exists() and (out / "model.safetensors").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["home", "out"]  # no staging or replaced leftovers
+
+
+def test_full_disk_removes_the_partial_export_and_records_nothing(tiny_llama_dir, adapters, tmp_path, monkeypatch):
+    def write_then_fail(tensors, path, metadata=None):
+        open(path, "wb").write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("core.export_merged.save_file", write_then_fail)
+    with pytest.raises(Exception, match="The disk is full") as error:
+        export_adapters([str(adapters[0])], "merged", tmp_path / "out", base=str(tiny_llama_dir))
+    assert "Free some disk space" in str(error.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["home"]
+    assert Store().exports() == []
