@@ -272,7 +272,7 @@ def _hub_model(model_id: str) -> str:
         "Download the model on a machine with network access and pass its local folder path instead "
         "(a folder with config.json and *.safetensors), or use 'default'."
     )
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"} or not _hub_reachable():
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"} or not hub_reachable():
         raise ModelSourceError(f"Cannot download {model_id}: the model hub is not reachable from here. {offline_hint}")
     try:
         AutoConfig.from_pretrained(model_id)
@@ -284,7 +284,8 @@ def _hub_model(model_id: str) -> str:
     return model_id
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub (or HF_ENDPOINT) accepts a connection: offline machines fail fast."""
     endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
     port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
     try:

@@ -140,10 +140,10 @@ def _read_parquet(path: Path) -> Iterator[RawRow]:
 
 
 def _read_hub(dataset_id: str) -> Iterator[RawRow]:
-    from core.models import _hub_reachable
+    from core.models import hub_reachable
 
     offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"}
-    if offline or not _hub_reachable():
+    if offline or not hub_reachable():
         raise DatasetError(
             f"Cannot download the dataset {dataset_id}: the dataset hub is not reachable from here. "
             "Download the file on a machine with network access and pass its local path (.jsonl, .json, .csv or .parquet)."
