@@ -11,9 +11,11 @@ so a run looks the same in the store however it was started.
 import dataclasses
 import hashlib
 import os
+import shutil
 import traceback
 from pathlib import Path
 
+from core import paths
 from core.checkpoint import newest_checkpoint
 from core.data import DatasetError, load_examples
 from core.errors import LoraForgeError
@@ -109,6 +111,17 @@ def adapter_source(store: Store, reference: str) -> tuple[Path, str | None]:
         raise LoraForgeError(f"Run {reference} is {run['status']} and has no final adapter yet. "
                              f"Resume it with `python launch.py resume {reference}`, or pass an adapter folder.")
     return Path(run["adapter_dir"]), run["base_model"]
+
+
+def delete_run(store: Store, run_id: str) -> Path | None:
+    """Delete a finished, failed, interrupted or cancelled run: its records, and its folder when that lies under
+    LORAFORGE_HOME/runs (a folder elsewhere was the user's choice and stays). Returns the folder removed, if any."""
+    run = store.delete_run(run_id)
+    folder = Path(run["run_dir"]).resolve() if run["run_dir"] else None
+    if folder is None or not folder.is_dir() or (paths.home() / "runs").resolve() not in folder.parents:
+        return None
+    shutil.rmtree(folder)
+    return folder
 
 
 def file_sha256(path: Path) -> str:

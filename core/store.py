@@ -24,7 +24,7 @@ from core import paths, store_schema
 from core.lora_errors import AdapterFileError
 from core.processes import process_alive
 from core.run_status import check_status, now_iso, status_change
-from core.store_errors import DatabaseBusy, DatabaseDamaged, DatabaseTooNew, RunNotFound
+from core.store_errors import DatabaseBusy, DatabaseDamaged, DatabaseTooNew, RunActive, RunNotFound
 from core.store_schema import JSON_COLUMNS
 
 DB_NAME = "loraforge.db"
@@ -216,6 +216,22 @@ class Store:
             if cursor.rowcount:
                 changed.append(run["id"])
         return changed
+
+    def delete_run(self, run_id: str) -> dict:
+        """Forget a run that is not queued or running: its metrics, samples and adapters go with it; exports
+        of it stay listed but lose the link. Returns the deleted run; its folder is the caller's to remove."""
+        with self._write() as db:
+            run = self.get_run(run_id)
+            if run["status"] in ("queued", "running"):
+                raise RunActive(run_id, run["status"])
+            adapter_ids = [row["id"] for row in db.query("SELECT id FROM adapters WHERE run_id = ?", (run_id,))]
+            for adapter_id in adapter_ids:
+                db.execute("UPDATE exports SET adapter_id = NULL WHERE adapter_id = ?", (adapter_id,))
+            db.execute("UPDATE exports SET run_id = NULL WHERE run_id = ?", (run_id,))
+            for table in ("metrics", "samples", "adapters"):
+                db.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
+            db.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+            return run
 
     def _find_run(self, run_id: str) -> dict | None:
         rows = self._query("runs", "SELECT * FROM runs WHERE id = ?", (run_id,))

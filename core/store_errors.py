@@ -55,3 +55,12 @@ class DatabaseTooNew(StoreError):
             f"{known}. Update LoRA Forge, or point LORAFORGE_HOME at another folder."
         )
         self.path = path
+
+
+class RunActive(StoreError):
+    """The run is queued or running, so it cannot be deleted yet."""
+
+    def __init__(self, run_id: str, status: str):
+        super().__init__(f"Run {run_id} is {status}; stop it first (Stop in the Runs tab, or "
+                         f"`python launch.py cancel {run_id}`), then delete it.")
+        self.run_id = run_id
