@@ -1,0 +1,141 @@
+"""What the Runs tab shows about runs, computed from the store and the run folders only.
+
+Pure functions (no Gradio components), so a reload or a second tab renders the same truth.
+"""
+
+import html
+import json
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from core import paths
+from core.store import Store
+from core.supervisor import LOG_FILE
+
+RUN_COLUMNS = ["Run", "Name", "Status", "Steps", "Train loss", "Created"]
+LOG_LINES = 40
+
+
+def runs_table(runs: list[dict], store: Store) -> pd.DataFrame:
+    """One row per run, newest first."""
+    rows = []
+    for run in runs:
+        done, total = progress(run, store)
+        loss = (run["summary"] or {}).get("train_loss")
+        rows.append([run["id"], run["name"], run["status"], f"{done} / {total or '?'}",
+                     "" if loss is None else f"{loss:.4f}", (run["created"] or "")[:19].replace("T", " ")])
+    return pd.DataFrame(rows, columns=RUN_COLUMNS)
+
+
+def total_steps(run: dict) -> int | None:
+    """Planned steps: the run's summary, else the newest metrics.jsonl row (the job writes it every step),
+    else max_steps from the config; None before the job has said."""
+    summary_total = (run["summary"] or {}).get("total_steps")
+    if summary_total:
+        return summary_total
+    last = _last_line(Path(run["run_dir"]) / "metrics.jsonl") if run["run_dir"] else None
+    if last and last.get("total_steps"):
+        return last["total_steps"]
+    return (run["config"] or {}).get("max_steps")
+
+
+def progress(run: dict, store: Store) -> tuple[int, int | None]:
+    """(steps done, steps planned) of a run."""
+    train = store.metrics(run["id"], "train")
+    return (train[-1]["step"] if train else 0), total_steps(run)
+
+
+def progress_html(run: dict, store: Store) -> str:
+    """A progress bar with steps, percent and the estimated time left."""
+    train = store.metrics(run["id"], "train")
+    done, total = (train[-1]["step"] if train else 0), total_steps(run)
+    share = min(done / total, 1.0) if total else 0.0
+    eta = ""
+    if run["status"] == "running" and total and len(train) >= 2 and done < total:
+        per_step = (train[-1]["time"] - train[0]["time"]) / (train[-1]["step"] - train[0]["step"])
+        eta = f" · about {_duration(per_step * (total - done))} left"
+    label = f"{run['status']} · step {done} of {total or '?'} ({share:.0%}){eta}"
+    return (
+        f'<div id="progress-track" data-status="{run["status"]}" data-step="{done}" style="height:14px;'
+        'border-radius:7px;background:var(--neutral-200);overflow:hidden">'
+        f'<div style="height:100%;width:{share * 100:.1f}%;background:var(--color-accent)"></div></div>'
+        f'<div style="margin-top:4px">{html.escape(label)}</div>'
+    )
+
+
+def loss_frame(store: Store, run_id: str) -> pd.DataFrame | None:
+    """Train and eval loss by step, long format for one plot with a line per split; None before the first step
+    (an empty frame would make the plot take loss for a category)."""
+    rows = [(m["step"], m["loss"], m["split"]) for m in store.metrics(run_id) if m["loss"] is not None]
+    if not rows:
+        return None
+    return pd.DataFrame(rows, columns=["step", "loss", "split"]).astype({"step": int, "loss": float})
+
+
+def stats_markdown(run: dict, store: Store) -> str:
+    """The newest learning rate, throughput and memory, and the run's error if it has one."""
+    train = store.metrics(run["id"], "train")
+    evals = store.metrics(run["id"], "eval")
+    lines = [f"**{html.escape(run['name'])}** · `{run['id']}` · base `{run['base_model']}` · "
+             f"data `{Path(run['dataset_path'] or '').name}`"]
+    if train:
+        last = train[-1]
+        figures = [f"loss {last['loss']:.4f}", f"lr {last['lr']:.2e}"]
+        if last["tokens_per_s"]:
+            figures.append(f"{last['tokens_per_s']:,.0f} tokens/s")
+        if last["memory_mb"]:
+            figures.append(f"{last['memory_mb']:,.0f} MB peak memory")
+        if evals:
+            figures.append(f"eval loss {evals[-1]['loss']:.4f}")
+        lines.append(" · ".join(figures))
+    if run["adapter_dir"]:
+        lines.append(f"Adapter: `{run['adapter_dir']}`")
+    if run["error"]:
+        lines.append(f"**Note:** {html.escape(run['error'])}")
+    return "\n\n".join(lines)
+
+
+def samples_frame(store: Store, run_id: str) -> pd.DataFrame:
+    """Checkpoint samples as a grid: one row per prompt, one column per step."""
+    samples = store.samples(run_id)
+    if not samples:
+        return pd.DataFrame(columns=["Prompt"])
+    grid = pd.DataFrame(samples).pivot_table(index="prompt", columns="step", values="output", aggfunc="last")
+    grid.columns = [f"step {step}" for step in grid.columns]
+    return grid.reset_index().rename(columns={"prompt": "Prompt"})
+
+
+def log_tail(run: dict) -> str:
+    """The last lines of the run's job.log, else what the job supervisor logged about this run."""
+    own = Path(run["run_dir"] or "") / "job.log"
+    if own.is_file():
+        return "".join(_tail(own))
+    shared = paths.home() / LOG_FILE
+    lines = [line for line in _tail(shared, 2000) if run["id"] in line] if shared.is_file() else []
+    return "".join(lines[-LOG_LINES:]) or "No log lines yet."
+
+
+def _tail(path: Path, lines: int = LOG_LINES) -> list[str]:
+    with open(path, errors="replace") as handle:
+        return handle.readlines()[-lines:]
+
+
+def _last_line(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    for line in reversed(_tail(path, 3)):
+        try:
+            return json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line being written right now
+    return None
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return time.strftime("%H h %M min", time.gmtime(seconds))

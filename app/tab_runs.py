@@ -1,0 +1,92 @@
+"""The Runs tab: every run with its status, and the selected run's live progress, curves, samples and log.
+
+It only reads the store and run folders (through app.run_view) and calls core.jobs for Stop and Resume,
+so closing or reloading the page never touches a job; a timer re-reads everything while the tab is shown.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import gradio as gr
+
+from app import run_view
+from core import jobs
+from core.errors import LoraForgeError
+from core.runs import delete_run
+from core.store import Store
+
+REFRESH_SECONDS = 2.5
+ACTIVE = ("queued", "running")
+
+
+@dataclass
+class RunsTab:
+    """What other parts of the page wire to: the chosen run, the refresh timer, and re-rendering the tab."""
+
+    selected: gr.Dropdown
+    timer: gr.Timer
+    render: Callable
+    outputs: list
+
+
+def build_runs_tab(store: Store) -> RunsTab:
+    timer = gr.Timer(REFRESH_SECONDS, active=False)
+    table = gr.Dataframe(headers=run_view.RUN_COLUMNS, label="All runs (click a row to open it)",
+                         interactive=False, elem_id="runs-table", wrap=True)
+    selected = gr.Dropdown(label="Run", choices=[], allow_custom_value=True, elem_id="run-select")
+    with gr.Group():
+        bar = gr.HTML(elem_id="run-progress")
+        stats = gr.Markdown(elem_id="run-stats")
+    with gr.Row():
+        stop = gr.Button("Stop", variant="stop", elem_id="run-stop", interactive=False)
+        resume = gr.Button("Resume", elem_id="run-resume", interactive=False)
+        delete = gr.Button("Delete", elem_id="run-delete", interactive=False)
+    plot = gr.LinePlot(x="step", y="loss", color="split", label="Loss (train and eval)", elem_id="loss-plot",
+                       height=340)
+    samples = gr.Dataframe(label="Checkpoint samples (prompt by step)", interactive=False, wrap=True,
+                           elem_id="run-samples")
+    with gr.Accordion("Log tail", open=False):
+        log = gr.Code(language=None, elem_id="run-log", interactive=False)
+
+    def render(run_id: str | None):
+        runs = jobs.refresh(store)
+        ids = [run["id"] for run in runs]
+        run_id = run_id if run_id in ids else (ids[0] if ids else None)
+        choice = gr.Dropdown(choices=[(f"{r['id']} · {r['name']} · {r['status']}", r["id"]) for r in runs],
+                             value=run_id)
+        frame = run_view.runs_table(runs, store)
+        if run_id is None:
+            empty = "No runs yet. Start one in the Train tab."
+            off = gr.Button(interactive=False)
+            return frame, choice, "", empty, None, None, "", off, off, off
+        run = next(r for r in runs if r["id"] == run_id)
+        status = run["status"]
+        return (
+            frame, choice, run_view.progress_html(run, store), run_view.stats_markdown(run, store),
+            run_view.loss_frame(store, run_id), run_view.samples_frame(store, run_id), run_view.log_tail(run),
+            gr.Button(interactive=status in ACTIVE), gr.Button(interactive=status in jobs.RESUMABLE),
+            gr.Button(interactive=status not in ACTIVE),
+        )
+
+    outputs = [table, selected, bar, stats, plot, samples, log, stop, resume, delete]
+
+    def act(action, run_id: str | None, done: str):
+        if not run_id:
+            raise gr.Error("Choose a run first.")
+        try:
+            action(store, run_id)
+        except LoraForgeError as error:
+            raise gr.Error(str(error)) from None
+        gr.Info(done.format(run_id=run_id))
+        return render(run_id)
+
+    def pick(frame, event: gr.SelectData):
+        return render(frame.iloc[event.index[0], 0])
+
+    timer.tick(render, selected, outputs, show_progress="hidden")
+    selected.input(render, selected, outputs)
+    table.select(pick, table, outputs)
+    stop.click(lambda r: act(jobs.cancel, r, "Run {run_id} stopped."), selected, outputs)
+    resume.click(lambda r: act(jobs.resume_in_background, r, "Run {run_id} queued again."), selected, outputs)
+    delete.click(lambda r: act(delete_run, r, "Run {run_id} deleted."), selected, outputs)
+    return RunsTab(selected=selected, timer=timer, render=render, outputs=outputs)

@@ -1,0 +1,91 @@
+"""What the Train tab shows about a dataset and a planned run before it starts: a preview of the first rows,
+the validation problems with their line numbers, and the preflight figures.
+
+Uses the already-loaded base model's tokenizer and module shapes only: nothing here changes the model
+(the chat may be using it) and nothing trains.
+"""
+
+import html
+import math
+
+import pandas as pd
+
+from core.base_weights import layer_shape
+from core.data import data_preflight, load_examples
+from core.data.formats import Example
+from core.models import LoadedModel
+from core.targets import resolve_targets
+from core.train import planned_steps
+from core.train_config import TrainConfig
+
+PREVIEW_ROWS = 5
+PREVIEW_COLUMNS = ["Line", "Prompt", "Answer"]
+MARK = '<mark style="background:#fde68a;color:#111">'
+
+
+def preview(source: str) -> tuple[pd.DataFrame, str]:
+    """The first valid rows as a table, and a markdown summary: detected format and every listed problem.
+    DatasetError (missing file, unknown format) propagates for the caller to show."""
+    loaded = load_examples(source)
+    report = loaded.report
+    rows = [_preview_row(example) for example in loaded.examples[:PREVIEW_ROWS]]
+    summary = f"**Format:** {report.format} · **{report.total_rows} rows**, {report.invalid_rows} invalid"
+    if report.problems:
+        listed = "\n".join(f"- {html.escape(str(problem))}" for problem in report.problems)
+        more = report.invalid_rows - len(report.problems)
+        summary += f"\n\n**Problems** (fix these lines, or tick 'Skip invalid rows' under Advanced):\n{listed}"
+        summary += f"\n- … and {more} more" if more > 0 else ""
+    return pd.DataFrame(rows, columns=PREVIEW_COLUMNS), summary
+
+
+def preflight_markdown(config: TrainConfig, loaded: LoadedModel) -> tuple[str, str]:
+    """The preflight figures (markdown) and the first example with its trained tokens highlighted (HTML)."""
+    data = data_preflight(config.dataset, loaded.tokenizer, config.max_len, config.train_on,
+                          skip_invalid=config.skip_invalid)
+    trainable = trainable_parameters(loaded, config)
+    share = 100 * trainable / loaded.facts.parameters if loaded.facts.parameters else 0.0
+    valid = data.rows - data.invalid_rows
+    training_rows = valid if config.eval_file else valid - math.floor(valid * config.eval_share)
+    lines = [
+        f"**Rows:** {data.rows} ({data.invalid_rows} invalid) · **format** {data.format}",
+        f"**Length (tokens):** p50 {data.length_p50} · p95 {data.length_p95} · max {data.length_max} · "
+        f"**truncated** at {config.max_len}: {data.truncated_share:.0%} of rows",
+        f"**Trained tokens:** {data.trained_token_share:.0%} of {data.tokens:,} tokens",
+        f"**Trainable parameters:** {trainable:,} ({share:.2f}% of {loaded.facts.parameters:,})",
+        f"**Steps:** {planned_steps(config, max(training_rows, 1))}",
+    ]
+    if config.base != loaded.facts.source:
+        lines.append(f"_Token figures use the served model's tokenizer ({loaded.facts.name}), not {config.base}._")
+    if not data.ready:
+        lines.append(f"**Not ready:**\n```\n{data.message}\n```")
+    return "\n\n".join(lines), highlighted(data.example_text, data.example_trained_spans)
+
+
+def trainable_parameters(loaded: LoadedModel, config: TrainConfig) -> int:
+    """r x (d_in + d_out) per targeted layer (+ d_out for DoRA), from the loaded model's shapes."""
+    total = 0
+    modules = dict(loaded.model.named_modules())
+    for path in resolve_targets(loaded.model, config.targets):
+        module = modules[path]
+        d_in, d_out = layer_shape(getattr(module, "base_layer", module))
+        total += config.rank * (d_in + d_out) + (d_out if config.use_dora else 0)
+    return total
+
+
+def highlighted(text: str, spans: list[tuple[int, int]]) -> str:
+    """The example as the model sees it, trained spans in <mark>."""
+    out, cursor = [], 0
+    for start, end in spans:
+        out += [html.escape(text[cursor:start]), f"{MARK}{html.escape(text[start:end])}</mark>"]
+        cursor = end
+    out.append(html.escape(text[cursor:]))
+    legend = f"<p><small>One example as the model sees it; {MARK}highlighted</mark> tokens are trained.</small></p>"
+    return f'{legend}<pre style="white-space:pre-wrap;max-height:220px;overflow:auto">{"".join(out)}</pre>'
+
+
+def _preview_row(example: Example) -> list:
+    if example.text is not None:
+        return [example.number, "", example.text]
+    users = [m["content"] for m in example.messages if m["role"] == "user"]
+    answers = [m["content"] for m in example.messages if m["role"] == "assistant"]
+    return [example.number, users[-1] if users else "", answers[-1] if answers else ""]
