@@ -1,0 +1,34 @@
+"""The page footer: where the model runs, how much memory this process uses, and the job queue."""
+
+import os
+import resource
+import sys
+from pathlib import Path
+
+import torch
+
+from core import jobs
+from core.models import LoadedModel
+from core.store import Store
+
+
+def footer_text(loaded: LoadedModel, store: Store) -> str:
+    """One line, re-read from the process and the store each time it is shown."""
+    memory = process_memory()
+    if loaded.model.device.type == "cuda":
+        memory += f" · {torch.cuda.memory_allocated(loaded.model.device) / 2**20:,.0f} MB on the GPU"
+    runs = jobs.refresh(store)
+    counts = {status: sum(run["status"] == status for run in runs) for status in ("running", "queued")}
+    return (f"**Device:** {loaded.facts.device} · **Memory:** {memory} · "
+            f"**Queue:** {counts['running']} running, {counts['queued']} queued")
+
+
+def process_memory() -> str:
+    """This process's resident memory (Linux reads it now; elsewhere the peak is what the OS tells)."""
+    try:
+        resident_pages = int(Path("/proc/self/statm").read_text().split()[1])
+        return f"{resident_pages * os.sysconf('SC_PAGE_SIZE') / 2**20:,.0f} MB in use by the app"
+    except OSError:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        peak_bytes = peak if sys.platform == "darwin" else peak * 1024
+        return f"{peak_bytes / 2**20:,.0f} MB peak for the app"
