@@ -1,0 +1,134 @@
+"""The web app driven in Chromium as a person would: refuse a bad dataset, train from the Train tab, watch the
+run in the Runs tab across a page reload, then chat side by side with the base and the new adapter.
+
+One real server (tiny random Llama, its own LORAFORGE_HOME) serves the module; the training job is a separate
+process started by the server's supervisor. Every wait polls the page with a generous deadline.
+"""
+
+import os
+import signal
+
+import pytest
+
+from core.processes import process_start_time
+from core.store import Store
+from tests.browser import browser_page, screenshot, served_app
+from tests.job_helpers import supervisor_pid
+
+pytestmark = pytest.mark.browser
+RUN_TIMEOUT_MS = 240_000
+
+
+@pytest.fixture(scope="module")
+def web_home(tmp_path_factory):
+    return tmp_path_factory.mktemp("web-train") / "home"
+
+
+@pytest.fixture(scope="module")
+def app_url(web_home, tiny_llama_dir):
+    with served_app(web_home, "--model", str(tiny_llama_dir)) as url:
+        yield url
+    pid = supervisor_pid(web_home)  # the supervisor outlives the server by design; not past this module
+    if pid and process_start_time(pid) is not None:
+        os.kill(pid, signal.SIGKILL)
+
+
+def runs_in(home) -> list[dict]:
+    with Store(home / "loraforge.db") as store:
+        return store.list_runs()
+
+
+def open_tab(page, url: str, name: str) -> None:
+    page.goto(url)
+    page.get_by_role("tab", name=name).click()
+
+
+def set_number(page, setting: str, value) -> None:
+    box = page.locator(f"#cfg-{setting} input")
+    box.fill(str(value))
+    box.press("Tab")
+
+
+def text_of(page, selector: str) -> str:
+    return page.locator(selector).inner_text()
+
+
+def test_bad_upload_shows_line_numbered_problems_and_start_refuses(app_url, web_home, tmp_path):
+    bad = tmp_path / "broken.jsonl"
+    bad.write_text('{"instruction": "Say hi", "output": "hi"}\n{not json\n{"instruction": "no answer"}\n')
+    before = len(runs_in(web_home))
+    with browser_page() as page:
+        open_tab(page, app_url, "Train")
+        page.locator("#dataset-upload input[type=file]").set_input_files(str(bad))
+        page.wait_for_function("() => document.querySelector('#dataset-summary').innerText.includes('line 3')",
+                               timeout=60_000)
+        summary = text_of(page, "#dataset-summary")
+        assert "3 rows, 2 invalid" in summary and "line 2:" in summary and "line 3:" in summary
+        assert "Traceback" not in page.content()
+
+        page.locator("#start").click()
+        toast = page.get_by_test_id("toast-body").filter(has_text="2 of 3 rows are invalid")
+        toast.wait_for(timeout=60_000)  # Start refused with the problems, line by line
+        assert "line 2: bad JSON" in toast.inner_text() and "line 3: missing field 'output'" in toast.inner_text()
+        screenshot(page, "train-bad-dataset")
+        assert "Traceback" not in page.content()
+    assert len(runs_in(web_home)) == before  # no run was created
+
+
+def test_person_trains_watches_across_a_reload_and_chats_side_by_side(app_url, web_home):
+    with browser_page() as page:
+        open_tab(page, app_url, "Train")
+        page.locator("#sample-select input").click()
+        page.get_by_role("option", name="dates").click()
+        page.wait_for_function("() => document.querySelector('#preflight').innerText.includes('Trainable parameters')",
+                               timeout=60_000)
+        assert "7 May 1942" in text_of(page, "#dataset-preview")  # the first row of the sample
+        assert "alpaca" in text_of(page, "#dataset-summary")
+        assert page.locator("#preflight-example mark").count() >= 1  # trained tokens highlighted
+        for setting, value in {"max_steps": 3, "lr": 0.05, "batch_size": 2, "max_len": 64}.items():
+            set_number(page, setting, value)
+        page.wait_for_function("() => document.querySelector('#preflight').innerText.includes('Steps: 3')",
+                               timeout=60_000)
+        screenshot(page, "train-preflight")
+
+        page.locator("#start").click()
+        page.locator("#run-progress [data-status]").wait_for(timeout=60_000)  # the page switched to Runs
+        [run] = runs_in(web_home)
+        assert run["config"]["max_steps"] == 3 and run["dataset_path"].endswith("dates.train.jsonl")
+
+        page.reload()  # the job is its own process: the page comes back to it
+        page.get_by_role("tab", name="Runs").click()
+        page.wait_for_function("id => document.querySelector('#run-select input')?.value.includes(id)", arg=run["id"],
+                               timeout=60_000)
+        page.locator("#run-progress [data-status=completed]").wait_for(timeout=RUN_TIMEOUT_MS)
+        page.locator("#loss-plot canvas, #loss-plot svg").first.wait_for(timeout=60_000)
+        assert "step 3 of 3 (100%)" in text_of(page, "#run-progress")
+        assert "completed" in text_of(page, "#runs-table")
+        assert "step 3" in text_of(page, "#run-samples")  # checkpoint samples by step
+        page.wait_for_function("() => document.querySelector('#footer').innerText.includes('0 running, 0 queued')",
+                               timeout=60_000)
+        assert "Device: cpu" in text_of(page, "#footer")
+        screenshot(page, "runs-completed")
+        [run] = runs_in(web_home)
+        assert run["status"] == "completed" and run["summary"]["steps"] == 3
+
+        page.get_by_role("tab", name="Chat").click()
+        page.get_by_role("tab", name="Side by side").click()
+        page.get_by_text("Sampling settings").click()
+        for label, value in (("Temperature (0 = greedy, repeatable)", "0"), ("Max new tokens", "16")):
+            box = page.get_by_label(f"number input for {label}")
+            box.fill(value)
+            box.press("Enter")
+        page.locator("#right-model input").click()
+        page.get_by_role("option").filter(has_text=run["id"]).click()
+        page.locator("#sbs-prompt textarea").fill("Rewrite the date as YYYY-MM-DD. 20 February 1966")
+        page.locator("#sbs-send").click()
+        page.wait_for_function(  # both columns answered, and the input is free again (the reply is complete)
+            "() => ['#left-chat', '#right-chat'].every(c => document.querySelector(c + ' .bot')?.innerText.trim())"
+            " && !document.querySelector('#sbs-send').disabled && !document.querySelector('.generating')",
+            timeout=120_000,
+        )
+        screenshot(page, "chat-side-by-side")
+        base_answer, adapter_answer = text_of(page, "#left-chat .bot"), text_of(page, "#right-chat .bot")
+        assert base_answer.strip() and adapter_answer.strip()
+        assert base_answer != adapter_answer  # the adapter's column answers with what it learned
