@@ -35,7 +35,9 @@ def build_page(loaded: LoadedModel) -> gr.Blocks:
         footer = gr.Markdown(elem_id="footer")
         footer_timer = gr.Timer(FOOTER_SECONDS)
 
-        show_footer = lambda: footer_text(loaded, store)  # noqa: E731
+        def show_footer() -> str:
+            return footer_text(loaded, store)
+
         page.load(show_footer, None, footer)
         footer_timer.tick(show_footer, None, footer, show_progress="hidden")
         # The runs timer ticks only while the Runs tab is shown.
