@@ -31,7 +31,7 @@ from core.export_merged import DEFAULT_SHARD_BYTES, AdapterChoice, load_with_ada
 from core.export_output import ExportError, check_target, commit, folder_bytes, staging
 from core.modelfile import write_modelfile
 from core.models import DEFAULT_MODEL, LoadedModel, default_gguf_path
-from core.parity import LOGIT_TOLERANCES, ModelOutputs, ParityReport, compare_outputs, model_outputs
+from core.parity import RELATIVE_TOLERANCES, ModelOutputs, ParityReport, compare_outputs, model_outputs
 from core.peft_format import CONFIG_FILE, WEIGHTS_FILE, load_adapter, save_adapter
 from core.runs import adapter_source
 from core.store import Store
@@ -155,7 +155,7 @@ def _export_merged(
     say("Reloading the merged folder with transformers for the parity check")
     reloaded = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32)
     candidate = model_outputs(reloaded, AutoTokenizer.from_pretrained(tmp))
-    return ParityReport([compare_outputs(reference, candidate, "merged", LOGIT_TOLERANCES["merged"])])
+    return ParityReport([compare_outputs(reference, candidate, "merged", RELATIVE_TOLERANCES["merged"])])
 
 
 def _export_gguf(
@@ -170,7 +170,7 @@ def _export_gguf(
     reloaded = AutoModelForCausalLM.from_pretrained(tmp, gguf_file=gguf_name, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(tmp, gguf_file=gguf_name)
     candidate = model_outputs(reloaded, tokenizer)
-    check = compare_outputs(reference, candidate, f"gguf-{gguf_type}", LOGIT_TOLERANCES[gguf_type],
+    check = compare_outputs(reference, candidate, f"gguf-{gguf_type}", RELATIVE_TOLERANCES[gguf_type],
                             greedy_required=gguf_type == "f16")
     return ParityReport([check])
 
@@ -192,7 +192,7 @@ def _export_peft(
         load_adapter(loaded.model, folder, name="exported", activate=False)
     with active_adapters(loaded.model, "exported"):
         candidate = model_outputs(loaded.model, loaded.tokenizer)
-    return ParityReport([compare_outputs(reference, candidate, "peft", LOGIT_TOLERANCES["peft"])])
+    return ParityReport([compare_outputs(reference, candidate, "peft", RELATIVE_TOLERANCES["peft"])])
 
 
 def _write_peft_folder(loaded: LoadedModel, choices: list[AdapterChoice], folder: Path) -> None:
