@@ -2,6 +2,7 @@
 
 import errno
 import json
+import math
 import os
 import signal
 import subprocess
@@ -66,6 +67,16 @@ def test_a_run_writes_metrics_checkpoints_samples_and_a_peft_adapter(tiny_llama_
     config = json.loads((run / "adapter" / "adapter_config.json").read_text())
     assert config["peft_type"] == "LORA" and config["r"] == 8
     assert TrainConfig.from_yaml(run / "config.yaml") == tiny_config(tiny_llama_dir, keep_checkpoints=2)
+
+
+def test_qlora_trains_fp32_adapters_on_an_nf4_base(tiny_llama_dir, tmp_path):
+    result = train(tiny_config(tiny_llama_dir, quant="nf4", eval_share=0, max_steps=4, save_every=4), tmp_path / "run")
+    assert result.status == "completed"
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(r["loss"]) for r in rows) and rows[-1]["loss"] < rows[0]["loss"]
+    tensors = adapter_tensors(result.adapter_dir)
+    assert {t.dtype for t in tensors.values()} == {torch.float32}
+    assert any(float(t.abs().max()) > 0 for key, t in tensors.items() if "lora_B" in key)  # B moved off zero
 
 
 def test_resume_after_sigkill_ends_with_the_same_adapter(tiny_llama_dir, tmp_path):
