@@ -29,10 +29,10 @@ from core.checkpoint import load_checkpoint, newest_checkpoint, save_checkpoint
 from core.data import BatchSettings, DataPosition, iterate_batches
 from core.errors import LoraForgeError
 from core.loss import trained_token_loss
-from core.models import load_base_model
+from core.models import LoadedModel, load_base_model
 from core.peft_format import save_adapter
 from core.train_config import TrainConfig
-from core.train_data import load_training_data, sample_outputs
+from core.train_data import TrainingData, load_training_data, sample_outputs
 
 ADAPTER = "default"
 Events = Callable[[str, dict], None]
@@ -77,110 +77,155 @@ def train(config: TrainConfig, run_dir: Path, resume: bool = False, events: Even
         raise _out_of_memory(smaller) from None
 
 
+@dataclass
+class _Session:
+    """Everything a run holds while it trains."""
+
+    config: TrainConfig
+    run_dir: Path
+    loaded: LoadedModel
+    data: TrainingData
+    trainable: list[torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    batch_settings: BatchSettings
+    total_steps: int
+    trainable_parameters: int
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.loaded.model
+
+
 def _train_once(config: TrainConfig, run_dir: Path, resume: bool, events: Events | None) -> TrainResult:
-    config.check()
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config.to_yaml(run_dir / "config.yaml")
     emit = events or _ignore
-    torch.manual_seed(config.seed)
-
-    loaded = load_base_model(config.base, config.dtype, config.quant, config.device)
-    model, tokenizer = loaded.model, loaded.tokenizer
-    data = load_training_data(config, tokenizer)
-    report = add_adapter(model, ADAPTER, lora_settings(config))
-    if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-        model.enable_input_require_grads()
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = build_optimizer(config, trainable)
-    batch_settings = BatchSettings(packing=config.packing, batch_size=config.batch_size, seed=config.seed)
-    total_steps = planned_steps(config, len(data.train.examples))
-
-    step, position, tokens, elapsed = 0, DataPosition(), 0, 0.0
-    last_eval = None
-    checkpoint = newest_checkpoint(run_dir) if resume else None
+    run = _prepare(config, Path(run_dir))
+    step, position, tokens, elapsed, last_eval, train_loss = 0, DataPosition(), 0, 0.0, None, None
+    checkpoint = newest_checkpoint(run.run_dir) if resume else None
     if checkpoint is not None:
-        state = load_checkpoint(checkpoint, model, optimizer)
+        state = load_checkpoint(checkpoint, run.model, run.optimizer)
         step, position = state["step"], _same_examples_position(state, config.batch_size)
         tokens, elapsed, last_eval = state["tokens"], state["elapsed"], state.get("eval_loss")
         emit("resumed", {"step": step, "checkpoint": str(checkpoint)})
 
-    batches = iterate_batches(data.train.examples, batch_settings, tokenizer.pad_token_id, start=position)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if model.device.type == "cuda" else nullcontext()
+    batches = iterate_batches(run.data.train.examples, run.batch_settings, run.loaded.tokenizer.pad_token_id,
+                              start=position)
     stop = _StopFlag()
-    metrics_file = open(run_dir / "metrics.jsonl", "a")
-    train_loss = None
+    metrics_file = open(run.run_dir / "metrics.jsonl", "a")
     try:
-        model.train()
-        while step < total_steps and not stop.requested:
+        run.model.train()
+        while step < run.total_steps and not stop.requested:
             started = time.perf_counter()
             window = [next(batches) for _ in range(config.grad_accum)]
-            trained = sum(batch.trained_tokens for batch in window)
-            loss_sum = 0.0
-            for batch in window:
-                with autocast:
-                    loss, _ = trained_token_loss(model, batch.model_inputs(model.device))
-                (loss / max(trained, 1)).backward()
-                loss_sum += loss.item()
-            train_loss = loss_sum / max(trained, 1)
-            if not math.isfinite(train_loss):
-                raise TrainingError(
-                    f"The loss became {train_loss} at step {step + 1}, so training stopped. The last good checkpoint "
-                    "is kept. Lower the learning rate (e.g. halve --lr), keep gradient clipping on, and resume or restart."
-                )
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm))
-            rate = learning_rate(config, step, total_steps)
-            for group in optimizer.param_groups:
-                group["lr"] = rate
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            position = window[-1].next_position
+            train_loss, grad_norm, rate = _optimizer_step(run, window, step)
+            step, position = step + 1, window[-1].next_position
             step_tokens = sum(batch.tokens for batch in window)
-            tokens += step_tokens
             seconds = time.perf_counter() - started
-            elapsed += seconds
-            row = dict(step=step, split="train", loss=train_loss, lr=rate, grad_norm=grad_norm, tokens=tokens,
-                       tokens_per_s=step_tokens / seconds, memory_mb=peak_memory_mb(model.device), time=time.time(),
-                       epoch=position.epoch, total_steps=total_steps)
-            _log(metrics_file, row, emit)
+            tokens, elapsed = tokens + step_tokens, elapsed + seconds
+            _log(metrics_file, emit, dict(
+                step=step, split="train", loss=train_loss, lr=rate, grad_norm=grad_norm, tokens=tokens,
+                tokens_per_s=step_tokens / seconds, memory_mb=peak_memory_mb(run.model.device), time=time.time(),
+                epoch=position.epoch, total_steps=run.total_steps))
 
-            final = step == total_steps
+            final = step == run.total_steps
             if step % config.eval_every == 0 or final:
-                last_eval = data.eval_loss(model, batch_settings)
+                last_eval = run.data.eval_loss(run.model, run.batch_settings)
                 if last_eval is not None:
-                    _log(metrics_file, dict(step=step, split="eval", loss=last_eval, time=time.time()), emit)
+                    _log(metrics_file, emit, dict(step=step, split="eval", loss=last_eval, time=time.time()))
             if step % config.save_every == 0 or final or stop.requested:
-                for sample in sample_outputs(model, tokenizer, data.sample_prompts, config.sample_max_new_tokens):
-                    _append_json(run_dir / "samples.jsonl", {"step": step, **sample})
-                    emit("sample", {"step": step, **sample})
-                model.train()
-                state = dict(position=asdict(position), batch_size=config.batch_size, tokens=tokens, elapsed=elapsed, eval_loss=last_eval,
-                             train_loss=train_loss, total_steps=total_steps)
-                saved = save_checkpoint(run_dir, step, model, ADAPTER, optimizer, state, config.keep_checkpoints)
-                emit("checkpoint", {"step": step, "path": str(saved)})
+                state = dict(position=asdict(position), batch_size=config.batch_size, tokens=tokens, elapsed=elapsed,
+                             eval_loss=last_eval, train_loss=train_loss, total_steps=run.total_steps)
+                _save(run, step, state, emit)
     finally:
         metrics_file.close()
         stop.restore()
+    return _finish(run, step, train_loss, last_eval, tokens, elapsed)
 
+
+def _prepare(config: TrainConfig, run_dir: Path) -> _Session:
+    """Load the base, validate and render the data, inject the adapter, build the optimizer."""
+    config.check()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config.to_yaml(run_dir / "config.yaml")
+    torch.manual_seed(config.seed)
+    loaded = load_base_model(config.base, config.dtype, config.quant, config.device)
+    data = load_training_data(config, loaded.tokenizer)
+    report = add_adapter(loaded.model, ADAPTER, lora_settings(config))
+    if config.gradient_checkpointing:
+        loaded.model.gradient_checkpointing_enable()
+        loaded.model.enable_input_require_grads()
+    trainable = [p for p in loaded.model.parameters() if p.requires_grad]
+    return _Session(
+        config=config,
+        run_dir=run_dir,
+        loaded=loaded,
+        data=data,
+        trainable=trainable,
+        optimizer=build_optimizer(config, trainable),
+        batch_settings=BatchSettings(packing=config.packing, batch_size=config.batch_size, seed=config.seed),
+        total_steps=planned_steps(config, len(data.train.examples)),
+        trainable_parameters=report.trainable,
+    )
+
+
+def _optimizer_step(run: _Session, window: list, step: int) -> tuple[float, float, float]:
+    """Accumulate gradients over the window's micro-batches, clip, and step; return loss, grad norm and lr.
+
+    Each micro-batch's summed loss is divided by the trained tokens of the whole window, so every trained
+    token weighs the same however the window is split (which keeps the out-of-memory retry exact)."""
+    model = run.model
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if model.device.type == "cuda" else nullcontext()
+    trained = max(sum(batch.trained_tokens for batch in window), 1)
+    loss_sum = 0.0
+    for batch in window:
+        with autocast:
+            loss, _ = trained_token_loss(model, batch.model_inputs(model.device))
+        (loss / trained).backward()
+        loss_sum += loss.item()
+    train_loss = loss_sum / trained
+    if not math.isfinite(train_loss):
+        raise TrainingError(
+            f"The loss became {train_loss} at step {step + 1}, so training stopped. The last good checkpoint "
+            "is kept. Lower the learning rate (e.g. halve --lr), keep gradient clipping on, and resume or restart."
+        )
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(run.trainable, run.config.max_grad_norm))
+    rate = learning_rate(run.config, step, run.total_steps)
+    for group in run.optimizer.param_groups:
+        group["lr"] = rate
+    run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    return train_loss, grad_norm, rate
+
+
+def _save(run: _Session, step: int, state: dict, emit: Events) -> None:
+    """Sample the fixed prompts, then write the checkpoint (after sampling, so its random state is the loop's)."""
+    tokenizer, config = run.loaded.tokenizer, run.config
+    for sample in sample_outputs(run.model, tokenizer, run.data.sample_prompts, config.sample_max_new_tokens):
+        _append_json(run.run_dir / "samples.jsonl", {"step": step, **sample})
+        emit("sample", {"step": step, **sample})
+    run.model.train()
+    saved = save_checkpoint(run.run_dir, step, run.model, ADAPTER, run.optimizer, state, config.keep_checkpoints)
+    emit("checkpoint", {"step": step, "path": str(saved)})
+
+
+def _finish(run: _Session, step: int, train_loss, last_eval, tokens: int, elapsed: float) -> TrainResult:
+    """Save the final adapter when every step is done (else the run stopped early and is resumable)."""
     adapter_dir = None
-    if step >= total_steps:
-        adapter_dir = save_adapter(model, ADAPTER, run_dir / "adapter", base_model_name=loaded.facts.name)
+    if step >= run.total_steps:
+        adapter_dir = save_adapter(run.model, ADAPTER, run.run_dir / "adapter", base_model_name=run.loaded.facts.name)
     result = TrainResult(
-        run_dir=str(run_dir),
+        run_dir=str(run.run_dir),
         adapter_dir=str(adapter_dir) if adapter_dir else None,
         status="completed" if adapter_dir else "interrupted",
         steps=step,
-        total_steps=total_steps,
+        total_steps=run.total_steps,
         train_loss=train_loss,
         eval_loss=last_eval,
         tokens=tokens,
         tokens_per_s=tokens / elapsed if elapsed else 0.0,
-        peak_mem_mb=peak_memory_mb(model.device),
-        trainable_parameters=report.trainable,
+        peak_mem_mb=peak_memory_mb(run.model.device),
+        trainable_parameters=run.trainable_parameters,
     )
-    (run_dir / "result.json").write_text(json.dumps(asdict(result), indent=1))
+    (run.run_dir / "result.json").write_text(json.dumps(asdict(result), indent=1))
     return result
 
 
@@ -277,7 +322,7 @@ def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def _log(handle, row: dict, emit: Events) -> None:
+def _log(handle, emit: Events, row: dict) -> None:
     handle.write(json.dumps(row) + "\n")
     handle.flush()
     emit("metrics", row)
