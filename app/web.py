@@ -1,5 +1,5 @@
-"""The web page: Chat, Train and Runs tabs over one loaded base model, and a footer with device, memory
-and queue.
+"""The web page: Chat, Train, Runs and Adapters & Export tabs over one loaded base model, and a footer with
+device, memory and queue.
 
 Only UI code lives here: every action calls `core`, all state comes from the store and the run folders
 (so a reload or a second tab shows the same truth), and a user's mistake shows as a readable message
@@ -10,6 +10,7 @@ import gradio as gr
 
 from app.footer import footer_text
 from app.model_facts import describe_model
+from app.tab_adapters import build_adapters_tab
 from app.tab_chat import build_chat_tab
 from app.tab_runs import build_runs_tab
 from app.tab_train import build_train_tab
@@ -32,6 +33,8 @@ def build_page(loaded: LoadedModel) -> gr.Blocks:
                 train = build_train_tab(loaded, store)
             with gr.Tab("Runs", id="runs") as runs_tab:
                 runs = build_runs_tab(store)
+            with gr.Tab("Adapters & Export", id="adapters") as adapters_tab:
+                adapters = build_adapters_tab(loaded, store)
         footer = gr.Markdown(elem_id="footer")
         footer_timer = gr.Timer(FOOTER_SECONDS)
 
@@ -42,9 +45,10 @@ def build_page(loaded: LoadedModel) -> gr.Blocks:
         footer_timer.tick(show_footer, None, footer, show_progress="hidden")
         # The runs timer ticks only while the Runs tab is shown.
         runs_tab.select(runs.render, runs.selected, runs.outputs).then(lambda: gr.Timer(active=True), None, runs.timer)
-        for other in (chat_tab, train_tab):
+        for other in (chat_tab, train_tab, adapters_tab):
             other.select(lambda: gr.Timer(active=False), None, runs.timer)
         chat_tab.select(chat.adapter_choices, None, chat.choices)
+        adapters_tab.select(adapters.render, None, adapters.outputs)
         train.started.success(lambda run_id: (gr.Tabs(selected="runs"), run_id, gr.Timer(active=True)),
                               train.run_id, [tabs, runs.selected, runs.timer])
     return page
