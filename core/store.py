@@ -28,7 +28,7 @@ from core.store_errors import DatabaseBusy, DatabaseDamaged, DatabaseTooNew, Run
 from core.store_schema import JSON_COLUMNS
 
 DB_NAME = "loraforge.db"
-VOTE_WINNERS = ("left", "right", "tie")
+VOTE_WINNERS = ("left", "right", "tie", "both_bad")
 
 
 def new_run_id() -> str:
@@ -344,7 +344,8 @@ class Store:
         return self._query("exports", "SELECT * FROM exports ORDER BY created DESC, id DESC")
 
     def add_vote(self, prompt: str, left: dict, right: dict, winner: str) -> int:
-        """Record a side-by-side chat vote; `left`/`right` describe what each side was (base, adapters)."""
+        """Record a side-by-side chat vote; `left`/`right` describe what each side was (base, adapters), and
+        `winner` is a side, "tie", or "both_bad" (neither answer was good)."""
         if winner not in VOTE_WINNERS:
             raise ValueError(f"winner must be one of {VOTE_WINNERS}, not {winner!r}")
         row = {"prompt": prompt, "left": left, "right": right, "winner": winner, "created": now_iso()}
