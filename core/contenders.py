@@ -31,6 +31,11 @@ class Contender:
     label: str
     weights: tuple[tuple[int, float], ...] = ()
 
+    @property
+    def key(self) -> tuple:
+        """The same adapters with the same weights are the same contender, whatever the label or order."""
+        return tuple(sorted(self.weights))
+
     def describe(self) -> dict:
         """What a stored vote keeps about this side, so win rates survive renamed or deleted adapters."""
         return {"label": self.label, "adapters": [{"id": i, "weight": w} for i, w in self.weights]}
