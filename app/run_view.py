@@ -57,11 +57,10 @@ def progress_html(run: dict, store: Store) -> str:
         per_step = (train[-1]["time"] - train[0]["time"]) / (train[-1]["step"] - train[0]["step"])
         eta = f" · about {_duration(per_step * (total - done))} left"
     label = f"{run['status']} · step {done} of {total or '?'} ({share:.0%}){eta}"
-    return (
-        f'<div id="progress-track" data-status="{run["status"]}" data-step="{done}" style="height:14px;'
-        'border-radius:7px;background:var(--neutral-200);overflow:hidden">'
-        f'<div style="height:100%;width:{share * 100:.1f}%;background:var(--color-accent)"></div></div>'
-        f'<div style="margin-top:4px">{html.escape(label)}</div>'
+    return (  # styled by assets/web.css
+        f'<div id="progress-track" class="lf-progress" data-status="{run["status"]}" data-step="{done}">'
+        f'<div style="width:{share * 100:.1f}%"></div></div>'
+        f'<div class="lf-progress-label">{html.escape(label)}</div>'
     )
 
 

@@ -6,6 +6,8 @@ Only UI code lives here: every action calls `core`, all state comes from the sto
 (gr.Error), never as a stack trace.
 """
 
+from pathlib import Path
+
 import gradio as gr
 
 from app.footer import footer_text
@@ -19,6 +21,10 @@ from core.store import Store
 
 PAGE_TITLE = "LoRA Forge"
 FOOTER_SECONDS = 5
+# The look, passed to launch() (Gradio 6 takes css and theme there, not in Blocks). Default's fonts ship with
+# Gradio, so the page needs no network.
+STYLESHEET = Path(__file__).resolve().parents[1] / "assets" / "web.css"
+THEME = gr.themes.Default(primary_hue="orange", neutral_hue="slate", spacing_size="sm", radius_size="sm")
 
 
 def build_page(loaded: LoadedModel) -> gr.Blocks:

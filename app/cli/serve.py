@@ -7,11 +7,14 @@ reaches the page can run jobs and read files under LORAFORGE_HOME.
 import argparse
 import ipaddress
 import os
+import re
 import sys
 
 from app.cli.options import add_model_options, load_model
 from core import paths
 from core.errors import LoraForgeError
+
+DEFAULT_MAX_UPLOAD = "2gb"
 
 
 def register(verbs) -> None:
@@ -26,8 +29,9 @@ def register(verbs) -> None:
 
 def run(args: argparse.Namespace) -> int:
     auth = _check_exposure(args.host, args.auth)
+    max_upload = _max_upload()
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    from app.web import build_page  # gradio is slow to import; the other verbs don't need it
+    from app.web import STYLESHEET, THEME, build_page  # gradio is slow to import; the other verbs don't need it
 
     print("Loading the base model…", file=sys.stderr, flush=True)
     loaded, _ = load_model(args)
@@ -40,7 +44,9 @@ def run(args: argparse.Namespace) -> int:
         inbrowser=not args.no_browser and _has_display(),
         share=False,
         allowed_paths=[str(paths.home())],
-        max_file_size="2gb",
+        max_file_size=max_upload,
+        theme=THEME,
+        css_paths=[STYLESHEET],
         show_error=False,
         quiet=True,
     )
@@ -59,6 +65,14 @@ def _check_exposure(host: str, auth: str | None) -> tuple[str, str] | None:
             "or leave --host at 127.0.0.1."
         )
     return None
+
+
+def _max_upload() -> str:
+    """The largest upload Gradio accepts (it refuses bigger files with a message): LORAFORGE_MAX_UPLOAD, else 2gb."""
+    limit = os.environ.get("LORAFORGE_MAX_UPLOAD", DEFAULT_MAX_UPLOAD).strip().lower()
+    if not re.fullmatch(r"[0-9]+ ?(b|kb|mb|gb|tb)", limit):
+        raise LoraForgeError(f"LORAFORGE_MAX_UPLOAD={limit!r} is not a size; write it like 500mb or 2gb.")
+    return limit
 
 
 def _is_loopback(host: str) -> bool:
