@@ -13,7 +13,7 @@ import torch
 
 from app.model_facts import describe_model
 from app.train_form import PRESET_VALUES, build_form, form_values, to_config
-from app.train_preview import PREVIEW_COLUMNS, preflight_markdown, preview
+from app.train_preview import PREVIEW_COLUMNS, preflight_view, preview
 from core import jobs, paths
 from core.errors import LoraForgeError
 from core.models import LoadedModel
@@ -23,9 +23,11 @@ from core.train_config import TrainConfig
 
 SAMPLES = Path(__file__).resolve().parents[1] / "assets" / "samples"
 DATASET_TYPES = [".jsonl", ".json", ".csv", ".parquet"]
-# Settings whose change alters the preflight figures.
+NO_DATASET = "Choose a dataset to see what the run would train on."
+# Settings whose change alters the preflight figures (steps, lengths, memory).
 PREFLIGHT_INPUTS = ("base", "rank", "targets", "custom_targets", "max_len", "train_on", "skip_invalid", "epochs",
-                    "max_steps", "batch_size", "grad_accum", "eval_file", "eval_share", "use_dora")
+                    "max_steps", "batch_size", "grad_accum", "eval_file", "eval_share", "use_dora", "quant",
+                    "dtype", "device", "gradient_checkpointing")
 
 
 @dataclass
@@ -61,8 +63,12 @@ def build_train_tab(loaded: LoadedModel, store: Store) -> TrainTab:
                    for name in PRESET_VALUES]
     fields.update(build_form(defaults))
     gr.Markdown("### 4 · Preflight")
-    checks = gr.Markdown("Choose a dataset to see what the run would train on.", elem_id="preflight")
+    checks = gr.Markdown(NO_DATASET, elem_id="preflight")
+    with gr.Row(equal_height=False):
+        lengths = gr.HTML(elem_id="preflight-lengths", scale=3)
+        memory = gr.HTML(elem_id="preflight-memory", scale=2)
     example = gr.HTML(elem_id="preflight-example")
+    preflight_outputs = [checks, lengths, memory, example]
     with gr.Row():
         save = gr.Button("Save config as YAML", elem_id="save-config")
         load = gr.UploadButton("Load config YAML", file_types=[".yaml", ".yml"], elem_id="load-config")
@@ -93,11 +99,11 @@ def build_train_tab(loaded: LoadedModel, store: Store) -> TrainTab:
     def run_preflight(*values):
         current = values_of(values)
         if not current["dataset"].strip():
-            return "Choose a dataset to see what the run would train on.", ""
+            return NO_DATASET, "", "", ""
         try:
-            return preflight_markdown(to_config(current), loaded)
+            return preflight_view(to_config(current), loaded)
         except LoraForgeError as error:
-            return f"**Not ready:**\n```\n{error}\n```", ""
+            return f"**Not ready:**\n```\n{error}\n```", "", "", ""
 
     def choose_sample(name: str | None):
         if not name:
@@ -140,13 +146,13 @@ def build_train_tab(loaded: LoadedModel, store: Store) -> TrainTab:
     sample.input(choose_sample, sample, [fields["dataset"], fields["eval_file"]])
     upload.upload(keep_upload, upload, [fields["dataset"], fields["eval_file"]])
     fields["dataset"].change(show_dataset, fields["dataset"], [table, summary]).then(
-        run_preflight, inputs, [checks, example])
+        run_preflight, inputs, preflight_outputs)
     for name in PREFLIGHT_INPUTS:
-        fields[name].input(run_preflight, inputs, [checks, example], trigger_mode="always_last")
+        fields[name].input(run_preflight, inputs, preflight_outputs, trigger_mode="always_last")
     for button in presets:
-        button.click(apply_preset, button, inputs).then(run_preflight, inputs, [checks, example])
+        button.click(apply_preset, button, inputs).then(run_preflight, inputs, preflight_outputs)
     save.click(save_config, inputs, saved)
-    load.upload(load_config, load, inputs).then(run_preflight, inputs, [checks, example])
+    load.upload(load_config, load, inputs).then(run_preflight, inputs, preflight_outputs)
     started = start.click(start_run, inputs, [note, run_id])
     return TrainTab(started=started, run_id=run_id)
 

@@ -1,5 +1,5 @@
 """What the Train tab shows about a dataset and a planned run before it starts: a preview of the first rows,
-the validation problems with their line numbers, and the preflight figures.
+the validation problems with their line numbers, and the preflight figures, length histogram and memory estimate.
 
 Uses the already-loaded base model's tokenizer and module shapes only: nothing here changes the model
 (the chat may be using it) and nothing trains.
@@ -10,11 +10,11 @@ import math
 
 import pandas as pd
 
-from core.base_weights import layer_shape
+from app.preflight_panels import length_chart, memory_gauge
 from core.data import data_preflight, load_examples
 from core.data.formats import Example
 from core.models import LoadedModel
-from core.targets import resolve_targets
+from core.preflight import count_trainable, estimate_memory
 from core.train import planned_steps
 from core.train_config import TrainConfig
 
@@ -38,11 +38,12 @@ def preview(source: str) -> tuple[pd.DataFrame, str]:
     return pd.DataFrame(rows, columns=PREVIEW_COLUMNS), summary
 
 
-def preflight_markdown(config: TrainConfig, loaded: LoadedModel) -> tuple[str, str]:
-    """The preflight figures (markdown) and the first example with its trained tokens highlighted (HTML)."""
+def preflight_view(config: TrainConfig, loaded: LoadedModel) -> tuple[str, str, str, str]:
+    """The preflight figures (markdown), the length histogram and the memory estimate (HTML), and the first example
+    with its trained tokens highlighted (HTML)."""
     data = data_preflight(config.dataset, loaded.tokenizer, config.max_len, config.train_on,
                           skip_invalid=config.skip_invalid)
-    trainable = trainable_parameters(loaded, config)
+    trainable = count_trainable(loaded.model, config)
     share = 100 * trainable / loaded.facts.parameters if loaded.facts.parameters else 0.0
     valid = data.rows - data.invalid_rows
     training_rows = valid if config.eval_file else valid - math.floor(valid * config.eval_share)
@@ -58,18 +59,9 @@ def preflight_markdown(config: TrainConfig, loaded: LoadedModel) -> tuple[str, s
         lines.append(f"_Token figures use the served model's tokenizer ({loaded.facts.name}), not {config.base}._")
     if not data.ready:
         lines.append(f"**Not ready:**\n```\n{data.message}\n```")
-    return "\n\n".join(lines), highlighted(data.example_text, data.example_trained_spans)
-
-
-def trainable_parameters(loaded: LoadedModel, config: TrainConfig) -> int:
-    """r x (d_in + d_out) per targeted layer (+ d_out for DoRA), from the loaded model's shapes."""
-    total = 0
-    modules = dict(loaded.model.named_modules())
-    for path in resolve_targets(loaded.model, config.targets):
-        module = modules[path]
-        d_in, d_out = layer_shape(getattr(module, "base_layer", module))
-        total += config.rank * (d_in + d_out) + (d_out if config.use_dora else 0)
-    return total
+    memory = estimate_memory(loaded, config, data, trainable)
+    return ("\n\n".join(lines), length_chart(data.length_bins, config.max_len, data.truncated_share),
+            memory_gauge(memory), highlighted(data.example_text, data.example_trained_spans))
 
 
 def highlighted(text: str, spans: list[tuple[int, int]]) -> str:

@@ -2,25 +2,60 @@
 
 Data facts come from `core.data.data_preflight`; this adds the adapter's trainable parameters and
 estimates of peak memory and seconds per step on this machine. The estimates are rough on purpose:
-    time   = 4 x (linear-layer parameters, the LM head only on trained tokens) FLOPs per token (forward + input gradients; frozen W gets no
-             weight gradient) / (measured matmul speed x efficiency seen in our benchmarks)
-    memory = weights + 16 bytes per trainable parameter (value, gradient, two Adam moments)
-             + activations kept for the backward pass (about 20 hidden + 4 intermediate floats per token per layer)
+    time   = 4 x (linear-layer parameters, the LM head only on trained tokens) FLOPs per token (forward + input
+             gradients; frozen W gets no weight gradient) / (measured matmul speed x efficiency seen in our benchmarks)
+    memory = weights (in the run's dtype, linear layers in nf4/int8 when quantized)
+             + 16 bytes per trainable parameter (value, gradient, two Adam moments)
+             + activations kept for the backward pass (about 20 hidden + 4 intermediate values per token per layer;
+               with gradient checkpointing one hidden vector per layer plus one layer's worth)
+             + fp32 logits, their softmax and gradient for the trained tokens
+             + the Python/torch runtime,
+    for the largest micro-batch we expect: batch_size examples of the 95th-percentile length (at most max_len).
+Every figure is computed from the already-loaded model without changing it, so the web page can show it live.
 """
 
 import os
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
+from torch import nn
 
-from core.adapters import add_adapter, delete_adapter
+from core.base_weights import layer_shape
 from core.data import DataPreflight, data_preflight
-from core.models import load_base_model
-from core.train import lora_settings, planned_steps
+from core.models import LoadedModel, load_base_model, resolve_device, resolve_dtype
+from core.quantize import SKIPPED_MODULES
+from core.targets import resolve_targets
+from core.train import planned_steps
 from core.train_config import TrainConfig
 
 TRAINING_EFFICIENCY = 0.5  # share of the matmul peak our LoRA training loop reaches on CPU (bench/)
+QUANTIZED_BYTES = {"nf4": 4.127 / 8, "int8": 1.0}  # per weight: NF4 with double-quantized scales; int8 + row scales
+RUNTIME_MB = 400.0  # Python, torch and transformers themselves, before any model (measured: about 400 MB)
+MB = 2**20
+
+
+@dataclass
+class MemoryEstimate:
+    """Estimated peak memory of a run by part, and what its device has."""
+
+    device: str
+    weights_mb: float
+    adapter_mb: float  # trainable parameters with their gradients and optimizer moments
+    activations_mb: float
+    logits_mb: float
+    runtime_mb: float
+    available_mb: float  # free now (another process's model already counted out)
+    device_total_mb: float
+
+    @property
+    def peak_mb(self) -> float:
+        return self.weights_mb + self.adapter_mb + self.activations_mb + self.logits_mb + self.runtime_mb
+
+    @property
+    def fits(self) -> bool:
+        return self.peak_mb <= self.available_mb
 
 
 @dataclass
@@ -35,6 +70,7 @@ class Preflight:
     estimated_minutes: float
     estimated_peak_memory_mb: float
     machine_memory_mb: float
+    memory: MemoryEstimate
 
 
 def preflight(config: TrainConfig) -> Preflight:
@@ -43,8 +79,7 @@ def preflight(config: TrainConfig) -> Preflight:
     loaded = load_base_model(config.base, config.dtype, config.quant, config.device)
     data = data_preflight(config.dataset, loaded.tokenizer, config.max_len, config.train_on,
                           skip_invalid=config.skip_invalid)
-    report = add_adapter(loaded.model, "preflight", lora_settings(config))
-    delete_adapter(loaded.model, "preflight")
+    trainable = count_trainable(loaded.model, config)
     head = loaded.model.get_output_embeddings()
     linear = sum(m.in_features * m.out_features for m in loaded.model.modules() if hasattr(m, "in_features"))
     linear -= head.in_features * head.out_features * (1 - data.trained_token_share)  # head runs on trained tokens only
@@ -52,22 +87,78 @@ def preflight(config: TrainConfig) -> Preflight:
     tokens_per_step = mean_tokens * config.batch_size * config.grad_accum
     steps = planned_steps(config, data.rows - data.invalid_rows)
     seconds = 4 * linear * tokens_per_step / (matmul_flops(loaded.model.device) * TRAINING_EFFICIENCY)
-    settings = loaded.model.config
-    layers = getattr(settings, "num_hidden_layers", 1)
-    per_token = 4 * layers * (20 * settings.hidden_size + 4 * getattr(settings, "intermediate_size", 0))
-    memory = loaded.facts.weight_bytes + 16 * report.trainable + per_token * mean_tokens * config.batch_size
+    memory = estimate_memory(loaded, config, data, trainable)
     return Preflight(
         data=data,
         model=asdict(loaded.facts),
-        trainable_parameters=report.trainable,
-        trainable_percent=report.trainable_percent,
+        trainable_parameters=trainable,
+        trainable_percent=100 * trainable / loaded.facts.parameters if loaded.facts.parameters else 0.0,
         total_steps=steps,
         tokens_per_step=tokens_per_step,
         estimated_seconds_per_step=seconds,
         estimated_minutes=seconds * steps / 60,
-        estimated_peak_memory_mb=memory / 2**20 + _runtime_overhead_mb(),
-        machine_memory_mb=_machine_memory_mb(loaded.model.device),
+        estimated_peak_memory_mb=memory.peak_mb,
+        machine_memory_mb=memory.device_total_mb,
+        memory=memory,
     )
+
+
+def count_trainable(model: nn.Module, config: TrainConfig) -> int:
+    """r x (d_in + d_out) per targeted layer (+ d_out for DoRA), from the model's shapes: nothing is injected."""
+    total = 0
+    modules = dict(model.named_modules())
+    for path in resolve_targets(model, config.targets):
+        module = modules[path]
+        d_in, d_out = layer_shape(getattr(module, "base_layer", module))
+        total += config.rank * (d_in + d_out) + (d_out if config.use_dora else 0)
+    return total
+
+
+def estimate_memory(loaded: LoadedModel, config: TrainConfig, data: DataPreflight, trainable: int) -> MemoryEstimate:
+    """Peak memory of training `config` (see the module docstring), from `loaded` whatever its own dtype and
+    quantization: the web page estimates any settings against the one model it serves."""
+    device = resolve_device(config.device)
+    value_bytes = resolve_dtype(config.dtype, device).itemsize
+    facts, settings = loaded.facts, loaded.model.config
+    served_bytes = getattr(torch, facts.dtype).itemsize
+    other_weights = (facts.weight_bytes - facts.linear_weight_bytes) * value_bytes / served_bytes
+    linear_weights = quantizable_weights(loaded.model) * QUANTIZED_BYTES.get(config.quant, value_bytes)
+    tokens = config.batch_size * min(data.length_p95, config.max_len)
+    layers, hidden = getattr(settings, "num_hidden_layers", 1), settings.hidden_size
+    one_layer = 20 * hidden + 4 * getattr(settings, "intermediate_size", 0)
+    kept = layers * hidden + one_layer if config.gradient_checkpointing else layers * one_layer
+    trained = tokens * (data.trained_token_share if data.tokens else 1.0)
+    available, total = machine_memory_mb(device)
+    return MemoryEstimate(
+        device=str(device),
+        weights_mb=(other_weights + linear_weights) / MB,
+        adapter_mb=16 * trainable / MB,
+        activations_mb=value_bytes * kept * tokens / MB,
+        logits_mb=12 * trained * settings.vocab_size / MB,
+        runtime_mb=RUNTIME_MB,
+        available_mb=available,
+        device_total_mb=total,
+    )
+
+
+def quantizable_weights(model: nn.Module) -> int:
+    """Weights of the linear layers that nf4/int8 would quantize (all but the LM head), counted unpacked."""
+    return sum(module.in_features * module.out_features for name, module in model.named_modules()
+               if isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] not in SKIPPED_MODULES)
+
+
+def machine_memory_mb(device: torch.device) -> tuple[float, float]:
+    """(available now, total) memory of `device` in MB: the GPU's, or this machine's RAM."""
+    if device.type == "cuda":
+        free, total = torch.cuda.mem_get_info(device)
+        return free / MB, total / MB
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / MB
+    meminfo = Path("/proc/meminfo")
+    if meminfo.is_file():  # Linux: MemAvailable counts reclaimable caches, unlike free pages
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 1024, total
+    return total, total
 
 
 def matmul_flops(device: torch.device, size: int = 1024, repeats: int = 8) -> float:
@@ -86,14 +177,3 @@ def matmul_flops(device: torch.device, size: int = 1024, repeats: int = 8) -> fl
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def _runtime_overhead_mb() -> float:
-    """Python, torch and transformers themselves, before any model (measured: about 400 MB)."""
-    return 400.0
-
-
-def _machine_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).total_memory / 2**20
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20

@@ -1,5 +1,6 @@
 """The web app driven in Chromium as a person would: refuse a bad dataset, train from the Train tab, watch the
-run in the Runs tab across a page reload, then chat side by side with the base and the new adapter.
+run in the Runs tab across a page reload, then chat side by side with the base and the new adapter; and see the
+preflight's length histogram and memory warning.
 
 One real server (tiny random Llama, its own LORAFORGE_HOME) serves the module; the training job is a separate
 process started by the server's supervisor. Every wait polls the page with a generous deadline.
@@ -9,11 +10,13 @@ import os
 import signal
 
 import pytest
+from transformers import AutoTokenizer
 
+from core.data import data_preflight
 from core.processes import process_start_time
 from core.store import Store
 from tests.browser import browser_page, screenshot, served_app
-from tests.job_helpers import supervisor_pid
+from tests.job_helpers import DATES, supervisor_pid
 
 pytestmark = pytest.mark.browser
 RUN_TIMEOUT_MS = 240_000
@@ -132,3 +135,29 @@ def test_person_trains_watches_across_a_reload_and_chats_side_by_side(app_url, w
         base_answer, adapter_answer = text_of(page, "#left-chat .bot"), text_of(page, "#right-chat .bot")
         assert base_answer.strip() and adapter_answer.strip()
         assert base_answer != adapter_answer  # the adapter's column answers with what it learned
+
+
+def test_preflight_shows_the_length_histogram_and_warns_when_memory_will_not_do(app_url, tiny_llama_dir):
+    expected = data_preflight(DATES, AutoTokenizer.from_pretrained(tiny_llama_dir), max_length=64)
+    assert 0 < expected.truncated_share < 1  # the tiny tokenizer makes some dates rows longer than 64 tokens
+    with browser_page() as page:
+        open_tab(page, app_url, "Train")
+        page.locator("#sample-select input").click()
+        page.get_by_role("option", name="dates").click()
+        set_number(page, "max_len", 64)
+        page.locator("#preflight-lengths [data-max-length='64'] .max-length").wait_for(state="attached", timeout=60_000)
+        lengths = text_of(page, "#preflight-lengths")
+        assert f"{expected.truncated_share:.0%} of examples are longer than max length 64" in lengths
+        assert page.locator("#preflight-lengths rect.cut").count() >= 1  # the truncated part of the bars
+        page.locator("#preflight-memory [data-fits=true]").wait_for(timeout=60_000)
+        assert "Estimated peak memory" in text_of(page, "#preflight-memory") and "available on cpu" in text_of(
+            page, "#preflight-memory")
+        screenshot(page, "train-preflight-histogram")
+
+        set_number(page, "batch_size", 10_000_000)
+        page.locator("#preflight-memory [data-fits=false] .lf-warning").wait_for(timeout=60_000)
+        warning = text_of(page, "#preflight-memory .lf-warning")
+        assert all(fix in warning for fix in ("Batch size", "Max length", "nf4", "Gradient checkpointing"))
+        page.locator("#preflight-memory").scroll_into_view_if_needed()
+        screenshot(page, "train-preflight-memory-warning")
+        assert "Traceback" not in page.content()

@@ -15,6 +15,17 @@ from core.data.prepare import prepare_dataset
 from core.data.render import IGNORE_INDEX, RenderedExample
 
 MARK_OPEN, MARK_CLOSE = "⟦", "⟧"
+HISTOGRAM_BINS = 24
+
+
+@dataclass
+class LengthBin:
+    """Examples whose token count (before truncation) lies in [start, end); `truncated` of them exceed max_length."""
+
+    start: int
+    end: int
+    count: int
+    truncated: int
 
 
 @dataclass
@@ -37,6 +48,7 @@ class DataPreflight:
     example_text: str = ""  # the first example, as the model sees it
     example_trained_spans: list[tuple[int, int]] = field(default_factory=list)  # [start, end) in example_text
     example_marked: str = ""  # example_text with trained spans wrapped in ⟦ ⟧
+    length_bins: list[LengthBin] = field(default_factory=list)
 
 
 def data_preflight(
@@ -74,6 +86,7 @@ def data_preflight(
         example_text=text,
         example_trained_spans=spans,
         example_marked=mark(text, spans),
+        length_bins=length_histogram(full_lengths, max_length),
     )
 
 
@@ -98,6 +111,23 @@ def mark(text: str, spans: list[tuple[int, int]]) -> str:
         out += [text[cursor:start], MARK_OPEN, text[start:end], MARK_CLOSE]
         cursor = end
     return "".join(out) + text[cursor:]
+
+
+def length_histogram(lengths: list[int], max_length: int, bins: int = HISTOGRAM_BINS) -> list[LengthBin]:
+    """Equal-width bins from the shortest to past the longest example. The range takes in max_length when that is
+    below the shortest or at most twice the longest example, so the limit can be drawn among the bars; a limit far
+    beyond the data would squash them."""
+    if not lengths:
+        return []
+    lower, longest = min(min(lengths), max_length), max(lengths)
+    upper = max(longest, max_length) if max_length <= 2 * longest else longest
+    width = max(1, math.ceil((upper - lower + 1) / bins))
+    counts = [[0, 0] for _ in range(math.ceil((upper - lower + 1) / width))]
+    for length in lengths:
+        counts[(length - lower) // width][0] += 1
+        counts[(length - lower) // width][1] += length > max_length
+    return [LengthBin(lower + i * width, lower + (i + 1) * width, count, truncated)
+            for i, (count, truncated) in enumerate(counts)]
 
 
 def _percentile(sorted_values: list[int], share: float) -> int:
