@@ -1,7 +1,9 @@
-"""The Runs tab: every run with its status, and the selected run's live progress, curves, samples and log.
+"""The Runs tab: every run with its status, the selected run's live progress, curves, samples and log, and a
+view comparing several runs (app.run_compare).
 
 It only reads the store and run folders (through app.run_view) and calls core.jobs for Stop and Resume,
 so closing or reloading the page never touches a job; a timer re-reads everything while the tab is shown.
+Delete asks the browser to confirm first: a misclick must not lose a run.
 """
 
 from collections.abc import Callable
@@ -10,6 +12,7 @@ from dataclasses import dataclass
 import gradio as gr
 
 from app import run_view
+from app.run_compare import CompareView, build_compare
 from core import jobs
 from core.errors import LoraForgeError
 from core.runs import delete_run
@@ -17,16 +20,21 @@ from core.store import Store
 
 REFRESH_SECONDS = 2.5
 ACTIVE = ("queued", "running")
+# Runs in the browser before the server sees the click: dismissing the dialog sends no run id.
+CONFIRM_DELETE = ("(runId) => confirm(`Delete run ${runId}? Its metrics, checkpoints and adapter are removed; "
+                  "this cannot be undone.`) ? runId : null")
 
 
 @dataclass
 class RunsTab:
-    """What other parts of the page wire to: the chosen run, the refresh timer, and re-rendering the tab."""
+    """What other parts of the page wire to: the chosen run, the refresh timer, re-rendering the tab, and the
+    compare view (whose run list is re-read when the tab is shown)."""
 
     selected: gr.Dropdown
     timer: gr.Timer
     render: Callable
     outputs: list
+    compare: CompareView
 
 
 def build_runs_tab(store: Store) -> RunsTab:
@@ -41,12 +49,13 @@ def build_runs_tab(store: Store) -> RunsTab:
         stop = gr.Button("Stop", variant="stop", elem_id="run-stop", interactive=False)
         resume = gr.Button("Resume", elem_id="run-resume", interactive=False)
         delete = gr.Button("Delete", elem_id="run-delete", interactive=False)
-    plot = gr.LinePlot(x="step", y="loss", color="split", label="Loss (train and eval)", elem_id="loss-plot",
-                       height=340)
+    # No fixed height: with one, Gradio sizes the chart to the box and clips the legend below it.
+    plot = gr.LinePlot(x="step", y="loss", color="split", label="Loss (train and eval)", elem_id="loss-plot")
     samples = gr.Dataframe(label="Checkpoint samples (prompt by step)", interactive=False, wrap=True,
                            elem_id="run-samples")
     with gr.Accordion("Log tail", open=False):
         log = gr.Code(language=None, elem_id="run-log", interactive=False)
+    compare = build_compare(store)
 
     def render(run_id: str | None):
         runs = jobs.refresh(store)
@@ -80,6 +89,11 @@ def build_runs_tab(store: Store) -> RunsTab:
         gr.Info(done.format(run_id=run_id))
         return render(run_id)
 
+    def delete_confirmed(run_id: str | None):
+        if run_id is None:  # the person kept the run
+            return tuple(gr.skip() for _ in outputs)
+        return act(delete_run, run_id, "Run {run_id} deleted.")
+
     def pick(frame, event: gr.SelectData):
         return render(frame.iloc[event.index[0], 0])
 
@@ -88,5 +102,6 @@ def build_runs_tab(store: Store) -> RunsTab:
     table.select(pick, table, outputs)
     stop.click(lambda r: act(jobs.cancel, r, "Run {run_id} stopped."), selected, outputs)
     resume.click(lambda r: act(jobs.resume_in_background, r, "Run {run_id} queued again."), selected, outputs)
-    delete.click(lambda r: act(delete_run, r, "Run {run_id} deleted."), selected, outputs)
-    return RunsTab(selected=selected, timer=timer, render=render, outputs=outputs)
+    delete.click(delete_confirmed, selected, outputs, js=CONFIRM_DELETE).then(compare.refresh, compare.select,
+                                                                             compare.select)
+    return RunsTab(selected=selected, timer=timer, render=render, outputs=outputs, compare=compare)

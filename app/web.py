@@ -51,10 +51,12 @@ def build_page(loaded: LoadedModel) -> gr.Blocks:
         footer_timer.tick(show_footer, None, footer, show_progress="hidden")
         # The runs timer ticks only while the Runs tab is shown.
         runs_tab.select(runs.render, runs.selected, runs.outputs).then(lambda: gr.Timer(active=True), None, runs.timer)
+        runs_tab.select(runs.compare.refresh, runs.compare.select, runs.compare.select)
         for other in (chat_tab, train_tab, adapters_tab):
             other.select(lambda: gr.Timer(active=False), None, runs.timer)
         chat_tab.select(chat.adapter_choices, None, chat.choices)
         adapters_tab.select(adapters.render, None, adapters.outputs)
         train.started.success(lambda run_id: (gr.Tabs(selected="runs"), run_id, gr.Timer(active=True)),
-                              train.run_id, [tabs, runs.selected, runs.timer])
+                              train.run_id, [tabs, runs.selected, runs.timer]).then(
+            runs.compare.refresh, runs.compare.select, runs.compare.select)  # switching tabs here fires no select
     return page

@@ -1,0 +1,116 @@
+"""The Runs tab driven in Chromium: compare two real runs (overlaid curves with a legend naming both, a table with
+only the settings that differ), see the whole legend of a loss plot, and Delete only after the browser's confirm.
+
+The runs are trained before the server starts (tiny random Llama, a few steps each, in this process); the server
+has its own LORAFORGE_HOME. Every wait polls the page with a generous deadline.
+"""
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from core.runs import create_run, execute_run
+from core.store import Store
+from tests.browser import browser_page, screenshot, served_app
+from tests.job_helpers import tiny_config
+
+pytestmark = pytest.mark.browser
+# Two runs that differ in learning rate and rank only, and one to delete.
+RUNS = {"slow-r4": {"lr": 1e-3, "rank": 4}, "fast-r8": {"lr": 5e-2, "rank": 8}, "scratch": {}}
+
+
+@pytest.fixture(scope="module")
+def web_home(tmp_path_factory, tiny_llama_dir):
+    home = tmp_path_factory.mktemp("web-runs") / "home"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LORAFORGE_HOME", str(home))
+        with Store() as store:
+            for name, settings in RUNS.items():
+                config = tiny_config(tiny_llama_dir, home.parent, steps=4, name=name)
+                config = dataclasses.replace(config, eval_share=0.25, eval_every=2, **settings)
+                execute_run(store, create_run(store, config, status="running"))
+    return home
+
+
+@pytest.fixture(scope="module")
+def app_url(web_home, tiny_llama_dir):
+    with served_app(web_home, "--model", str(tiny_llama_dir)) as url:
+        yield url
+
+
+def run_ids(home: Path) -> dict[str, str]:
+    with Store(home / "loraforge.db") as store:
+        return {run["name"]: run["id"] for run in store.list_runs()}
+
+
+def open_runs(page, url: str) -> None:
+    page.goto(url)
+    page.get_by_role("tab", name="Runs").click()
+    page.locator("#run-progress [data-status]").wait_for(timeout=60_000)
+
+
+def legend_inside_its_box(page, plot: str) -> bool:
+    """The plot's legend is drawn and lies within the component's visible box (not clipped below it)."""
+    return page.evaluate("""sel => {
+        const box = document.querySelector(sel).getBoundingClientRect();
+        const legend = document.querySelector(sel + ' .role-legend')?.getBoundingClientRect();
+        return !!legend && legend.height > 0 && legend.bottom <= box.bottom && legend.top >= box.top;
+    }""", plot)
+
+
+def test_compare_two_runs_overlays_their_curves_and_lists_only_the_differences(app_url, web_home):
+    ids = run_ids(web_home)
+    with browser_page() as page:
+        open_runs(page, app_url)
+        page.locator("#loss-plot .role-legend").wait_for(timeout=60_000)
+        assert legend_inside_its_box(page, "#loss-plot")  # the single run's plot shows its whole legend
+
+        page.get_by_text("Compare runs").click()
+        for name in ("slow-r4", "fast-r8"):
+            page.locator("#compare-select input").click()
+            page.get_by_role("option").filter(has_text=ids[name]).click()
+        page.keyboard.press("Escape")
+        page.locator("#compare-plot .role-legend").wait_for(timeout=60_000)
+        page.wait_for_function("() => document.querySelector('#compare-table').innerText.includes('final eval loss')",
+                               timeout=60_000)
+        legend = page.locator("#compare-plot .role-legend").text_content()
+        assert all(f"{name} · {split}" in legend for name in ("slow-r4", "fast-r8") for split in ("train", "eval"))
+        assert legend_inside_its_box(page, "#compare-plot")
+        table = page.locator("#compare-table").inner_text()
+        cells = [line.strip() for line in table.split("\n") if line.strip()]
+        assert "slow-r4" in cells and "fast-r8" in cells and "scratch" not in table
+        assert cells.index("rank") < cells.index("lr") < cells.index("final train loss")  # config order, then figures
+        for same in ("batch_size", "max_len", "seed", "dataset", "name"):
+            assert same not in table  # equal settings are left out
+        assert "tokens per second" in table and "2 setting(s) differ" in page.locator("#compare-note").inner_text()
+        assert "Traceback" not in page.content()
+        screenshot(page, "runs-compare")
+
+
+def test_delete_asks_first_and_a_dismissed_dialog_keeps_the_run(app_url, web_home):
+    scratch = run_ids(web_home)["scratch"]
+    run_dir = web_home / "runs" / scratch
+    messages = []
+    with browser_page() as page:
+        open_runs(page, app_url)
+        page.locator("#run-select input").click()
+        page.get_by_role("option").filter(has_text=scratch).click()
+        page.locator("#run-progress [data-status=completed]").wait_for(timeout=60_000)
+        page.wait_for_function("id => document.querySelector('#run-stats').innerText.includes(id)", arg=scratch,
+                               timeout=60_000)
+
+        page.once("dialog", lambda dialog: (messages.append(dialog.message), dialog.dismiss()))
+        page.locator("#run-delete").click()
+        page.wait_for_timeout(2_000)  # time for a delete to land, were it sent
+        assert scratch in messages[0] and "cannot be undone" in messages[0]
+        assert scratch in run_ids(web_home).values() and run_dir.is_dir()
+        assert scratch in page.locator("#runs-table").inner_text()
+
+        page.once("dialog", lambda dialog: (messages.append(dialog.message), dialog.accept()))
+        page.locator("#run-delete").click()
+        page.wait_for_function("id => !document.querySelector('#runs-table').innerText.includes(id)", arg=scratch,
+                               timeout=60_000)
+        assert len(messages) == 2 and scratch not in run_ids(web_home).values() and not run_dir.exists()
+        assert set(run_ids(web_home)) == {"slow-r4", "fast-r8"}  # only the confirmed run went
+        screenshot(page, "runs-after-delete")
