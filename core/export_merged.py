@@ -55,7 +55,7 @@ def save_merged(
     """Write config, generation config, tokenizer (with chat template) and safetensors weights into `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
     config = copy.deepcopy(model.config)
-    if hasattr(config, "quantization_config"):  # the GGUF marker; the weights are dense
+    if hasattr(config, "quantization_config"):  # a quantized source's marker; the merged weights are dense
         del config.quantization_config
     config.architectures = [type(model).__name__]
     config.save_pretrained(folder)

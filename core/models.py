@@ -13,6 +13,7 @@ tokenizer are cached and later loads take seconds. Weights are never unpickled, 
 
 import hashlib
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -184,6 +185,7 @@ def cached_gguf_conversion(gguf_path: Path, cache_name: str) -> tuple[Path, bool
     """
     target = paths.models_dir() / cache_name
     if (target / "model.safetensors").is_file():
+        _drop_gguf_marker(target / "config.json")
         return target, False
     staging = target.with_name(f".{cache_name}.partial-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
@@ -192,6 +194,7 @@ def cached_gguf_conversion(gguf_path: Path, cache_name: str) -> tuple[Path, bool
         staging.mkdir(parents=True)
         save_file(_unshared_state_dict(model), staging / "model.safetensors", metadata={"format": "pt"})
         model.config.architectures = [type(model).__name__]
+        del model.config.quantization_config  # the weights written are dense
         model.config.save_pretrained(staging)
         model.generation_config.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
@@ -293,6 +296,17 @@ def hub_reachable(timeout: float = 3.0) -> bool:
             return True
     except OSError:
         return False
+
+
+def _drop_gguf_marker(config_path: Path) -> None:
+    """Conversions before 2026-11-23 kept transformers' GGUF quantization marker in config.json although the
+    weights are dense; with it, transformers' Trainer refuses to train the model. Remove it in place."""
+    config = json.loads(config_path.read_text())
+    if config.get("quantization_config", {}).get("quant_method") == "gguf":
+        del config["quantization_config"]
+        staging = config_path.with_suffix(f".partial-{os.getpid()}")
+        staging.write_text(json.dumps(config, indent=2))
+        staging.replace(config_path)
 
 
 def _load_model(folder: Path | str, source: str, dtype: torch.dtype) -> PreTrainedModel:

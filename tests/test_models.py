@@ -174,6 +174,24 @@ def test_default_model_is_converted_once_then_loaded_from_the_cache(default_mode
     assert {p.name: p.stat().st_mtime_ns for p in cache.iterdir()} == files
     assert again.tokenizer.chat_template == default_model.tokenizer.chat_template
     assert torch.equal(logits(again), logits(default_model))
+    # dense weights, so no quantization marker: transformers' Trainer and PEFT accept the model as it is
+    assert "quantization_config" not in json.loads((cache / "config.json").read_text())
+    assert getattr(again.model, "hf_quantizer", None) is None
+
+
+@pytest.mark.slow
+def test_an_older_cache_loses_its_gguf_quantization_marker(default_model, default_model_home, monkeypatch):
+    monkeypatch.setenv("LORAFORGE_HOME", str(default_model_home))
+    config_path = default_model_home / "models" / "SmolLM2-135M-Instruct" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["quantization_config"] = {"quant_method": "gguf", "gguf_file": "SmolLM2.gguf", "dequantize": False}
+    config_path.write_text(json.dumps(config))
+    assert getattr(load_base_model(str(config_path.parent)).model, "hf_quantizer", None) is not None  # as it was
+
+    upgraded = load_base_model("default")
+    assert "quantization_config" not in json.loads(config_path.read_text())
+    assert getattr(upgraded.model, "hf_quantizer", None) is None
+    assert torch.equal(logits(upgraded), logits(default_model))
 
 
 @pytest.mark.slow
