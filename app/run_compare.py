@@ -51,7 +51,9 @@ def build_compare(store: Store) -> CompareView:
         note = (f"{len(differences)} setting(s) differ." if differences else "All settings are equal.")
         return note, loss_curves(store, runs, labels), diff_table(store, runs, labels, differences)
 
-    select.change(compare, select, [note, plot, table])
+    # Gradio only swaps the data of a plot already drawn, keeping its legend: clearing it first makes it draw the
+    # newly chosen runs' curves afresh.
+    select.change(lambda: None, None, plot).then(compare, select, [note, plot, table])
     return CompareView(select=select, refresh=refresh)
 
 

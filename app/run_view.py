@@ -5,6 +5,7 @@ Pure functions (no Gradio components), so a reload or a second tab renders the s
 
 import html
 import json
+import math
 import time
 from pathlib import Path
 
@@ -66,10 +67,14 @@ def progress_html(run: dict, store: Store) -> str:
 
 def loss_frame(store: Store, run_id: str) -> pd.DataFrame | None:
     """Train and eval loss by step, long format for one plot with a line per split; None before the first step
-    (an empty frame would make the plot take loss for a category)."""
+    (an empty frame would make the plot take loss for a category). Both splits are always there, eval as one
+    empty point before the first evaluation: Gradio fixes a plot's legend and colours to the splits of its first
+    drawing, so a split that turned up later would never be drawn."""
     rows = [(m["step"], m["loss"], m["split"]) for m in store.metrics(run_id) if m["loss"] is not None]
     if not rows:
         return None
+    if all(split != "eval" for *_, split in rows):
+        rows.append((rows[0][0], math.nan, "eval"))
     return pd.DataFrame(rows, columns=["step", "loss", "split"]).astype({"step": int, "loss": float})
 
 

@@ -20,6 +20,7 @@ from core.store import Store
 
 REFRESH_SECONDS = 2.5
 ACTIVE = ("queued", "running")
+SPLIT_COLOURS = {"train": "#4c78a8", "eval": "#f58518"}  # the same colour for a split whichever comes first
 # Runs in the browser before the server sees the click: dismissing the dialog sends no run id.
 CONFIRM_DELETE = ("(runId) => confirm(`Delete run ${runId}? Its metrics, checkpoints and adapter are removed; "
                   "this cannot be undone.`) ? runId : null")
@@ -50,7 +51,8 @@ def build_runs_tab(store: Store) -> RunsTab:
         resume = gr.Button("Resume", elem_id="run-resume", interactive=False)
         delete = gr.Button("Delete", elem_id="run-delete", interactive=False)
     # No fixed height: with one, Gradio sizes the chart to the box and clips the legend below it.
-    plot = gr.LinePlot(x="step", y="loss", color="split", label="Loss (train and eval)", elem_id="loss-plot")
+    plot = gr.LinePlot(x="step", y="loss", color="split", label="Loss (train and eval)", elem_id="loss-plot",
+                       color_map=SPLIT_COLOURS)
     samples = gr.Dataframe(label="Checkpoint samples (prompt by step)", interactive=False, wrap=True,
                            elem_id="run-samples")
     with gr.Accordion("Log tail", open=False):

@@ -1,5 +1,6 @@
 """The Runs tab driven in Chromium: compare two real runs (overlaid curves with a legend naming both, a table with
-only the settings that differ), see the whole legend of a loss plot, and Delete only after the browser's confirm.
+only the settings that differ) and then a third, see the whole legend of a loss plot, and Delete only after the
+browser's confirm.
 
 The runs are trained before the server starts (tiny random Llama, a few steps each, in this process); the server
 has its own LORAFORGE_HOME. Every wait polls the page with a generous deadline.
@@ -50,6 +51,14 @@ def open_runs(page, url: str) -> None:
     page.locator("#run-progress [data-status]").wait_for(timeout=60_000)
 
 
+def choose(page, run_id: str) -> None:
+    """Add a run to the compare picker: open its list (from outside, so the click opens rather than toggles it)
+    and click the run."""
+    page.locator("#compare-note").click()
+    page.locator("#compare-select input").click()
+    page.get_by_role("option").filter(has_text=run_id).click()
+
+
 def legend_inside_its_box(page, plot: str) -> bool:
     """The plot's legend is drawn and lies within the component's visible box (not clipped below it)."""
     return page.evaluate("""sel => {
@@ -68,9 +77,7 @@ def test_compare_two_runs_overlays_their_curves_and_lists_only_the_differences(a
 
         page.get_by_text("Compare runs").click()
         for name in ("slow-r4", "fast-r8"):
-            page.locator("#compare-select input").click()
-            page.get_by_role("option").filter(has_text=ids[name]).click()
-        page.keyboard.press("Escape")
+            choose(page, ids[name])
         page.locator("#compare-plot .role-legend").wait_for(timeout=60_000)
         page.wait_for_function("() => document.querySelector('#compare-table').innerText.includes('final eval loss')",
                                timeout=60_000)
@@ -86,6 +93,12 @@ def test_compare_two_runs_overlays_their_curves_and_lists_only_the_differences(a
         assert "tokens per second" in table and "2 setting(s) differ" in page.locator("#compare-note").inner_text()
         assert "Traceback" not in page.content()
         screenshot(page, "runs-compare")
+
+        choose(page, ids["scratch"])  # a third run joins the plot already drawn
+        page.wait_for_function("() => document.querySelector('#compare-plot .role-legend')?.textContent"
+                               ".includes('scratch · train')", timeout=60_000)
+        page.wait_for_function("() => document.querySelector('#compare-table').innerText.includes('scratch')",
+                               timeout=60_000)
 
 
 def test_delete_asks_first_and_a_dismissed_dialog_keeps_the_run(app_url, web_home):
