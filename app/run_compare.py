@@ -48,8 +48,8 @@ def build_compare(store: Store) -> CompareView:
             return HINT, None, None
         labels = run_labels(runs)
         differences = config_differences([run["config"] or {} for run in runs])
-        note = (f"{len(differences)} setting(s) differ." if differences else "All settings are equal.")
-        return note, loss_curves(store, runs, labels), diff_table(store, runs, labels, differences)
+        summary = f"{len(differences)} setting(s) differ." if differences else "All settings are equal."
+        return summary, loss_curves(store, runs, labels), diff_table(store, runs, labels, differences)
 
     # Gradio only swaps the data of a plot already drawn, keeping its legend: clearing it first makes it draw the
     # newly chosen runs' curves afresh.
