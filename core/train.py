@@ -1,6 +1,7 @@
 """The training loop: a dataset and a base model in, a PEFT-format adapter out. Read it top to bottom.
 
-    load base -> prepare data (refuse bad rows) -> inject LoRA -> [resume from newest checkpoint]
+    load base -> prepare data (refuse bad rows) -> per-example attention for packed rows -> inject LoRA
+    -> [resume from newest checkpoint]
     -> for each optimizer step: grad_accum micro-batches -> clip -> AdamW -> metrics
        every eval_every: eval loss;  every save_every: samples + atomic checkpoint
     -> final adapter (PEFT format) in run_dir/adapter
@@ -30,6 +31,7 @@ from core.data import BatchSettings, DataPosition, iterate_batches
 from core.errors import LoraForgeError
 from core.loss import trained_token_loss
 from core.models import LoadedModel, load_base_model
+from core.packed_attention import can_use_packed_attention, use_packed_attention
 from core.peft_format import save_adapter
 from core.train_config import TrainConfig
 from core.train_data import TrainingData, load_training_data, sample_outputs
@@ -149,6 +151,8 @@ def _prepare(config: TrainConfig, run_dir: Path) -> _Session:
     torch.manual_seed(config.seed)
     loaded = load_base_model(config.base, config.dtype, config.quant, config.device)
     data = load_training_data(config, loaded.tokenizer)
+    if config.packing and can_use_packed_attention(loaded.model, config.max_len):
+        use_packed_attention(loaded.model)
     report = add_adapter(loaded.model, ADAPTER, lora_settings(config))
     if config.gradient_checkpointing:
         loaded.model.gradient_checkpointing_enable()

@@ -8,6 +8,9 @@ from transformers import AutoModelForCausalLM
 
 from core.data import BatchSettings, DataPosition, RenderedExample, epoch_plan, iterate_batches, padding_share
 from core.data.render import IGNORE_INDEX
+from core.loss import trained_token_loss
+from core.packed_attention import NAME as PACKED
+from core.packed_attention import use_packed_attention
 
 
 def make_examples(lengths, vocab=300, seed=0):
@@ -20,9 +23,14 @@ def make_examples(lengths, vocab=300, seed=0):
     return examples
 
 
-@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+@pytest.mark.parametrize("attention", ["sdpa", "eager", PACKED])
 def test_packed_examples_do_not_attend_to_each_other(tiny_llama_dir, attention):
-    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, attn_implementation=attention).eval()
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, attn_implementation="sdpa").eval()
+    if attention == PACKED:
+        use_packed_attention(model)
+    else:
+        model.set_attn_implementation(attention)
+    assert model.config._attn_implementation == attention
     examples = make_examples([9, 14, 5, 11])
     batch = next(iterate_batches(examples, BatchSettings(packing=True, batch_size=4), pad_token_id=0))
     assert batch.input_ids.shape == (1, 39) and batch.attention_mask is None
@@ -37,6 +45,24 @@ def test_packed_examples_do_not_attend_to_each_other(tiny_llama_dir, attention):
         # Without isolation the later examples' logits would differ by far more than the tolerance.
         leaky = model(input_ids=batch.input_ids).logits[0]
     assert (leaky[9:] - packed[9:]).abs().max() > 1e-2
+
+
+def test_per_example_attention_gives_the_masked_rows_loss_and_gradients(tiny_llama_dir):
+    examples = make_examples([9, 14, 5, 11, 30])
+    batch = next(iterate_batches(examples, BatchSettings(packing=True, batch_size=5), pad_token_id=0))
+    results = []
+    for packed in (False, True):
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, attn_implementation="sdpa").train()
+        if packed:
+            use_packed_attention(model)
+        loss, count = trained_token_loss(model, batch.model_inputs())
+        (loss / count).backward()
+        results.append((loss.detach(), {name: p.grad for name, p in model.named_parameters()}))
+    (masked_loss, masked_grads), (packed_loss, packed_grads) = results
+    torch.testing.assert_close(packed_loss, masked_loss, rtol=1e-5, atol=1e-5)
+    for name, grad in masked_grads.items():
+        torch.testing.assert_close(packed_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
 def test_packed_batch_layout():

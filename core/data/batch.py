@@ -5,7 +5,9 @@ position_ids restarting at 0 for each example (padding-free flattening: a step s
 as a padded batch would, so settings mean what they mean in other trainers). transformers (5.x) turns restarting
 position_ids into a block-diagonal causal mask for eager and sdpa attention (and varlen flash
 attention on CUDA) only when no attention_mask and no KV cache are passed, so `model_inputs()` passes
-neither (`use_cache=False`). There is no padding at all: every token in the row is real.
+neither (`use_cache=False`). There is no padding at all: every token in the row is real. A packed batch also
+passes the examples' cumulative lengths (`cu_seq_lens_q`), which `core.packed_attention` uses to attend within
+each example only, instead of scoring every pair of tokens in the row under a block-diagonal mask.
 
 With packing off, examples are padded per batch; `group_by_length` sorts examples by length within
 shuffled groups of `GROUP_BATCHES` batches, so each batch holds similar lengths and pads little.
@@ -49,6 +51,7 @@ class Batch:
     labels: torch.Tensor
     position_ids: torch.Tensor | None
     attention_mask: torch.Tensor | None
+    boundaries: torch.Tensor | None  # packed: cumulative example lengths [0, l1, l1 + l2, ...]
     position: DataPosition
     next_position: DataPosition
     example_numbers: list[int]  # source line/row numbers, for messages about a bad batch
@@ -63,13 +66,17 @@ class Batch:
         return int((self.labels != IGNORE_INDEX).sum())
 
     def model_inputs(self, device: torch.device | str = "cpu") -> dict:
-        """Keyword arguments for `model(**...)` on `device`; no KV cache, so packed examples stay isolated."""
+        """Keyword arguments for `model(**...)` on `device`; no KV cache, so packed examples stay isolated.
+        The boundaries stay on the CPU: they only say where to slice."""
         inputs = {"input_ids": self.input_ids, "labels": self.labels}
         if self.position_ids is not None:
             inputs["position_ids"] = self.position_ids
         if self.attention_mask is not None:
             inputs["attention_mask"] = self.attention_mask
-        return {**{key: value.to(device) for key, value in inputs.items()}, "use_cache": False}
+        moved = {key: value.to(device) for key, value in inputs.items()}
+        if self.boundaries is not None:
+            moved["cu_seq_lens_q"] = self.boundaries
+        return {**moved, "use_cache": False}
 
 
 def epoch_plan(lengths: Sequence[int], settings: BatchSettings, epoch: int) -> list[list[int]]:
@@ -124,11 +131,13 @@ def _collate_packed(chosen: list[RenderedExample], position: DataPosition, follo
     ids = [token for example in chosen for token in example.input_ids]
     labels = [label for example in chosen for label in example.labels]
     positions = [p for example in chosen for p in range(len(example.input_ids))]
+    lengths = torch.tensor([len(example.input_ids) for example in chosen])
     return Batch(
         input_ids=torch.tensor([ids]),
         labels=torch.tensor([labels]),
         position_ids=torch.tensor([positions]),
         attention_mask=None,
+        boundaries=torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)]),
         position=position,
         next_position=following,
         example_numbers=[example.number for example in chosen],
@@ -145,4 +154,4 @@ def _collate_padded(chosen: list[RenderedExample], pad_token_id: int, position: 
         ids[row, :n] = torch.tensor(example.input_ids)
         labels[row, :n] = torch.tensor(example.labels)
         mask[row, :n] = 1
-    return Batch(ids, labels, None, mask, position, following, [example.number for example in chosen])
+    return Batch(ids, labels, None, mask, None, position, following, [example.number for example in chosen])

@@ -1,0 +1,60 @@
+"""Attention for packed rows, one example at a time, so no work is spent across example boundaries.
+
+For a packed row (several examples end to end, position_ids restarting at 0) transformers gives sdpa a
+block-diagonal mask, and sdpa then scores every pair of tokens in the row: L^2 work for a row of L tokens,
+most of it masked away, and no causal fast path. This attention cuts the row at the example boundaries
+(`cu_seq_lens_q`, the cumulative lengths that transformers' flash-attention kwargs also use; `Batch`
+passes them) and runs causal sdpa per example: sum(l_i^2) / 2 work instead of L^2. Without boundaries
+(generation, padded batches) it is plain sdpa with the usual mask.
+"""
+
+import torch
+import torch.nn.functional as F
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+NAME = "loraforge_packed"
+
+
+def packed_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    cu_seq_lens_q: torch.Tensor | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """transformers' attention-function signature; query/key/value are (batch 1, heads, tokens, head_dim)."""
+    if cu_seq_lens_q is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    bounds = cu_seq_lens_q.tolist()
+    grouped = getattr(module, "num_key_value_groups", 1) > 1
+    dropout = dropout if module.training else 0.0
+    parts = [
+        F.scaled_dot_product_attention(query[:, :, start:end], key[:, :, start:end], value[:, :, start:end],
+                                       dropout_p=dropout, scale=scaling, is_causal=True, enable_gqa=grouped)
+        for start, end in zip(bounds, bounds[1:])
+    ]
+    return torch.cat(parts, dim=2).transpose(1, 2).contiguous(), None
+
+
+def can_use_packed_attention(model: torch.nn.Module, max_length: int) -> bool:
+    """True for models whose attention is plain causal sdpa: no sliding window shorter than an example, no
+    logit soft-capping, and an attention that goes through transformers' attention-function interface."""
+    config = model.config
+    window = getattr(config, "sliding_window", None)
+    if (window and window < max_length) or getattr(config, "attn_logit_softcapping", None):
+        return False
+    return getattr(config, "_attn_implementation", None) in ("sdpa", "eager", NAME)
+
+
+def use_packed_attention(model: torch.nn.Module) -> None:
+    """Switch `model` to per-example attention for packed rows (plain sdpa for everything else)."""
+    AttentionInterface.register(NAME, packed_attention)
+    AttentionMaskInterface.register(NAME, sdpa_mask)
+    model.set_attn_implementation(NAME)
