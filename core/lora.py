@@ -5,6 +5,7 @@ Data path of `LoraLayer.forward` with active adapters {name: gain}:
     x ─┬─► base_layer (frozen W, b: Linear | Conv1D | bnb 4-bit | bnb 8-bit) ──► y_base ───┐
        │                                                                                   ▼
        └─► to fp32 ─► dropout ─► A (r x d_in) ─► B (d_out x r) ─► × s ─► × gain ───────► (+) ─► y (base dtype)
+                                           (B, × s × gain and (+) run as one fused addmm)
 
     s = alpha / r, or alpha / sqrt(r) with rsLoRA; one such branch per active adapter.
 
@@ -73,6 +74,14 @@ class LoraAdapter(nn.Module):
     def low_rank(self, x: torch.Tensor) -> torch.Tensor:
         """`s * B(A(x))` without materialising B @ A."""
         return F.linear(F.linear(x, self.lora_A), self.lora_B) * self.scaling
+
+    def add_to(self, out: torch.Tensor, x: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
+        """`out + gain * s * B(A(dropout(x)))` (in fp32) with the last product and the sum fused in one addmm, so
+        the update costs no extra passes over the layer's output (the training hot path)."""
+        hidden = F.linear(self.dropout(x.to(self.lora_A.dtype)), self.lora_A)
+        flat = torch.addmm(out.reshape(-1, out.shape[-1]).to(hidden.dtype), hidden.reshape(-1, self.r),
+                           self.lora_B.t(), alpha=gain * self.scaling)
+        return flat.view(*out.shape[:-1], flat.shape[-1])
 
     def dora_factor(self, weight: torch.Tensor) -> torch.Tensor:
         """DoRA's per-row factor m / ||W + s B A||; the norm is a constant for autograd, as the paper advises."""
@@ -147,15 +156,17 @@ class LoraLayer(nn.Module):
             return base_out
         result = base_out
         for name, gain in self.active.items():
-            result = result + gain * self._update(self.adapters[name], x, base_out)
+            adapter = self.adapters[name]
+            if adapter.use_dora:
+                result = result + gain * self._dora_update(adapter, x, base_out)
+            else:
+                result = adapter.add_to(result, x, gain)
         return result.to(base_out.dtype)
 
-    def _update(self, adapter: LoraAdapter, x: torch.Tensor, base_out: torch.Tensor) -> torch.Tensor:
+    def _dora_update(self, adapter: LoraAdapter, x: torch.Tensor, base_out: torch.Tensor) -> torch.Tensor:
         x = x.to(adapter.lora_A.dtype)
         dropped = adapter.dropout(x)
         update = adapter.low_rank(dropped)
-        if not adapter.use_dora:
-            return update
         weight = self.base_weight().to(x.dtype)
         factor = adapter.dora_factor(weight)
         if isinstance(adapter.dropout, nn.Identity) or not self.training:  # x not dropped: reuse the base output
