@@ -6,7 +6,6 @@ Uses the already-loaded base model's tokenizer and module shapes only: nothing h
 """
 
 import html
-import math
 
 import pandas as pd
 
@@ -16,6 +15,7 @@ from core.data.formats import Example
 from core.models import LoadedModel
 from core.preflight import count_trainable, estimate_memory
 from core.train import planned_steps
+from core.train_data import train_examples
 from core.train_config import TrainConfig
 
 PREVIEW_ROWS = 5
@@ -45,8 +45,7 @@ def preflight_view(config: TrainConfig, loaded: LoadedModel) -> tuple[str, str, 
                           skip_invalid=config.skip_invalid)
     trainable = count_trainable(loaded.model, config)
     share = 100 * trainable / loaded.facts.parameters if loaded.facts.parameters else 0.0
-    valid = data.rows - data.invalid_rows
-    training_rows = valid if config.eval_file else valid - math.floor(valid * config.eval_share)
+    training_rows = train_examples(config, data.rows - data.invalid_rows)
     lines = [
         f"**Rows:** {data.rows} ({data.invalid_rows} invalid) · **format** {data.format}",
         f"**Length (tokens):** p50 {data.length_p50} · p95 {data.length_p95} · max {data.length_max} · "

@@ -28,6 +28,7 @@ from core.models import LoadedModel, load_base_model, resolve_device, resolve_dt
 from core.quantize import SKIPPED_MODULES
 from core.targets import resolve_targets
 from core.train import planned_steps
+from core.train_data import train_examples
 from core.train_config import TrainConfig
 
 TRAINING_EFFICIENCY = 0.5  # share of the matmul peak our LoRA training loop reaches on CPU (bench/)
@@ -85,7 +86,7 @@ def preflight(config: TrainConfig) -> Preflight:
     linear -= head.in_features * head.out_features * (1 - data.trained_token_share)  # head runs on trained tokens only
     mean_tokens = data.tokens / max(data.rows - data.invalid_rows, 1)
     tokens_per_step = mean_tokens * config.batch_size * config.grad_accum
-    steps = planned_steps(config, data.rows - data.invalid_rows)
+    steps = planned_steps(config, train_examples(config, data.rows - data.invalid_rows))
     seconds = 4 * linear * tokens_per_step / (matmul_flops(loaded.model.device) * TRAINING_EFFICIENCY)
     memory = estimate_memory(loaded, config, data, trainable)
     return Preflight(

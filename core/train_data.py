@@ -49,7 +49,7 @@ def split(data: PreparedDataset, share: float, seed: int) -> tuple[PreparedDatas
     """A deterministic random split: `share` of the examples (at least one) for evaluation."""
     order = list(range(len(data.examples)))
     random.Random(seed).shuffle(order)
-    count = max(1, math.floor(share * len(order)))
+    count = held_out_count(share, len(order))
     held, kept = sorted(order[:count]), sorted(order[count:])
 
     def subset(indices: list[int]) -> PreparedDataset:
@@ -57,6 +57,16 @@ def split(data: PreparedDataset, share: float, seed: int) -> tuple[PreparedDatas
                                data.report, data.max_length, data.train_on)
 
     return subset(kept), subset(held)
+
+
+def held_out_count(share: float, examples: int) -> int:
+    """How many of `examples` the split sets aside for evaluation (at least one when share > 0)."""
+    return max(1, math.floor(share * examples)) if share > 0 and examples > 1 else 0
+
+
+def train_examples(config: TrainConfig, valid_examples: int) -> int:
+    """The examples a run trains on: all valid ones, less the held-out share when no eval file is given."""
+    return valid_examples - (0 if config.eval_file else held_out_count(config.eval_share, valid_examples))
 
 
 def prompt_of(messages: tuple[Message, ...]) -> list[Message]:

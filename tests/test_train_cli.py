@@ -78,7 +78,8 @@ def test_preflight_reports_data_parameters_and_estimates(tiny_llama_dir, tmp_pat
     report = last_json(result)
     # tiny Llama: 2 layers x (q: 64->64, v: 64->32) at r=4: 4 * ((64+64) + (64+32)) * 2
     assert report["trainable_parameters"] == 4 * (128 + 96) * 2
-    assert report["total_steps"] == 100 and report["data"]["rows"] == 400 and report["data"]["ready"]
+    # 400 rows less the 10% held out for evaluation = 360 examples, 45 batches of 8 per epoch, 2 epochs
+    assert report["total_steps"] == 90 and report["data"]["rows"] == 400 and report["data"]["ready"]
     assert report["estimated_seconds_per_step"] > 0 and report["estimated_peak_memory_mb"] > 0
     assert "⟦" in result.stdout and "Ready." in result.stdout
     assert not (tmp_path / "runs").exists()  # preflight trains nothing
