@@ -29,6 +29,7 @@ from core.store_schema import JSON_COLUMNS
 
 DB_NAME = "loraforge.db"
 VOTE_WINNERS = ("left", "right", "tie", "both_bad")
+ADAPTER_SOURCES = ("trained", "imported", "composed")
 
 
 def new_run_id() -> str:
@@ -279,8 +280,8 @@ class Store:
         its figures instead of adding a second row. The name defaults to the run's name, else the folder's."""
         from core.peft_format import inspect_adapter  # imports torch: only the commands that touch adapters pay
 
-        if source not in ("trained", "imported"):
-            raise ValueError(f"adapter source must be 'trained' or 'imported', not {source!r}")
+        if source not in ADAPTER_SOURCES:
+            raise ValueError(f"adapter source must be one of {ADAPTER_SOURCES}, not {source!r}")
         folder = Path(path).expanduser().resolve()
         info = inspect_adapter(folder)
         figures = {
@@ -326,10 +327,13 @@ class Store:
         run_id: str | None = None,
         parity: dict | None = None,
         status: str = "done",
+        **fields: Any,
     ) -> int:
-        """Record an export (merged checkpoint, GGUF, ...) of an adapter or run; returns its id."""
+        """Record an export (merged checkpoint, GGUF, ...) of an adapter or run; returns its id. `fields` are
+        further columns: the request, process and progress of a background export, its size."""
+        self._check_columns("exports", fields)
         row = {"format": format, "path": str(path), "adapter_id": adapter_id, "run_id": run_id,
-               "parity": parity, "status": status, "created": now_iso()}
+               "parity": parity, "status": status, "created": now_iso(), **fields}
         with self._write() as db:
             return db["exports"].insert(_encode("exports", row)).last_pk
 
@@ -342,6 +346,29 @@ class Store:
     def exports(self) -> list[dict]:
         """All exports, newest first."""
         return self._query("exports", "SELECT * FROM exports ORDER BY created DESC, id DESC")
+
+    def get_export(self, export_id: int) -> dict:
+        rows = self._query("exports", "SELECT * FROM exports WHERE id = ?", (export_id,))
+        if not rows:
+            raise ValueError(f"no export with id {export_id}")
+        return rows[0]
+
+    def mark_stale_exports_failed(self) -> list[int]:
+        """Mark failed every running export whose process is gone (pid plus start time); return their ids."""
+        changed = []
+        for export in self._query("exports", "SELECT * FROM exports WHERE status = 'running' AND pid IS NOT NULL"):
+            if process_alive(export["pid"], export["pid_start_time"]):
+                continue
+            with self._write() as db:
+                cursor = db.execute(
+                    "UPDATE exports SET status = 'failed', error = ? WHERE id = ? AND status = 'running'",
+                    (f"The export process (pid {export['pid']}) stopped before finishing (killed, or out of "
+                     "memory?); its partial files were left aside, never in place. Start the export again.",
+                     export["id"]),
+                )
+            if cursor.rowcount:
+                changed.append(export["id"])
+        return changed
 
     def add_vote(self, prompt: str, left: dict, right: dict, winner: str) -> int:
         """Record a side-by-side chat vote; `left`/`right` describe what each side was (base, adapters), and

@@ -12,7 +12,7 @@ from sqlite_utils import Database
 JSON_COLUMNS = {
     "runs": ("config", "summary"),
     "adapters": ("targets",),
-    "exports": ("parity",),
+    "exports": ("parity", "request"),
     "chat_votes": ("left", "right"),
 }
 
@@ -106,7 +106,15 @@ def _create_everything(db: Database) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[Database], None]] = [_create_everything]
+def _exports_in_background(db: Database) -> None:
+    """Version 2: an export (or a composition) runs in its own process, so its row records what was asked,
+    which process does it, the stage it has reached, its size and why it failed."""
+    for column, kind in (("request", str), ("pid", int), ("pid_start_time", float), ("progress", str),
+                         ("error", str), ("size_bytes", int)):
+        db["exports"].add_column(column, kind)
+
+
+MIGRATIONS: list[Callable[[Database], None]] = [_create_everything, _exports_in_background]
 
 
 def upgrade(db: Database) -> None:

@@ -31,10 +31,23 @@ def test_empty_file_gets_every_table(tmp_path):
     path = tmp_path / "new.db"
     with Store(path) as store:
         assert set(store.db.table_names()) == {"runs", "metrics", "samples", "adapters", "exports", "chat_votes"}
-    assert user_version(path) == len(store_schema.MIGRATIONS) == 1
+    assert user_version(path) == len(store_schema.MIGRATIONS) == 2
     with Store(path) as store:  # opening again changes nothing
         assert store.list_runs() == []
-    assert user_version(path) == 1
+    assert user_version(path) == 2
+
+
+def test_version_1_gains_the_background_export_columns_and_keeps_its_exports(tmp_path):
+    path = tmp_path / "old.db"
+    make_v1_database(path)
+    with sqlite3.connect(path) as conn:
+        conn.execute("INSERT INTO exports (format, path, created, status) VALUES ('merged', '/x', '2025', 'done')")
+    with Store(path) as store:
+        [export] = store.exports()
+        assert (export["format"], export["status"], export["pid"], export["request"]) == ("merged", "done", None, None)
+        store.update_export(export["id"], request={"format": "gguf"}, progress="Loading", size_bytes=12)
+        assert store.get_export(export["id"])["request"] == {"format": "gguf"}
+    assert user_version(path) == 2
 
 
 def test_older_database_upgrades_itself_and_keeps_its_rows(tmp_path, monkeypatch):
@@ -50,7 +63,7 @@ def test_older_database_upgrades_itself_and_keeps_its_rows(tmp_path, monkeypatch
         [run] = store.list_runs()
         assert (run["name"], run["config"], run["notes"]) == ("old", {"r": 4}, "from v1")
         store.update_run(run["id"], notes="new column is writable")
-    assert user_version(path) == 2
+    assert user_version(path) == len(store_schema.MIGRATIONS)
 
 
 def test_failed_migration_leaves_the_older_version_whole(tmp_path, monkeypatch):
