@@ -69,6 +69,7 @@ def export_adapters(
     force: bool = False,
     progress: Progress | None = None,
     max_shard_bytes: int = DEFAULT_SHARD_BYTES,
+    export_id: int | None = None,
 ) -> ExportResult:
     """Export one adapter, or the weighted sum of several, and check the export against the live model.
 
@@ -82,17 +83,10 @@ def export_adapters(
         force: replace an existing non-empty output.
         progress: called with a short line at each stage.
         max_shard_bytes: largest safetensors file of a merged folder; bigger models are sharded with an index.
+        export_id: the store's row for this export when a background job made it beforehand; else one is added.
     """
     say = progress or (lambda _line: None)
-    out = Path(out).expanduser().resolve()
-    weights = _check_request(adapters, format, weights, gguf_type)
-    check_target(out, force)
-    with Store() as store:
-        sources = [adapter_source(store, reference) for reference in adapters]
-    for folder, _ in sources:
-        for required in (CONFIG_FILE, WEIGHTS_FILE):
-            if not (folder / required).is_file():
-                raise ExportError(f"{folder} has no {required}, so it is not a PEFT adapter. Pass a run id or an adapter folder.")
+    out, weights, sources = check_export(adapters, format, out, weights, gguf_type, force)
     base = base or _common_base([trained_on for _, trained_on in sources])
     choices = [AdapterChoice(folder, weight) for (folder, _), weight in zip(sources, weights)]
 
@@ -110,12 +104,39 @@ def export_adapters(
             report = _export_gguf(loaded, tmp, out.name, gguf_type, _pre_tokenizer(base), reference, say)
         commit(tmp, out)
     status = STATUS_DONE if report.passed else STATUS_PARITY_FAILED
-    label = f"gguf-{gguf_type}" if format == "gguf" else format
+    label = export_label(format, gguf_type)
+    size = folder_bytes(out)
     with Store() as store:
-        export_id = store.add_export(label, out, adapter_id=_adapter_id(store, sources), run_id=_run_id(adapters),
-                                     parity=report.to_json(), status=status)
+        record = dict(format=label, path=str(out), adapter_id=_adapter_id(store, sources), run_id=_run_id(adapters),
+                      parity=report.to_json(), status=status, size_bytes=size)
+        if export_id is None:
+            export_id = store.add_export(**record)
+        else:
+            store.update_export(export_id, **record, progress=None)
     warnings = [f"parity check failed: {problem}" for problem in report.problems]
-    return ExportResult(label, str(out), status, report.to_json(), export_id, folder_bytes(out), warnings)
+    return ExportResult(label, str(out), status, report.to_json(), export_id, size, warnings)
+
+
+def export_label(format: str, gguf_type: str) -> str:
+    """How the store and the page name an export: its format, with the weight type for a GGUF."""
+    return f"gguf-{gguf_type}" if format == "gguf" else format
+
+
+def check_export(
+    adapters: list[str], format: str, out: str | Path, weights: list[float] | None, gguf_type: str, force: bool
+) -> tuple[Path, list[float], list[tuple[Path, str | None]]]:
+    """Everything about a request that can be wrong before any model loads: (output path, one weight per
+    adapter, (folder, base it was trained on) per adapter). A background export runs this before it starts."""
+    out = Path(out).expanduser().resolve()
+    weights = _check_request(adapters, format, weights, gguf_type)
+    check_target(out, force)
+    with Store() as store:
+        sources = [adapter_source(store, reference) for reference in adapters]
+    for folder, _ in sources:
+        for required in (CONFIG_FILE, WEIGHTS_FILE):
+            if not (folder / required).is_file():
+                raise ExportError(f"{folder} has no {required}, so it is not a PEFT adapter. Pass a run id or an adapter folder.")
+    return out, weights, sources
 
 
 def _check_request(adapters: list[str], format: str, weights: list[float] | None, gguf_type: str) -> list[float]:

@@ -3,6 +3,7 @@
     check_target(out, force)   refuse an existing non-empty output unless --force, before any work starts
     with staging(out) as tmp:  write into tmp; on any error tmp is removed and `out` is untouched
     commit(tmp, out)           the finished export replaces `out` (an old one is removed only afterwards)
+    remove_leftovers(out)      what a killed export left beside `out` goes
 
 A full disk (or any other write failure) becomes one ExportError naming the path and the fix, and leaves
 no partial files behind.
@@ -80,3 +81,9 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
     elif path.exists() or path.is_symlink():
         path.unlink()
+
+
+def remove_leftovers(out: Path) -> None:
+    """Remove what a killed export left beside `out`: its half-written hidden staging copies."""
+    for leftover in out.parent.glob(f".{out.name}.partial-*"):
+        _remove(leftover)

@@ -1,9 +1,13 @@
 """`launch.py adapters <action>`: work with saved adapters. `inspect DIR` summarises one without loading a model;
-`list` shows the adapters in the store (trained or imported); `import DIR` registers an existing PEFT folder."""
+`list` shows the adapters in the store (trained, imported or composed); `import DIR` registers an existing PEFT
+folder; `compose --adapter A --adapter B --weights 1,0.5 --name NAME` writes and registers their weighted sum."""
 
 import argparse
 import json
+import sys
 
+from app.cli.export import parse_weights
+from core.composed_adapters import compose_adapter
 from core.peft_format import inspect_adapter
 from core.store import Store
 
@@ -20,6 +24,13 @@ def register(verbs) -> None:
     importing = actions.add_parser("import", help="register an existing PEFT adapter folder")
     importing.add_argument("folder", metavar="DIR", help="a PEFT adapter folder (adapter_config.json + safetensors)")
     importing.set_defaults(handler=run_import)
+    compose = actions.add_parser("compose", help="register a new adapter: the weighted sum of several (exact)")
+    compose.add_argument("--adapter", action="append", required=True,
+                         help="a run id or adapter folder; repeat for each adapter in the sum")
+    compose.add_argument("--weights", type=parse_weights, help="comma-separated weight per adapter (default 1 each)")
+    compose.add_argument("--name", required=True, help="the new adapter's name (its folder under LORAFORGE_HOME/adapters)")
+    compose.add_argument("--model", "--base", dest="model", help="base model (default: the adapters' own)")
+    compose.set_defaults(handler=run_compose)
 
 
 def run_inspect(args: argparse.Namespace) -> int:
@@ -58,6 +69,18 @@ def run_import(args: argparse.Namespace) -> int:
     with Store() as store:
         adapter = store.import_adapter(args.folder)
     print(f"Adapter {adapter['id']} ({adapter['name']}) registered from {adapter['path']}.")
+    print(json.dumps(adapter))
+    return 0
+
+
+def run_compose(args: argparse.Namespace) -> int:
+    result, adapter = compose_adapter(args.adapter, args.weights, args.name, base=args.model,
+                                      progress=lambda line: print(line, file=sys.stderr, flush=True))
+    check = result.parity["checks"][0]
+    print(f"Adapter {adapter['id']} ({adapter['name']}, rank {adapter['rank']}) composed in {adapter['path']}: "
+          f"largest logit difference from the live weighted set {check['max_logit_diff']:.2e}.")
+    for warning in result.warnings:
+        print(f"WARNING: {warning}", file=sys.stderr)
     print(json.dumps(adapter))
     return 0
 

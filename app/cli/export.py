@@ -18,7 +18,7 @@ from core.export_gguf import GGUF_TYPES
 def register(verbs) -> None:
     merge = verbs.add_parser("merge", help="merge one or more adapters (weighted) into the base; save a model folder")
     _add_common(merge, several=True)
-    merge.add_argument("--weights", type=_weights, help="comma-separated weight per adapter, e.g. 1,0.5")
+    merge.add_argument("--weights", type=parse_weights, help="comma-separated weight per adapter, e.g. 1,0.5")
     merge.set_defaults(handler=run_merge)
     export = verbs.add_parser("export", help="export an adapter as a merged folder, a GGUF file or a PEFT adapter")
     _add_common(export, several=False)
@@ -49,7 +49,7 @@ def _add_common(parser: argparse.ArgumentParser, several: bool) -> None:
                         help="base model (default: the one the adapter's run used, else 'default')")
 
 
-def _weights(text: str) -> list[float]:
+def parse_weights(text: str) -> list[float]:
     try:
         return [float(part) for part in text.split(",")]
     except ValueError:

@@ -2,7 +2,8 @@
 
 `launch.py supervisor` runs the queue (core/supervisor.py). `launch.py job` is one training job: it reads
 the run id that the supervisor claimed for it from stdin, writes its output to the run's job.log, trains,
-and prints the same final JSON line as `train`.
+and prints the same final JSON line as `train`. `launch.py export-job ID` is one background export or
+composition that the page started (core/export_jobs.py); its output goes to LORAFORGE_HOME/logs.
 """
 
 import argparse
@@ -11,6 +12,7 @@ import sys
 from pathlib import Path
 
 from app.cli.train import report
+from core.export_jobs import run_export_job
 from core.jobs import run_claimed_job
 from core.store import Store
 from core.supervisor import serve
@@ -19,6 +21,9 @@ from core.supervisor import serve
 def register(verbs) -> None:
     verbs.add_parser("supervisor").set_defaults(handler=lambda args: serve())  # no help: hidden from the verb list
     verbs.add_parser("job").set_defaults(handler=run_job)
+    export_job = verbs.add_parser("export-job")
+    export_job.add_argument("export_id", type=int)
+    export_job.set_defaults(handler=lambda args: 0 if run_export_job(args.export_id) else 1)
 
 
 def run_job(args: argparse.Namespace) -> int:

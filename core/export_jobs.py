@@ -1,0 +1,102 @@
+"""Exports and compositions as background jobs, so the page that starts one can close or reload meanwhile.
+
+    start(request)            -> export id: the request checked, a "running" row added, a detached process
+                                 (`launch.py export-job ID`, in its own session) started to do the work
+    run_export_job(export_id) -> inside that process: the export or composition, its stages written to the
+                                 row's `progress`, then its result, or its error as status "failed"
+    refresh(store)            -> exports whose process died marked failed, their half-written files removed
+
+An export loads its own full-precision base, so running it apart keeps the web server responsive and its
+memory small; the row in the store is the truth every tab reads. The job's output goes to
+LORAFORGE_HOME/logs/export-<id>.log.
+"""
+
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from core import paths
+from core.composed_adapters import COMPOSED, check_composition, compose_adapter
+from core.errors import LoraForgeError
+from core.export import ExportResult, check_export, export_adapters, export_label
+from core.export_output import remove_leftovers
+from core.processes import process_start_time
+from core.store import Store
+from core.supervisor import LAUNCH, ROOT
+
+RUNNING = "running"
+FAILED = "failed"
+
+
+@dataclass
+class ExportRequest:
+    """What to export: as for export_adapters, or format "composed" with the new adapter's `name`."""
+
+    adapters: list[str]
+    format: str
+    out: str = ""
+    weights: list[float] | None = None
+    gguf_type: str = "f16"
+    base: str | None = None
+    force: bool = False
+    name: str = ""
+
+
+def start(request: ExportRequest) -> int:
+    """Check the request (a mistake is raised here, before anything starts), record it, start its process."""
+    if request.format == COMPOSED:
+        out = check_composition(request.adapters, request.weights, request.name)
+    else:
+        out = check_export(request.adapters, request.format, request.out, request.weights, request.gguf_type,
+                           request.force)[0]
+    label = export_label(request.format, request.gguf_type)
+    with Store() as store:
+        export_id = store.add_export(label, out, status=RUNNING, request=asdict(request), progress="Starting")
+        with open(log_path(export_id), "a") as log:
+            process = subprocess.Popen(
+                [sys.executable, str(LAUNCH), "export-job", str(export_id)],
+                cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        store.update_export(export_id, pid=process.pid, pid_start_time=process_start_time(process.pid))
+    return export_id
+
+
+def run_export_job(export_id: int) -> ExportResult | None:
+    """Do export `export_id` in this process; None when it failed (the row then says why)."""
+    with Store() as store:
+        request = ExportRequest(**store.get_export(export_id)["request"])
+
+        def say(line: str) -> None:
+            print(line, flush=True)
+            store.update_export(export_id, progress=line)
+
+        try:
+            if request.format == COMPOSED:
+                return compose_adapter(request.adapters, request.weights, request.name, base=request.base,
+                                       progress=say, export_id=export_id)[0]
+            return export_adapters(request.adapters, request.format, request.out, weights=request.weights,
+                                   gguf_type=request.gguf_type, base=request.base, force=request.force,
+                                   progress=say, export_id=export_id)
+        except LoraForgeError as error:
+            print(f"error: {error}", flush=True)
+            store.update_export(export_id, status=FAILED, error=str(error), progress=None)
+            return None
+        except BaseException as error:
+            store.update_export(export_id, status=FAILED, progress=None,
+                                error=f"The export stopped on an unexpected error ({error!r}); "
+                                      f"{log_path(export_id)} has the details.")
+            raise
+
+
+def refresh(store: Store) -> list[dict]:
+    """All exports as they really are: those whose process died marked failed, leaving no partial files."""
+    for export_id in store.mark_stale_exports_failed():
+        remove_leftovers(Path(store.get_export(export_id)["path"]))
+    return store.exports()
+
+
+def log_path(export_id: int) -> Path:
+    folder = paths.home() / "logs"
+    folder.mkdir(exist_ok=True)
+    return folder / f"export-{export_id}.log"

@@ -1,0 +1,128 @@
+"""Composing a weighted set of adapters into a new registered adapter in one step (`adapters compose`), and
+exports and compositions run as background processes (core/export_jobs.py) whose row in the store is the truth.
+
+All on the tiny random Llama; the background jobs are real detached `launch.py export-job` processes.
+"""
+
+import json
+import os
+import signal
+
+import pytest
+import torch
+
+from app.cli import main
+from core.export_jobs import ExportRequest, log_path, refresh, start
+from core.export_output import ExportError
+from core.peft_format import inspect_adapter
+from core.store import Store
+from tests.export_helpers import live_logits, make_adapter
+from tests.job_helpers import wait_for
+
+IDS = torch.tensor([[1, 5, 9, 3, 7, 2]])
+
+
+@pytest.fixture
+def two_adapters(tiny_llama_dir, tmp_path):
+    return (make_adapter(tiny_llama_dir, tmp_path / "pirate", seed=1),
+            make_adapter(tiny_llama_dir, tmp_path / "dates", seed=2, targets="qv"))
+
+
+def compose_cli(adapters, weights: str, name: str, base) -> int:
+    argv = ["adapters", "compose", "--weights", weights, "--name", name, "--base", str(base)]
+    for folder in adapters:
+        argv += ["--adapter", str(folder)]
+    return main(argv)
+
+
+def test_compose_registers_a_new_adapter_equal_to_the_live_weighted_set(two_adapters, tiny_llama_dir,
+                                                                        loraforge_home, capsys):
+    assert compose_cli(two_adapters, "0.7,-0.4", "pirate dates mix", tiny_llama_dir) == 0
+    adapter = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (adapter["name"], adapter["source"]) == ("pirate dates mix", "composed")
+    assert adapter["path"] == str(loraforge_home / "adapters" / "pirate-dates-mix")
+    assert inspect_adapter(adapter["path"]).ranks == [4, 8]  # q and v hold both adapters: ranks add up
+    with Store() as store:
+        [export] = store.exports()
+        assert store.adapters()[0]["id"] == adapter["id"]
+    assert (export["format"], export["status"], export["adapter_id"]) == ("composed", "done", adapter["id"])
+
+    composed = live_logits(tiny_llama_dir, {adapter["path"]: 1.0}, IDS)
+    weighted = live_logits(tiny_llama_dir, dict(zip(two_adapters, (0.7, -0.4))), IDS)
+    base = live_logits(tiny_llama_dir, {}, IDS)
+    assert torch.allclose(composed, weighted, atol=1e-5)
+    assert not torch.allclose(composed, base, atol=1e-3)
+
+
+@pytest.mark.parametrize("weights, name, problem", [
+    ("1,0.5", "", "Give the new adapter a name"),
+    ("1,0.5", "taken", "An adapter named 'taken' already exists"),
+    ("1", "fresh", "2 adapter(s) but 1 weight(s)"),
+])
+def test_a_bad_composition_is_refused_with_the_fix_and_writes_nothing(two_adapters, tiny_llama_dir, loraforge_home,
+                                                                       weights, name, problem, capsys):
+    with Store() as store:
+        store.register_adapter(two_adapters[0], source="imported", name="taken")
+    assert compose_cli(two_adapters, weights, name, tiny_llama_dir) == 2
+    assert problem in capsys.readouterr().err
+    assert not (loraforge_home / "adapters").exists() or not any((loraforge_home / "adapters").iterdir())
+    with Store() as store:
+        assert len(store.adapters()) == 1 and store.exports() == []
+
+
+def finished(export_id: int) -> dict | None:
+    with Store() as store:
+        export = refresh(store)[0]
+    assert export["id"] == export_id
+    return export if export["status"] != "running" else None
+
+
+def test_a_background_export_runs_in_its_own_process_and_records_its_result(two_adapters, tiny_llama_dir,
+                                                                             loraforge_home, tmp_path):
+    out = tmp_path / "gguf-out"
+    export_id = start(ExportRequest([str(two_adapters[0])], "gguf", str(out), base=str(tiny_llama_dir)))
+    with Store() as store:
+        running = store.get_export(export_id)
+    assert running["status"] == "running" and running["pid"] not in (None, os.getpid())
+    assert running["request"]["format"] == "gguf"
+
+    export = wait_for(lambda: finished(export_id), timeout=180, what="the background export")
+    assert (export["status"], export["format"], export["progress"]) == ("done", "gguf-f16", None)
+    assert export["parity"]["passed"] and export["size_bytes"] > 0
+    assert (out / "gguf-out.f16.gguf").is_file() and (out / "Modelfile").is_file()
+    assert "Reloading the GGUF" in log_path(export_id).read_text()
+
+
+def test_a_background_composition_registers_its_adapter(two_adapters, tiny_llama_dir, loraforge_home):
+    export_id = start(ExportRequest([str(f) for f in two_adapters], "composed", weights=[1.0, 0.5],
+                                    base=str(tiny_llama_dir), name="mix"))
+    export = wait_for(lambda: finished(export_id), timeout=180, what="the background composition")
+    assert (export["status"], export["format"]) == ("done", "composed")
+    with Store() as store:
+        [adapter] = [a for a in store.adapters() if a["name"] == "mix"]
+    assert adapter["source"] == "composed" and export["adapter_id"] == adapter["id"]
+
+
+def test_a_bad_request_is_refused_before_any_process_starts(two_adapters, tmp_path):
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "old.txt").write_text("keep me")
+    with pytest.raises(ExportError, match="already exists and is not empty"):
+        start(ExportRequest([str(two_adapters[0])], "merged", str(taken)))
+    assert (taken / "old.txt").read_text() == "keep me"
+    with Store() as store:
+        assert store.exports() == []
+
+
+def test_an_export_whose_process_died_is_marked_failed_and_its_partial_files_removed(two_adapters, tiny_llama_dir,
+                                                                                     tmp_path):
+    out = tmp_path / "merged-out"
+    export_id = start(ExportRequest([str(two_adapters[0])], "merged", str(out), base=str(tiny_llama_dir)))
+    with Store() as store:
+        pid = store.get_export(export_id)["pid"]
+    partial = tmp_path / f".merged-out.partial-{pid}"
+    partial.mkdir()  # as a job killed while writing leaves it
+    os.killpg(pid, signal.SIGKILL)
+    export = wait_for(lambda: finished(export_id), timeout=30, what="the dead export to be noticed")
+    assert export["status"] == "failed" and "stopped before finishing" in export["error"]
+    assert not partial.exists() and not out.exists()
