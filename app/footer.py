@@ -1,4 +1,4 @@
-"""The page footer: where the model runs, how much memory this process uses, and the job queue."""
+"""The page footer: where the model runs, how much memory this process uses, and the job queue (training runs, and exports while any run)."""
 
 import os
 import resource
@@ -7,7 +7,8 @@ from pathlib import Path
 
 import torch
 
-from core import jobs
+from core import export_jobs, jobs
+from core.export_jobs import RUNNING
 from core.models import LoadedModel
 from core.store import Store
 
@@ -19,8 +20,10 @@ def footer_text(loaded: LoadedModel, store: Store) -> str:
         memory += f" · {torch.cuda.memory_allocated(loaded.model.device) / 2**20:,.0f} MB on the GPU"
     runs = jobs.refresh(store)
     counts = {status: sum(run["status"] == status for run in runs) for status in ("running", "queued")}
+    exporting = sum(export["status"] == RUNNING for export in export_jobs.refresh(store))
     return (f"**Device:** {loaded.facts.device} · **Memory:** {memory} · "
-            f"**Queue:** {counts['running']} running, {counts['queued']} queued")
+            f"**Queue:** {counts['running']} running, {counts['queued']} queued"
+            + (f" · {exporting} export{'s' * (exporting > 1)} running" if exporting else ""))
 
 
 def process_memory() -> str:

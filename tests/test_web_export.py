@@ -1,13 +1,13 @@
 """The Adapters & Export tab driven in Chromium: import an adapter folder, export it as a merged folder and as a
-GGUF f16 file, and see the parity report in the page; the files are on disk and the store records both exports.
+GGUF f16 file (background jobs: a reload meanwhile finds the export again), compose two adapters into a new one,
+and see the parity reports in the page; the files are on disk and the store records every job.
 
 One real server serves the tiny random Llama with its own LORAFORGE_HOME; every wait polls with a generous deadline.
 """
 
 import pytest
 
-from app.tab_adapters import report_markdown
-from core.export import ExportResult
+from app.export_report import report_markdown
 from core.store import Store
 from tests.browser import browser_page, screenshot, served_app
 from tests.export_helpers import make_adapter
@@ -26,34 +26,59 @@ def wait_for_text(page, selector: str, text: str, timeout: int = 60_000) -> None
                            timeout=timeout)
 
 
-def export_in_page(page, format_label: str, suffix: str) -> str:
-    """Pick a format, wait for the default output folder to follow it, export, and return the report's text."""
+def wait_for_report(page, text: str) -> str:
+    """Wait until the report shows a finished job (it says "status") mentioning `text`; return the report."""
+    page.wait_for_function("t => { const r = document.querySelector('#export-report')?.innerText || '';"
+                           " return r.includes(t) && r.includes('status'); }", arg=text, timeout=EXPORT_TIMEOUT_MS)
+    return page.locator("#export-report").inner_text()
+
+
+def start_export(page, format_label: str, suffix: str) -> None:
+    """Pick a format, wait for the default output folder to follow it, and start the export."""
     page.locator("#export-format").get_by_text(format_label).click()
     page.wait_for_function("s => document.querySelector('#export-out textarea, #export-out input')?.value.endsWith(s)",
                            arg=suffix, timeout=30_000)
     page.locator("#export").click()
-    wait_for_text(page, "#export-report", suffix, EXPORT_TIMEOUT_MS)
-    return page.locator("#export-report").inner_text()
 
 
-def test_person_imports_an_adapter_and_exports_merged_and_gguf_with_parity(web_home, tiny_llama_dir, tmp_path):
+def import_in_page(page, folder) -> None:
+    page.locator("#import-path textarea, #import-path input").first.fill(str(folder))
+    page.locator("#import").click()
+    wait_for_text(page, "#adapters-table", folder.name)
+
+
+def test_person_imports_exports_and_composes_adapters_with_parity(web_home, tiny_llama_dir, tmp_path):
     adapter = make_adapter(tiny_llama_dir, tmp_path / "my-adapter")
+    second = make_adapter(tiny_llama_dir, tmp_path / "dates", seed=3, targets="qv")
     with served_app(web_home, "--model", str(tiny_llama_dir)) as url, browser_page() as page:
         page.goto(url)
         page.get_by_role("tab", name="Adapters & Export").click()
-        page.locator("#import-path textarea, #import-path input").first.fill(str(adapter))
-        page.locator("#import").click()
-        wait_for_text(page, "#adapters-table", "my-adapter")
+        import_in_page(page, adapter)
         assert "imported" in page.locator("#adapters-table").inner_text()
 
-        merged = export_in_page(page, "Merged model folder", "my-adapter-merged")
+        start_export(page, "Merged model folder", "my-adapter-merged")
+        merged = wait_for_report(page, "my-adapter-merged")
         assert "status done" in merged and "agree" in merged and "kept" in merged
-        gguf = export_in_page(page, "GGUF file", "my-adapter-gguf")
+        start_export(page, "GGUF file", "my-adapter-gguf")
+        wait_for_text(page, "#exports-table", "running")
+        screenshot(page, "adapters-export-running")
+        page.reload()  # the export goes on in its own process; the page finds it again
+        page.get_by_role("tab", name="Adapters & Export").click()
+        gguf = wait_for_report(page, "my-adapter-gguf")
         assert "gguf-f16" in gguf and "status done" in gguf and "agree" in gguf and "kept" in gguf
         page.locator("#export-download a, #export-download [download]").first.wait_for(timeout=30_000)
         wait_for_text(page, "#exports-table", "gguf-f16")
-        assert "Traceback" not in page.content()
         screenshot(page, "adapters-export")
+
+        import_in_page(page, second)  # now both are chosen
+        page.locator("#export-weights textarea, #export-weights input").first.fill("1, 0.5")
+        page.locator("#compose-name textarea, #compose-name input").first.fill("pirate-dates-mix")
+        page.locator("#compose").click()
+        composed = wait_for_report(page, "pirate-dates-mix")
+        assert "Composed the adapter" in composed and "status done" in composed and "agree" in composed
+        wait_for_text(page, "#adapters-table", "composed")
+        assert "Traceback" not in page.content()
+        screenshot(page, "adapters-composed")
 
     exports_dir = web_home / "exports"
     assert (exports_dir / "my-adapter-merged" / "config.json").is_file()
@@ -62,15 +87,26 @@ def test_person_imports_an_adapter_and_exports_merged_and_gguf_with_parity(web_h
     assert (exports_dir / "my-adapter-gguf" / "Modelfile").is_file()
     with Store(web_home / "loraforge.db") as store:
         exports = {row["format"]: row for row in store.exports()}
-    assert set(exports) == {"merged", "gguf-f16"}
+        [mix] = [row for row in store.adapters() if row["name"] == "pirate-dates-mix"]
+    assert set(exports) == {"merged", "gguf-f16", "composed"}
     assert all(row["status"] == "done" and row["parity"]["passed"] for row in exports.values())
+    assert mix["source"] == "composed" and mix["rank"] == 8 and exports["composed"]["adapter_id"] == mix["id"]
+    assert mix["path"] == str(web_home / "adapters" / "pirate-dates-mix")
 
 
 def test_a_failed_parity_check_is_a_visible_warning_in_the_report():
     check = {"target": "gguf-q8_0", "max_logit_diff": 0.5, "tolerance": 0.01, "greedy_agree": False,
-             "greedy_matches": 1, "prompts": 3, "template_same": True}
-    result = ExportResult("gguf-q8_0", "/x/out", "parity_failed", {"passed": False, "checks": [check]}, 1, 2048,
-                          ["parity check failed: greedy answers differ on 2 of 3 prompts"])
-    report = report_markdown(result)
+             "greedy_matches": 1, "prompts": 3, "template_same": True,
+             "problems": ["gguf-q8_0: greedy answers differ on 2 of 3 prompts"]}
+    export = {"id": 1, "format": "gguf-q8_0", "path": "/x/out", "status": "parity_failed", "size_bytes": 2048,
+              "parity": {"passed": False, "checks": [check]}}
+    report = report_markdown(export)
     assert "DIFFER (1/3 prompts)" in report and "**parity_failed**" in report
     assert "color:#c2410c" in report and "greedy answers differ on 2 of 3 prompts" in report
+
+
+def test_a_failed_job_shows_its_error_in_orange():
+    export = {"id": 4, "format": "merged", "path": "/x/out", "status": "failed",
+              "error": "The disk is full: writing the export /x/out failed"}
+    report = report_markdown(export)
+    assert "color:#c2410c" in report and "Export 4 (merged) failed: The disk is full" in report
