@@ -12,12 +12,17 @@ machine noise hits them alike; each mode's figure is its best round:
     peft-unmerged  a0 in PEFT's LoRA layer on a second copy of the base (reference; measured after the RSS figures)
 
 Decode tokens/s excludes the prompt: per token = (time for N new tokens - time for 1) / (N - 1).
+That figure includes transformers' generate loop and drifts with the machine, so a second, finer one times
+single decode steps (one token through the model with its KV cache), the modes taking turns step by step and
+each reported as its median over --steps steps: base here is a plain copy with no LoRA layers at all, merged a
+copy with a0 merged and unloaded, unmerged and peft-unmerged as above.
 Adapters have random non-zero weights; speed depends on their shape only. Resident memory (RSS) is read
 after loading the base and again with the four adapters loaded: one copy of the base weights means the
 difference is about the adapters' own bytes.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -37,13 +42,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=48, help="new tokens per answer")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=200, help="single decode steps per mode for the step medians")
     parser.add_argument("--loras", default="r8-qv,r16-all")
     parser.add_argument("--home", help="LORAFORGE_HOME (default: a fresh temporary folder)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # LORA: measure one LoRA shape in this process
     args = parser.parse_args()
     os.environ["LORAFORGE_HOME"] = args.home or tempfile.mkdtemp(prefix="loraforge-bench-")
     if args.worker:
-        return print(json.dumps(measure(args.worker, args.tokens, args.rounds)))
+        return print(json.dumps(measure(args.worker, args.tokens, args.rounds, args.steps)))
 
     from core.models import load_base_model
 
@@ -51,7 +57,7 @@ def main() -> None:
     results = []
     for lora in args.loras.split(","):
         command = [sys.executable, __file__, "--home", os.environ["LORAFORGE_HOME"], "--tokens", str(args.tokens),
-                   "--rounds", str(args.rounds), "--worker", lora]
+                   "--rounds", str(args.rounds), "--steps", str(args.steps), "--worker", lora]
         finished = subprocess.run(command, capture_output=True, text=True)
         if finished.returncode != 0:
             raise SystemExit(f"{lora} failed:\n{finished.stderr[-4000:]}")
@@ -61,12 +67,14 @@ def main() -> None:
     print(json.dumps(results))
 
 
-def measure(lora: str, tokens: int, rounds: int) -> dict:
+def measure(lora: str, tokens: int, rounds: int, steps: int) -> dict:
+    import copy
+
     import torch
     from peft import PeftModel
 
     from bench.throughput_systems import LORAS
-    from core.adapters import LoraSettings, active_adapters, add_adapter, merge, unmerge
+    from core.adapters import LoraSettings, active_adapters, add_adapter, merge, merge_and_unload, set_active, unload, unmerge
     from core.generate import conversation
     from core.models import load_base_model
     from core.peft_format import save_adapter
@@ -113,7 +121,12 @@ def measure(lora: str, tokens: int, rounds: int) -> dict:
     for _ in range(rounds):
         for mode in MODES:
             best[mode] = min(best[mode], decode(mode))
-    return {"lora": lora, "ms_per_token": {mode: 1000 * seconds for mode, seconds in best.items()},
+    plain, merged = unload(copy.deepcopy(model)), copy.deepcopy(model)
+    set_active(merged, "a0")
+    step_modes = {"base": (plain, None), "unmerged": (model, "a0"), "merged": (merge_and_unload(merged), None),
+                  "peft-unmerged": (peft_model, None)}
+    step_ms = _step_medians(step_modes, ids, steps)
+    return {"lora": lora, "ms_per_token": {mode: 1000 * seconds for mode, seconds in best.items()}, "step_ms": step_ms,
             "rss_base_mb": rss_base, "rss_four_adapters_mb": rss_four, "adapters_mb": adapter_mb,
             "threads": torch.get_num_threads()}
 
@@ -131,6 +144,30 @@ def _seconds_per_new_token(model, ids, tokens: int) -> float:
     return (timed(tokens) - timed(1)) / (tokens - 1)
 
 
+def _step_medians(modes: dict, ids, steps: int) -> dict[str, float]:
+    """Median ms of one decode step per mode; each mode keeps its own KV cache, and the modes take turns every
+    step so the machine's drift hits them alike. `modes`: name -> (model, adapter to activate or None)."""
+    import statistics
+
+    import torch
+
+    from core.adapters import active_adapters
+
+    token = ids[:, -1:]
+    caches, times = {}, {name: [] for name in modes}
+    with torch.inference_mode():
+        for name, (model, adapter) in modes.items():
+            with active_adapters(model, adapter) if adapter else contextlib.nullcontext():
+                caches[name] = model(input_ids=ids, use_cache=True).past_key_values
+        for _ in range(steps):
+            for name, (model, adapter) in modes.items():
+                with active_adapters(model, adapter) if adapter else contextlib.nullcontext():
+                    started = time.perf_counter()
+                    model(input_ids=token, past_key_values=caches[name], use_cache=True)
+                    times[name].append(time.perf_counter() - started)
+    return {name: 1000 * statistics.median(values) for name, values in times.items()}
+
+
 def _rss_mb() -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -144,6 +181,12 @@ def report(results: list[dict]) -> str:
         base = row["ms_per_token"]["base"]
         for mode, ms in row["ms_per_token"].items():
             lines.append(f"| {row['lora']} | {mode} | {1000 / ms:.1f} | {ms:.1f} | {ms / base - 1:+.1%} |")
+    lines += ["", "Single decode steps, median ms (modes interleaved step by step):", "",
+              "| LoRA | mode | ms/step | vs base |", "|---|---|---|---|"]
+    for row in results:
+        base = row["step_ms"]["base"]
+        for mode, ms in row["step_ms"].items():
+            lines.append(f"| {row['lora']} | {mode} | {ms:.2f} | {ms / base - 1:+.1%} |")
     lines += ["", "| LoRA | RSS, base loaded | RSS, + 4 adapters | growth | the 4 adapters' bytes |", "|---|---|---|---|---|"]
     for row in results:
         lines.append(f"| {row['lora']} | {row['rss_base_mb']:.0f} MB | {row['rss_four_adapters_mb']:.0f} MB | "
