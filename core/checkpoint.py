@@ -108,23 +108,36 @@ def _trainable_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    """Split an optimizer state dict into tensors (for safetensors) and plain values (for JSON)."""
+    """Split an optimizer state dict into tensors (for safetensors) and plain values (for JSON), keyed by
+    paths like `3/exp_avg`; nested dicts (bitsandbytes' 8-bit optimizers keep their quantization state in
+    one) give longer paths."""
     full = optimizer.state_dict()
     tensors, plain = {}, {}
-    for index, values in full["state"].items():
+
+    def visit(prefix: str, values: dict) -> None:
         for key, value in values.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"{index}/{key}"] = value.detach().cpu().contiguous()
+            path = f"{prefix}/{key}"
+            if isinstance(value, dict):
+                visit(path, value)
+            elif isinstance(value, torch.Tensor):
+                # always a copy: bitsandbytes shares its code tables between parameters, which safetensors refuses
+                tensors[path] = value.detach().to("cpu", copy=True, memory_format=torch.contiguous_format)
             else:
-                plain[f"{index}/{key}"] = value
+                plain[path] = value
+
+    for index, values in full["state"].items():
+        visit(str(index), values)
     return tensors, {"param_groups": full["param_groups"], "plain": plain}
 
 
 def _unflatten_optimizer(tensors: dict[str, torch.Tensor], hyper: dict) -> dict:
     state: dict[int, dict] = {}
     for flat, value in [*tensors.items(), *hyper["plain"].items()]:
-        index, key = flat.split("/", 1)
-        state.setdefault(int(index), {})[key] = value
+        index, *keys = flat.split("/")
+        node = state.setdefault(int(index), {})
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+        node[keys[-1]] = value
     return {"state": state, "param_groups": hyper["param_groups"]}
 
 

@@ -1,0 +1,49 @@
+"""A checkpoint restores the optimizer exactly, whatever shape its state has: torch's AdamW, and bitsandbytes'
+8-bit AdamW, which keeps its quantization state in a nested dict (the CUDA-only choices --optimizer adamw8bit
+and paged_adamw; bitsandbytes runs the 8-bit optimizer on the CPU too, so this is tested here)."""
+
+import bitsandbytes as bnb
+import pytest
+import torch
+
+from core.adapters import LoraSettings, add_adapter
+from core.checkpoint import load_checkpoint, save_checkpoint
+from tests.lora_helpers import load
+
+
+def trained_setup(model_dir, kind, seed=0):
+    torch.manual_seed(seed)
+    model = load(model_dir)
+    add_adapter(model, "run", LoraSettings(r=8, targets="all-linear"))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = bnb.optim.AdamW8bit(trainable, lr=1e-2, min_8bit_size=1) if kind == "adamw8bit" else \
+        torch.optim.AdamW(trainable, lr=1e-2)
+    return model, optimizer
+
+
+def step(model, optimizer, seed):
+    torch.manual_seed(seed)
+    ids = torch.randint(0, 300, (2, 12))
+    model(input_ids=ids, labels=ids).loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+@pytest.mark.parametrize("kind", ["adamw", "adamw8bit"])
+def test_resuming_from_a_checkpoint_continues_the_optimizer_exactly(tiny_llama_dir, tmp_path, kind):
+    model, optimizer = trained_setup(tiny_llama_dir, kind)
+    for seed in (1, 2):
+        step(model, optimizer, seed)
+    saved = save_checkpoint(tmp_path, 2, model, "run", optimizer, {"note": "kept"}, keep=2)
+    step(model, optimizer, 3)
+    expected = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+
+    fresh, fresh_optimizer = trained_setup(tiny_llama_dir, kind, seed=99)  # other initial adapter weights
+    state = load_checkpoint(saved, fresh, fresh_optimizer)
+    step(fresh, fresh_optimizer, 3)
+    assert state["note"] == "kept" and state["step"] == 2
+    if kind == "adamw8bit":
+        assert any("state1" in values or "absmax1" in str(values) for values in fresh_optimizer.state.values())
+    for name, p in fresh.named_parameters():
+        if p.requires_grad:
+            torch.testing.assert_close(p, expected[name], rtol=0, atol=0, msg=name)
