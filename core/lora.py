@@ -76,12 +76,18 @@ class LoraAdapter(nn.Module):
         return F.linear(F.linear(x, self.lora_A), self.lora_B) * self.scaling
 
     def add_to(self, out: torch.Tensor, x: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
-        """`out + gain * s * B(A(dropout(x)))` (in fp32) with the last product and the sum fused in one addmm, so
-        the update costs no extra passes over the layer's output (the training hot path)."""
-        hidden = F.linear(self.dropout(x.to(self.lora_A.dtype)), self.lora_A)
+        """`out + gain * s * B(A(dropout(x)))` (in fp32, or autocast's dtype) with the last product and the sum
+        fused in one addmm, so the update costs no extra passes over the layer's output (the training hot path)."""
+        hidden = F.linear(self.dropout(x.to(self._math_dtype(x))), self.lora_A)
         flat = torch.addmm(out.reshape(-1, out.shape[-1]).to(hidden.dtype), hidden.reshape(-1, self.r),
                            self.lora_B.t(), alpha=gain * self.scaling)
         return flat.view(*out.shape[:-1], flat.shape[-1])
+
+    def _math_dtype(self, x: torch.Tensor) -> torch.dtype:
+        """fp32 (the adapter's dtype), or autocast's dtype inside an autocast region: autocast casts the
+        products' inputs to it anyway, so an fp32 copy of x there would be a wasted pass each way."""
+        kind = x.device.type
+        return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else self.lora_A.dtype
 
     def dora_factor(self, weight: torch.Tensor) -> torch.Tensor:
         """DoRA's per-row factor m / ||W + s B A||; the norm is a constant for autograd, as the paper advises."""
