@@ -32,7 +32,7 @@ def packed_attention(
     if cu_seq_lens_q is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
-    lengths = cu_seq_lens_q.diff().tolist()
+    lengths = _example_lengths(cu_seq_lens_q)
     grouped = getattr(module, "num_key_value_groups", 1) > 1
     dropout = dropout if module.training else 0.0
     # split (not slicing): its backward joins the examples' gradients in one pass instead of one full-size
@@ -42,6 +42,17 @@ def packed_attention(
         for q, k, v in zip(query.split(lengths, 2), key.split(lengths, 2), value.split(lengths, 2))
     ]
     return torch.cat(parts, dim=2).transpose(1, 2).contiguous(), None
+
+
+_last_lengths: list = [None, None]  # (boundaries tensor, its example lengths): every layer of a forward shares one
+
+
+def _example_lengths(cu_seq_lens: torch.Tensor) -> list[int]:
+    """The examples' lengths, read once per forward rather than once per layer: reading a GPU tensor on the
+    host waits for the GPU, and a wait in every layer keeps the host from queueing work ahead."""
+    if _last_lengths[0] is not cu_seq_lens:
+        _last_lengths[:] = [cu_seq_lens, cu_seq_lens.diff().tolist()]
+    return _last_lengths[1]
 
 
 def can_use_packed_attention(model: torch.nn.Module, max_length: int) -> bool:
