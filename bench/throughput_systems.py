@@ -24,6 +24,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import (DataCollatorForSeq2Seq, DataCollatorWithFlattening, Trainer, TrainerCallback,
                           TrainingArguments)
 
+from bench.flops import lora_step_flops
 from core.data import BatchSettings, PreparedDataset, epoch_plan, prepare_dataset
 from core.data.render import IGNORE_INDEX
 from core.models import load_base_model
@@ -157,13 +158,6 @@ def lora_parameters(model: torch.nn.Module) -> int:
 
 
 def useful_flops(model: torch.nn.Module, examples: list, lora_parameters: int) -> float:
-    """The FLOPs a LoRA step must do for these examples, whichever system does it (see train_throughput.py)."""
-    config = model.config
-    layers, heads, hidden = config.num_hidden_layers, config.num_attention_heads, config.hidden_size
-    head_dim = getattr(config, "head_dim", None) or hidden // heads
-    frozen_linear = sum(module.weight.numel() for name, module in model.named_modules()
-                        if isinstance(module, torch.nn.Linear) and ".layers." in name and "lora_" not in name)
-    tokens = sum(len(example.input_ids) for example in examples)
+    """The FLOPs a LoRA step must do for these examples, whichever system does it (see bench/flops.py)."""
     trained = sum(sum(label != IGNORE_INDEX for label in example.labels[1:]) for example in examples)
-    attention = sum(6 * heads * head_dim * layers * len(e.input_ids) * (len(e.input_ids) + 1) for e in examples)
-    return (4 * frozen_linear + 6 * lora_parameters) * tokens + attention + 4 * config.vocab_size * hidden * trained
+    return lora_step_flops(model.config, lora_parameters, [len(example.input_ids) for example in examples], trained)
