@@ -138,7 +138,7 @@ def _chosen(store: Store, selected: list[str] | None) -> list[dict]:
     by_id = {str(a["id"]): a for a in store.adapters()}
     rows = [by_id[value] for value in selected or [] if value in by_id]
     if not rows:
-        raise gr.Error("Choose an adapter to export first (train one, or import an adapter folder above).")
+        raise gr.Error("Choose one or more adapters in the list first (train one, or import an adapter folder above).")
     return rows
 
 
