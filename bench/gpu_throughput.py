@@ -72,7 +72,8 @@ def main() -> None:
                 row = run_worker(case, args.timeout)
                 results.append(row)
                 print(json.dumps(row), flush=True)
-                (out / "results.jsonl").open("a").write(json.dumps(row) + "\n")
+                with (out / "results.jsonl").open("a") as log:
+                    log.write(json.dumps(row) + "\n")
     print(report(results, machine))
     if args.profile:
         case = dict(system="forge", size=args.profile, mode="lora", seq=args.seq, batch=args.batch, steps=args.steps,
@@ -127,10 +128,10 @@ def run_case(case: dict) -> dict:
     out, size = Path(case["out"]), case["size"]
     dtype = torch.bfloat16 if case["device"] == "cuda" else torch.float32
     folder = build_model_folder(size, out / f"model-{size}", case["device"], dtype)
-    rows = case["steps"] * case["batch"]
-    data = out / f"tokens-{case['seq']}x{rows}.jsonl"
+    rows, vocab = case["steps"] * case["batch"], SIZES[size]["vocab_size"]
+    data = out / f"tokens-{case['seq']}x{rows}-vocab{vocab}.jsonl"
     if not data.exists():
-        write_token_rows(data, rows, case["seq"], SIZES[size]["vocab_size"])
+        write_token_rows(data, rows, case["seq"], vocab)
     trainer = train_forge if case["system"] == "forge" else train_peft
     if case.get("profile"):
         return {"kernels": profiled(trainer, case, folder, data)}
