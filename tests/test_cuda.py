@@ -6,6 +6,7 @@ CI has no GPU, so these skip there; on a machine with one, `pytest tests/test_cu
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,7 @@ DATES = str(Path(__file__).resolve().parents[1] / "assets/samples/dates.train.js
 
 @pytest.mark.parametrize("quant, optimizer", [("none", "adamw"), ("nf4", "adamw"), ("none", "adamw8bit"),
                                               ("nf4", "paged_adamw")])
-def test_training_on_the_gpu_learns_in_bf16_and_reports_gpu_memory(tiny_llama_dir, tmp_path, quant, optimizer):
+def test_training_on_the_gpu_learns_reports_gpu_memory_and_resumes(tiny_llama_dir, tmp_path, quant, optimizer):
     config = TrainConfig(base=str(tiny_llama_dir), dataset=DATES, eval_share=0.05, max_steps=20, batch_size=8,
                          lr=2e-2, targets="all-linear", max_len=128, quant=quant, optimizer=optimizer, device="cuda",
                          save_every=10, eval_every=10, sample_max_new_tokens=4)
@@ -37,6 +38,8 @@ def test_training_on_the_gpu_learns_in_bf16_and_reports_gpu_memory(tiny_llama_di
     assert result.status == "completed" and all(math.isfinite(loss) for loss in losses)
     assert max(losses[-3:]) < losses[0] - 0.2  # on the CPU in fp32: 6.02 -> 5.60..5.70
     assert result.peak_mem_mb == pytest.approx(torch.cuda.max_memory_allocated() / 2**20)
+    shutil.rmtree(tmp_path / "run" / "checkpoints" / "step-000020")  # resume from step 10: the optimizer state reloads
+    assert train(config, tmp_path / "run", resume=True).steps == 20
 
 
 def test_an_adapter_trained_on_the_gpu_gives_the_same_outputs_on_the_cpu(tiny_llama_dir, tmp_path):
