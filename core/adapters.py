@@ -78,7 +78,8 @@ def add_adapter(
 
 
 def install_adapter(model: nn.Module, name: str, adapters: dict[str, LoraAdapter]) -> None:
-    """Attach built adapters (module path -> adapter) under `name`, wrapping layers that have no LoRA yet.
+    """Attach built adapters (module path -> adapter) under `name`, wrapping layers that have no LoRA yet; the new
+    modules take the train/eval mode of the layer they wrap, so dropout stays off in a model served for chat.
 
     Checks every path first, so a bad path or a taken name changes nothing.
     """
@@ -91,9 +92,9 @@ def install_adapter(model: nn.Module, name: str, adapters: dict[str, LoraAdapter
     for path, adapter in adapters.items():
         layer = layers[path]
         if not isinstance(layer, LoraLayer):
-            layer = LoraLayer(layer, path)
+            layer = LoraLayer(layer, path).train(layer.training)
             model.set_submodule(path, layer)
-        layer.add_adapter(name, adapter)
+        layer.add_adapter(name, adapter.train(layer.training))  # an adapter loaded for chat must not drop out
 
 
 def lora_layers(model: nn.Module) -> dict[str, LoraLayer]:

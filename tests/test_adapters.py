@@ -16,6 +16,7 @@ from core.adapters import (
     unmerge,
 )
 from core.lora import LoraLayer
+from core.peft_format import load_adapter, save_adapter
 from core.lora_errors import AdapterConfigError, NonFiniteMergeError
 from tests.lora_helpers import TOKENS, assert_same_state, load, logits, randomize, state_snapshot
 
@@ -150,3 +151,23 @@ def test_targets_that_match_nothing_name_the_fix_and_change_nothing(tiny_llama_d
     assert all(type(m) is not LoraLayer for m in model.modules()) and isinstance(
         model.model.layers[0].self_attn.q_proj, nn.Linear
     )
+
+
+def test_an_adapter_loaded_into_a_model_in_eval_mode_does_not_drop_out(tiny_llama_dir, tmp_path):
+    """Chat serves the base in eval mode. An adapter trained with dropout (the Quality preset's 0.05, most
+    published PEFT adapters) must answer there deterministically and exactly as its merged export does; new LoRA
+    modules used to start in training mode and drop out."""
+    trained = load(tiny_llama_dir)
+    add_adapter(trained, "a", LoraSettings(targets="all-linear", dropout=0.5))
+    randomize(trained, "a")
+    save_adapter(trained, "a", tmp_path / "a")
+    served = load(tiny_llama_dir)
+    load_adapter(served, tmp_path / "a", name="a")
+    first = logits(served)
+    assert not torch.equal(first, logits(load(tiny_llama_dir)))  # the adapter does change the answer
+    torch.testing.assert_close(logits(served), first, rtol=0, atol=0)
+    merge(served)
+    torch.testing.assert_close(logits(served), first, rtol=1e-4, atol=1e-4)
+    unmerge(served)
+    served.train()  # and in training the dropout is there
+    assert not torch.equal(logits(served), logits(served))
