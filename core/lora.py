@@ -13,7 +13,8 @@ Data path of `LoraLayer.forward` with active adapters {name: gain}:
         update = (f - 1) * (y_base - b) + f * s * B(A(x))
 
 With no adapter active, or with the active ones merged into W, the layer returns `base_layer(x)` untouched,
-so the output equals the base model's bit for bit.
+so the output equals the base model's bit for bit. In inference (no autograd, fp32, no DoRA) the updates are
+added into y_base in place, the cheapest form for decoding a token at a time (`LoraAdapter.add_in_place`).
 
 Merging is explicit and run-once: `merge()` folds the active adapters into W (checking the result is finite
 before writing), `unmerge()` takes them out again. With each DoRA factor f fixed at merge time the result is
@@ -83,6 +84,16 @@ class LoraAdapter(nn.Module):
                            self.lora_B.t(), alpha=gain * self.scaling)
         return flat.view(*out.shape[:-1], flat.shape[-1])
 
+    def add_in_place(self, out: torch.Tensor, x: torch.Tensor, gain: float = 1.0) -> None:
+        """`out += gain * s * B(A(x))` for inference, as two calls that make no new tensor of the output's size:
+        decoding pays per call (the base's weights have just pushed these out of cache), not per FLOP. One token
+        takes the matrix-vector products, the lightest calls there are."""
+        if x.numel() == self.lora_A.shape[1]:
+            out.view(-1).addmv_(self.lora_B, torch.mv(self.lora_A, x.reshape(-1)), alpha=gain * self.scaling)
+        else:
+            hidden = F.linear(x, self.lora_A).reshape(-1, self.r)
+            out.view(-1, out.shape[-1]).addmm_(hidden, self.lora_B.t(), alpha=gain * self.scaling)
+
     def _math_dtype(self, x: torch.Tensor) -> torch.dtype:
         """fp32 (the adapter's dtype), or autocast's dtype inside an autocast region: autocast casts the
         products' inputs to it anyway, so an fp32 copy of x there would be a wasted pass each way."""
@@ -129,17 +140,20 @@ class LoraLayer(nn.Module):
         self.active: dict[str, float] = {}
         self.merged: dict[str, float] = {}
         self._merge_factors: dict[str, torch.Tensor] = {}
+        self._has_dora = False
 
     def add_adapter(self, name: str, adapter: LoraAdapter) -> None:
         """Attach a built adapter under `name` (inactive until `set_active`)."""
         if name in self.adapters:
             raise AdapterConfigError(f"Module {self.path} already has an adapter named {name!r}. Pick another name.")
         self.adapters[name] = adapter
+        self._has_dora = self._has_dora or adapter.use_dora
 
     def delete_adapter(self, name: str) -> None:
         self._require_unmerged("delete an adapter")
         del self.adapters[name]
         self.active.pop(name, None)
+        self._has_dora = any(adapter.use_dora for adapter in self.adapters.values())
 
     def set_active(self, gains: dict[str, float]) -> None:
         """Choose which adapters the forward adds, each with its gain; an empty dict means the plain base."""
@@ -160,6 +174,10 @@ class LoraLayer(nn.Module):
         base_out = self.base_layer(x)
         if self.merged or not self.active:
             return base_out
+        if self._adds_in_place(x, base_out):
+            for name, gain in self.active.items():
+                self.adapters[name].add_in_place(base_out, x, gain)
+            return base_out
         result = base_out
         for name, gain in self.active.items():
             adapter = self.adapters[name]
@@ -168,6 +186,20 @@ class LoraLayer(nn.Module):
             else:
                 result = adapter.add_to(result, x, gain)
         return result.to(base_out.dtype)
+
+    def _adds_in_place(self, x: torch.Tensor, base_out: torch.Tensor) -> bool:
+        """Whether the forward may add the updates straight into the base output: inference (no autograd, no
+        dropout), fp32 in and out with no autocast, and no DoRA adapter (it reads the base output). Kept to a few
+        cheap tests: a decode step runs this in every adapted layer."""
+        return not (
+            torch.is_grad_enabled()
+            or self.training
+            or self._has_dora
+            or x.dtype is not torch.float32
+            or base_out.dtype is not torch.float32
+            or not base_out.is_contiguous()
+            or torch.is_autocast_enabled(x.device.type)
+        )
 
     def _dora_update(self, adapter: LoraAdapter, x: torch.Tensor, base_out: torch.Tensor) -> torch.Tensor:
         x = x.to(adapter.lora_A.dtype)

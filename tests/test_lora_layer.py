@@ -129,3 +129,49 @@ def test_weighted_set_adds_each_update_times_its_gain():
     layer.set_active({"a": 0.5, "b": -2.0})
     expected = base(x) + 0.5 * layer.adapters["a"].low_rank(x) - 2.0 * second.low_rank(x)
     torch.testing.assert_close(layer(x), expected, atol=1e-6, rtol=1e-6)
+
+
+def forward_capturing_base_output(layer: LoraLayer, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The layer's output and the tensor its base layer returned on the way (to tell an in-place update)."""
+    seen = []
+    hook = layer.base_layer.register_forward_hook(lambda module, args, output: seen.append(output))
+    try:
+        return layer(x), seen[0]
+    finally:
+        hook.remove()
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv1d"])
+@pytest.mark.parametrize("shape", [(1, 1, 24), (2, 5, 24)], ids=["one-token", "prompt"])
+def test_inference_adds_the_updates_into_the_base_output_and_matches_the_autograd_path(kind, shape):
+    torch.manual_seed(0)
+    base = nn.Linear(24, 16) if kind == "linear" else Conv1D(16, 24)
+    layer = layer_with(base)
+    second = LoraAdapter.for_layer(base, r=2, alpha=2)
+    nn.init.normal_(second.lora_B)
+    layer.add_adapter("b", second)
+    layer.set_active({"a": 0.5, "b": -2.0})
+    x = torch.randn(shape)
+    expected = layer(x)
+    assert expected.requires_grad  # the training path
+    layer.eval()
+    with torch.inference_mode():
+        out, base_out = forward_capturing_base_output(layer, x)
+    assert out is base_out  # updated in place: no second output-sized tensor
+    torch.testing.assert_close(out, expected.detach(), atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("case", ["training mode", "autograd on", "dora", "bf16 base"])
+def test_in_place_updates_are_skipped_where_they_would_be_wrong(case):
+    torch.manual_seed(0)
+    base = nn.Linear(24, 16).to(torch.bfloat16 if case == "bf16 base" else torch.float32)
+    layer = layer_with(base, use_dora=case == "dora", dropout=0.5 if case == "training mode" else 0.0)
+    layer.train(case == "training mode")
+    x = torch.randn(3, 24, dtype=base.weight.dtype)
+    with torch.enable_grad() if case == "autograd on" else torch.inference_mode():
+        out, base_out = forward_capturing_base_output(layer, x)
+    assert out is not base_out
+    assert out.dtype == base_out.dtype
+    if case == "autograd on":
+        out.sum().backward()
+        assert layer.adapters["a"].lora_A.grad is not None
