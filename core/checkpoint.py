@@ -19,11 +19,12 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from core.errors import LoraForgeError
 from core.peft_format import save_adapter
+from core.safetensors_file import save_tensors
 
 CHECKPOINTS = "checkpoints"
 _STEP_FOLDER = re.compile(r"^step-(\d+)$")
@@ -44,10 +45,10 @@ def save_checkpoint(
     shutil.rmtree(staging, ignore_errors=True)
     try:
         staging.mkdir()
-        save_file(_trainable_tensors(model), staging / "trainable.safetensors")
+        save_tensors(_trainable_tensors(model), staging / "trainable.safetensors")
         tensors, hyper = _flatten_optimizer(optimizer)
-        save_file(tensors, staging / "optimizer.safetensors")
-        save_file(_rng_states(), staging / "rng.safetensors")
+        save_tensors(tensors, staging / "optimizer.safetensors")
+        save_tensors(_rng_states(), staging / "rng.safetensors")
         (staging / "state.json").write_text(json.dumps({**state, "step": step, "optimizer": hyper}, indent=1))
         save_adapter(model, adapter, staging / "adapter")
         _fsync_tree(staging)

@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from core.adapters import set_active
 from core.models import LoadedModel, load_base_model
 from core.peft_format import load_adapter
+from core.safetensors_file import save_tensors
 
 DEFAULT_SHARD_BYTES = 2 * 1024**3
 WEIGHTS_NAME = "model.safetensors"
@@ -76,12 +76,12 @@ def _save_weights(state: dict[str, torch.Tensor], folder: Path, max_shard_bytes:
         shards[-1][key] = tensor
         size += nbytes
     if len(shards) == 1:
-        save_file(shards[0], folder / WEIGHTS_NAME, metadata={"format": "pt"})
+        save_tensors(shards[0], folder / WEIGHTS_NAME, metadata={"format": "pt"})
         return [folder / WEIGHTS_NAME]
     files, weight_map = [], {}
     for number, shard in enumerate(shards, start=1):
         name = f"model-{number:05d}-of-{len(shards):05d}.safetensors"
-        save_file(shard, folder / name, metadata={"format": "pt"})
+        save_tensors(shard, folder / name, metadata={"format": "pt"})
         weight_map.update(dict.fromkeys(shard, name))
         files.append(folder / name)
     total = sum(t.numel() * t.element_size() for t in state.values())

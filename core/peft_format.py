@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
@@ -27,6 +27,7 @@ from core.adapters import AdapterReport, adapter_modules, adapter_report, instal
 from core.base_weights import layer_shape
 from core.lora import LoraAdapter, LoraLayer
 from core.lora_errors import AdapterFileError
+from core.safetensors_file import save_tensors
 from core.targets import adaptable_modules, canonical_targets, pattern_value
 
 CONFIG_FILE = "adapter_config.json"
@@ -88,7 +89,7 @@ def save_adapter(model: nn.Module, name: str, folder: str | Path, base_model_nam
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     staged_weights, staged_config = folder / f".{WEIGHTS_FILE}.partial", folder / f".{CONFIG_FILE}.partial"
-    save_file(tensors, staged_weights, metadata={"format": "pt"})
+    save_tensors(tensors, staged_weights, metadata={"format": "pt"})
     staged_config.write_text(json.dumps(asdict(config), indent=2) + "\n")
     os.replace(staged_weights, folder / WEIGHTS_FILE)
     os.replace(staged_config, folder / CONFIG_FILE)

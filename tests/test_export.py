@@ -2,6 +2,7 @@
 differences, and bad input (missing adapter, wrong base, existing output, full disk) leaves nothing behind."""
 
 import errno
+import os
 import json
 
 import pytest
@@ -179,9 +180,27 @@ def test_full_disk_removes_the_partial_export_and_records_nothing(tiny_llama_dir
         open(path, "wb").write(b"partial")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("core.export_merged.save_file", write_then_fail)
+    monkeypatch.setattr("core.export_merged.save_tensors", write_then_fail)
     with pytest.raises(Exception, match="The disk is full") as error:
         export_adapters([str(adapters[0])], "merged", tmp_path / "out", base=str(tiny_llama_dir))
     assert "Free some disk space" in str(error.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["home"]
     assert Store().exports() == []
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_exported_files_follow_the_umask_like_any_new_file(tiny_llama_dir, adapters, tmp_path, umask):
+    """safetensors creates its files 0600 whatever the umask, so a vLLM, Ollama or container account could not
+    read an exported adapter or merged model; every exported file gets the mode open() would give."""
+    previous = os.umask(umask)
+    try:
+        export_adapters([str(adapters[0])], "merged", tmp_path / "merged", base=str(tiny_llama_dir))
+        export_adapters([str(adapters[0])], "peft", tmp_path / "peft", base=str(tiny_llama_dir))
+        export_adapters([str(adapters[0])], "merged", tmp_path / "sharded", base=str(tiny_llama_dir),
+                        max_shard_bytes=40_000)
+    finally:
+        os.umask(previous)
+    files = [p for folder in ("merged", "peft", "sharded") for p in (tmp_path / folder).iterdir()]
+    assert sum(p.suffix == ".safetensors" for p in files) > 3
+    modes = {str(p.relative_to(tmp_path)): oct(p.stat().st_mode & 0o777) for p in files}
+    assert modes == dict.fromkeys(modes, oct(0o666 & ~umask))

@@ -154,7 +154,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_llama_dir, tmp_p
 
 
 def test_full_disk_during_a_save_keeps_the_previous_checkpoint(tiny_llama_dir, tmp_path, monkeypatch):
-    real_save, saves = core.checkpoint.save_file, []
+    real_save, saves = core.checkpoint.save_tensors, []
 
     def save_that_fills_the_disk(tensors, path, *args, **kwargs):
         if "step-000004" in str(path):
@@ -162,7 +162,7 @@ def test_full_disk_during_a_save_keeps_the_previous_checkpoint(tiny_llama_dir, t
         saves.append(path)
         return real_save(tensors, path, *args, **kwargs)
 
-    monkeypatch.setattr(core.checkpoint, "save_file", save_that_fills_the_disk)
+    monkeypatch.setattr(core.checkpoint, "save_tensors", save_that_fills_the_disk)
     with pytest.raises(CheckpointError, match=r"disk is full .* step 4 .*step-000002\) is intact"):
         train(tiny_config(tiny_llama_dir, eval_share=0), tmp_path / "run")
     root = tmp_path / "run" / "checkpoints"
