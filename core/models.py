@@ -25,12 +25,12 @@ from urllib.parse import urlparse
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import save_file
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from core import paths
 from core.errors import ModelSourceError
 from core.quantize import QUANTIZATIONS, quantize_linears, weight_bytes
+from core.safetensors_file import save_tensors
 
 DEFAULT_MODEL = "default"
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
@@ -194,7 +194,7 @@ def cached_gguf_conversion(gguf_path: Path, cache_name: str) -> tuple[Path, bool
     try:
         model, tokenizer = _load_gguf(gguf_path)
         staging.mkdir(parents=True)
-        save_file(_unshared_state_dict(model), staging / "model.safetensors", metadata={"format": "pt"})
+        save_tensors(_unshared_state_dict(model), staging / "model.safetensors", metadata={"format": "pt"})
         model.config.architectures = [type(model).__name__]
         del model.config.quantization_config  # the weights written are dense
         model.config.save_pretrained(staging)
