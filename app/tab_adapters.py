@@ -21,6 +21,7 @@ from core.composed_adapters import COMPOSED
 from core.errors import LoraForgeError
 from core.export_gguf import GGUF_TYPES
 from core.export_jobs import RUNNING, ExportRequest, refresh, start
+from core.export_merged import AUTO_DTYPE, MERGED_DTYPES
 from core.models import LoadedModel
 from core.store import Store
 
@@ -56,6 +57,8 @@ def build_adapters_tab(loaded: LoadedModel, store: Store) -> AdaptersTab:
     with gr.Row():
         fmt = gr.Radio(FORMATS, value="merged", label="Format", elem_id="export-format")
         gguf_type = gr.Radio(list(GGUF_TYPES), value="f16", label="GGUF type", elem_id="export-gguf-type")
+        merged_dtype = gr.Radio([AUTO_DTYPE, *MERGED_DTYPES], value=AUTO_DTYPE, elem_id="export-merged-dtype",
+                                label="Merged weights (auto: as the base is stored)")
     with gr.Row(equal_height=True):
         out = gr.Textbox(label="Output folder", elem_id="export-out", scale=6)
         force = gr.Checkbox(label="Force overwrite", elem_id="export-force", scale=1)
@@ -99,11 +102,12 @@ def build_adapters_tab(loaded: LoadedModel, store: Store) -> AdaptersTab:
         gr.Info(f"Job {export_id} started in the background; it goes on if you close the page.")
         return render(selected)
 
-    def export(selected: list[str], weights_text: str, format: str, quant: str, target: str, overwrite: bool):
+    def export(selected: list[str], weights_text: str, format: str, quant: str, dtype: str, target: str,
+               overwrite: bool):
         rows = _chosen(store, selected)
         request = ExportRequest(_references(rows), format, target.strip() or str(default_out(rows, format)),
                                 weights=_weights(weights_text), gguf_type=quant, base=_base(rows, loaded),
-                                force=overwrite)
+                                force=overwrite, merged_dtype=dtype)
         return start_job(selected, request)
 
     def compose(selected: list[str], weights_text: str, new_name: str):
@@ -119,7 +123,7 @@ def build_adapters_tab(loaded: LoadedModel, store: Store) -> AdaptersTab:
     import_button.click(import_folder, [folder, chosen], outputs)
     for event in (chosen.change, fmt.change):
         event(suggest_out, [chosen, fmt], out, show_progress="hidden")
-    export_button.click(export, [chosen, weights, fmt, gguf_type, out, force], outputs)
+    export_button.click(export, [chosen, weights, fmt, gguf_type, merged_dtype, out, force], outputs)
     compose_button.click(compose, [chosen, weights, name], outputs)
     timer.tick(render, chosen, outputs, show_progress="hidden")
     return AdaptersTab(render=lambda: render(), outputs=outputs)

@@ -8,7 +8,8 @@ One call does everything a front-end needs:
     result.parity      {"passed": ..., "checks": [{"target", "max_logit_diff", "greedy_agree", ...}]}
     result.warnings    one line per failed check, for the user to see
 
-Outputs: merged -> a folder (config, safetensors, tokenizer, chat template, generation config);
+Outputs: merged -> a folder (config, safetensors in the base's precision or the one asked for, tokenizer, chat
+template, generation config);
 gguf -> a folder with `<name>.<type>.gguf` and an Ollama `Modelfile`; peft -> an adapter folder, or a
 zip when `out` ends in .zip. The export is written aside and renamed into place when complete, and only
 then recorded in the store, so a failure (full disk included) leaves neither files nor a record.
@@ -27,7 +28,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from core.adapters import active_adapters, active_gains, merge_and_unload
 from core.compose import combine_adapters
 from core.export_gguf import GGUF_TYPES, gguf_pre_tokenizer, write_gguf
-from core.export_merged import DEFAULT_SHARD_BYTES, AdapterChoice, load_with_adapters, save_merged
+from core.export_merged import (AUTO_DTYPE, DEFAULT_SHARD_BYTES, MERGED_DTYPES, AdapterChoice, load_with_adapters,
+                                 save_merged, stored_dtype)
 from core.export_output import ExportError, check_target, commit, folder_bytes, staging
 from core.modelfile import write_modelfile
 from core.models import DEFAULT_MODEL, LoadedModel, default_gguf_path
@@ -70,6 +72,7 @@ def export_adapters(
     progress: Progress | None = None,
     max_shard_bytes: int = DEFAULT_SHARD_BYTES,
     export_id: int | None = None,
+    merged_dtype: str = AUTO_DTYPE,
 ) -> ExportResult:
     """Export one adapter, or the weighted sum of several, and check the export against the live model.
 
@@ -84,9 +87,10 @@ def export_adapters(
         progress: called with a short line at each stage.
         max_shard_bytes: largest safetensors file of a merged folder; bigger models are sharded with an index.
         export_id: the store's row for this export when a background job made it beforehand; else one is added.
+        merged_dtype: "auto" (the precision the base is stored in), "fp32", "bf16" or "fp16" (format "merged" only).
     """
     say = progress or (lambda _line: None)
-    out, weights, sources = check_export(adapters, format, out, weights, gguf_type, force)
+    out, weights, sources = check_export(adapters, format, out, weights, gguf_type, force, merged_dtype)
     base = base or _common_base([trained_on for _, trained_on in sources])
     choices = [AdapterChoice(folder, weight) for (folder, _), weight in zip(sources, weights)]
 
@@ -99,7 +103,8 @@ def export_adapters(
         if format == "peft":
             report = _export_peft(loaded, choices, tmp, out, reference)
         elif format == "merged":
-            report = _export_merged(loaded, tmp, reference, say, max_shard_bytes)
+            dtype = stored_dtype(loaded.facts.folder) if merged_dtype == AUTO_DTYPE else merged_dtype
+            report = _export_merged(loaded, tmp, reference, say, max_shard_bytes, dtype)
         else:
             report = _export_gguf(loaded, tmp, out.name, gguf_type, _pre_tokenizer(base), reference, say)
         commit(tmp, out)
@@ -123,12 +128,13 @@ def export_label(format: str, gguf_type: str) -> str:
 
 
 def check_export(
-    adapters: list[str], format: str, out: str | Path, weights: list[float] | None, gguf_type: str, force: bool
+    adapters: list[str], format: str, out: str | Path, weights: list[float] | None, gguf_type: str, force: bool,
+    merged_dtype: str = AUTO_DTYPE,
 ) -> tuple[Path, list[float], list[tuple[Path, str | None]]]:
     """Everything about a request that can be wrong before any model loads: (output path, one weight per
     adapter, (folder, base it was trained on) per adapter). A background export runs this before it starts."""
     out = Path(out).expanduser().resolve()
-    weights = _check_request(adapters, format, weights, gguf_type)
+    weights = _check_request(adapters, format, weights, gguf_type, merged_dtype)
     check_target(out, force)
     with Store() as store:
         sources = [adapter_source(store, reference) for reference in adapters]
@@ -139,13 +145,18 @@ def check_export(
     return out, weights, sources
 
 
-def _check_request(adapters: list[str], format: str, weights: list[float] | None, gguf_type: str) -> list[float]:
+def _check_request(
+    adapters: list[str], format: str, weights: list[float] | None, gguf_type: str, merged_dtype: str
+) -> list[float]:
     if not adapters:
         raise ExportError("No adapter given. Pass --adapter RUN_ID or --adapter DIR (once per adapter).")
     if format not in FORMATS:
         raise ExportError(f"Unknown export format {format!r}. Choose one of: {', '.join(FORMATS)}.")
     if gguf_type not in GGUF_TYPES:
         raise ExportError(f"Unknown GGUF type {gguf_type!r}. Choose one of: {', '.join(GGUF_TYPES)}.")
+    if merged_dtype not in (AUTO_DTYPE, *MERGED_DTYPES):
+        raise ExportError(f"Unknown precision {merged_dtype!r} for a merged export. Choose one of: "
+                          f"{', '.join((AUTO_DTYPE, *MERGED_DTYPES))}.")
     weights = list(weights) if weights is not None else [1.0] * len(adapters)
     if len(weights) != len(adapters):
         raise ExportError(f"{len(adapters)} adapter(s) but {len(weights)} weight(s). Give one weight per adapter.")
@@ -169,14 +180,17 @@ def _pre_tokenizer(base: str) -> str:
 
 
 def _export_merged(
-    loaded: LoadedModel, tmp: Path, reference: ModelOutputs, say: Progress, max_shard_bytes: int
+    loaded: LoadedModel, tmp: Path, reference: ModelOutputs, say: Progress, max_shard_bytes: int, dtype: str
 ) -> ParityReport:
+    """Merge in fp32, store in `dtype`, and check the folder as transformers reloads it (upcast to fp32)."""
     model = merge_and_unload(loaded.model)
-    save_merged(model, loaded.tokenizer, tmp, max_shard_bytes)
-    say("Reloading the merged folder with transformers for the parity check")
+    save_merged(model, loaded.tokenizer, tmp, max_shard_bytes, dtype)
+    say(f"Reloading the merged {dtype} folder with transformers for the parity check")
     reloaded = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32)
     candidate = model_outputs(reloaded, AutoTokenizer.from_pretrained(tmp))
-    return ParityReport([compare_outputs(reference, candidate, "merged", RELATIVE_TOLERANCES["merged"])])
+    tolerance = RELATIVE_TOLERANCES["merged" if dtype == "fp32" else dtype]
+    check = compare_outputs(reference, candidate, "merged", tolerance, greedy_required=dtype != "bf16")
+    return ParityReport([check])
 
 
 def _export_gguf(

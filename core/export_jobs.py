@@ -20,6 +20,7 @@ from core import paths
 from core.composed_adapters import COMPOSED, check_composition, compose_adapter
 from core.errors import LoraForgeError
 from core.export import ExportResult, check_export, export_adapters, export_label
+from core.export_merged import AUTO_DTYPE
 from core.export_output import remove_leftovers
 from core.processes import process_start_time
 from core.store import Store
@@ -41,6 +42,7 @@ class ExportRequest:
     base: str | None = None
     force: bool = False
     name: str = ""
+    merged_dtype: str = AUTO_DTYPE
 
 
 def start(request: ExportRequest) -> int:
@@ -49,7 +51,7 @@ def start(request: ExportRequest) -> int:
         out = check_composition(request.adapters, request.weights, request.name)
     else:
         out = check_export(request.adapters, request.format, request.out, request.weights, request.gguf_type,
-                           request.force)[0]
+                           request.force, request.merged_dtype)[0]
     label = export_label(request.format, request.gguf_type)
     with Store() as store:
         export_id = store.add_export(label, out, status=RUNNING, request=asdict(request), progress="Starting")
@@ -77,7 +79,7 @@ def run_export_job(export_id: int) -> ExportResult | None:
                                        progress=say, export_id=export_id)[0]
             return export_adapters(request.adapters, request.format, request.out, weights=request.weights,
                                    gguf_type=request.gguf_type, base=request.base, force=request.force,
-                                   progress=say, export_id=export_id)
+                                   progress=say, export_id=export_id, merged_dtype=request.merged_dtype)
         except LoraForgeError as error:
             print(f"error: {error}", flush=True)
             store.update_export(export_id, status=FAILED, error=str(error), progress=None)

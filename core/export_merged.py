@@ -1,7 +1,9 @@
 """Merged checkpoints: base + adapters folded into one plain model, saved as a Hugging Face folder.
 
 The base is always loaded in full precision (fp32, no quantization), even for an adapter trained on a 4-bit
-base: merging into dequantized-then-requantized weights would bake rounding noise into the export.
+base: merging into dequantized-then-requantized weights would bake rounding noise into the export. The merged
+weights are then stored in the precision asked for: by default ("auto") the one the base itself is stored in,
+so a bf16 base gives a bf16 export of the same size rather than an fp32 one twice as large.
 Several adapters merge as their weighted sum W + sum_i w_i s_i B_i A_i, the same active set the live
 model uses, so the merged model equals the weighted composition applied live.
 
@@ -19,11 +21,13 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from core.adapters import set_active
-from core.models import LoadedModel, load_base_model
+from core.models import LoadedModel, load_base_model, unshared_state_dict
 from core.peft_format import load_adapter
 from core.safetensors_file import save_tensors
 
 DEFAULT_SHARD_BYTES = 2 * 1024**3
+MERGED_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+AUTO_DTYPE = "auto"
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
 
@@ -49,19 +53,33 @@ def load_with_adapters(base: str, adapters: list[AdapterChoice], device: str = "
     return loaded
 
 
+def stored_dtype(folder: str | Path) -> str:
+    """The MERGED_DTYPES name of the precision a Hugging Face folder's config says its weights are stored in
+    ("fp32" when it names none of them, as a model converted from GGUF does)."""
+    try:
+        config = json.loads((Path(folder) / "config.json").read_text())
+    except (OSError, ValueError):
+        return "fp32"
+    named = str(config.get("dtype") or config.get("torch_dtype") or "")
+    return next((name for name, dtype in MERGED_DTYPES.items() if str(dtype) == f"torch.{named}"), "fp32")
+
+
 def save_merged(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, folder: Path, max_shard_bytes: int = DEFAULT_SHARD_BYTES
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, folder: Path, max_shard_bytes: int = DEFAULT_SHARD_BYTES,
+    dtype: str = "fp32",
 ) -> list[Path]:
-    """Write config, generation config, tokenizer (with chat template) and safetensors weights into `folder`."""
+    """Write config, generation config, tokenizer (with chat template) and safetensors weights (in `dtype`, a
+    MERGED_DTYPES name) into `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
     config = copy.deepcopy(model.config)
+    config.dtype = MERGED_DTYPES[dtype]
     if hasattr(config, "quantization_config"):  # a quantized source's marker; the merged weights are dense
         del config.quantization_config
     config.architectures = [type(model).__name__]
     config.save_pretrained(folder)
     model.generation_config.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    return _save_weights(_unshared_state_dict(model), folder, max_shard_bytes)
+    return _save_weights(unshared_state_dict(model, MERGED_DTYPES[dtype]), folder, max_shard_bytes)
 
 
 def _save_weights(state: dict[str, torch.Tensor], folder: Path, max_shard_bytes: int) -> list[Path]:
@@ -88,14 +106,3 @@ def _save_weights(state: dict[str, torch.Tensor], folder: Path, max_shard_bytes:
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
     (folder / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
     return files
-
-
-def _unshared_state_dict(model: PreTrainedModel) -> dict[str, torch.Tensor]:
-    """State dict with tied tensors stored once (the first name wins; transformers re-ties on load)."""
-    state, seen = {}, set()
-    for key, tensor in model.state_dict().items():
-        pointer = tensor.untyped_storage().data_ptr()
-        if pointer not in seen:
-            seen.add(pointer)
-            state[key] = tensor.detach().cpu().contiguous()
-    return state

@@ -194,7 +194,7 @@ def cached_gguf_conversion(gguf_path: Path, cache_name: str) -> tuple[Path, bool
     try:
         model, tokenizer = _load_gguf(gguf_path)
         staging.mkdir(parents=True)
-        save_tensors(_unshared_state_dict(model), staging / "model.safetensors", metadata={"format": "pt"})
+        save_tensors(unshared_state_dict(model), staging / "model.safetensors", metadata={"format": "pt"})
         model.config.architectures = [type(model).__name__]
         del model.config.quantization_config  # the weights written are dense
         model.config.save_pretrained(staging)
@@ -236,15 +236,18 @@ def _load_gguf(gguf_path: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBas
     return model, tokenizer
 
 
-def _unshared_state_dict(model: PreTrainedModel) -> dict[str, torch.Tensor]:
-    """State dict with tied tensors stored once (safetensors refuses shared memory), contiguous."""
+def unshared_state_dict(model: PreTrainedModel, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """State dict for safetensors, which refuses shared memory: tied tensors stored once (the first name wins;
+    transformers re-ties them on load), contiguous, on the CPU, floating-point ones in `dtype` when given."""
     state, seen = {}, set()
     for key, tensor in model.state_dict().items():
         pointer = tensor.untyped_storage().data_ptr()
         if pointer in seen:
             continue
         seen.add(pointer)
-        state[key] = tensor.contiguous()
+        if dtype is not None and tensor.is_floating_point():
+            tensor = tensor.to(dtype)
+        state[key] = tensor.detach().cpu().contiguous()
     return state
 
 

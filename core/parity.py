@@ -9,8 +9,8 @@ reloaded from disk. For every export we report
     template_same    whether the export's chat template renders every prompt to the same text (and tokens)
 
 An export passes when its template renders the same prompts, its logits stay within the format's tolerance,
-and (for unquantized formats) its greedy answers agree; quantized formats report greedy agreement without
-requiring it, since rounding may legitimately flip a near-tie.
+and (for unquantized formats) its greedy answers agree; quantized formats and bf16 weights report greedy
+agreement without requiring it, since their rounding may legitimately flip a near-tie.
 """
 
 from dataclasses import asdict, dataclass, field
@@ -35,8 +35,9 @@ PARITY_PROMPTS: tuple[Conversation, ...] = (
 GREEDY_TOKENS = 16
 
 # Largest logit difference each kind of export may show against the live fp32 adapter, as a fraction of the
-# largest |logit| (fp32 reordering for merged, none for a copied adapter, f16/q8_0 weight rounding for GGUF).
-RELATIVE_TOLERANCES = {"merged": 1e-4, "peft": 1e-5, "f16": 0.01, "q8_0": 0.15}
+# largest |logit| (fp32 reordering for merged, none for a copied adapter, f16/q8_0 weight rounding for GGUF,
+# fp16/bf16 weight rounding for a merged folder stored in 16 bits: the default model shows 0.12% and 1.2%).
+RELATIVE_TOLERANCES = {"merged": 1e-4, "peft": 1e-5, "f16": 0.01, "fp16": 0.01, "bf16": 0.05, "q8_0": 0.15}
 
 
 @dataclass

@@ -2,8 +2,8 @@
 differences, and bad input (missing adapter, wrong base, existing output, full disk) leaves nothing behind."""
 
 import errno
-import os
 import json
+import os
 
 import pytest
 import torch

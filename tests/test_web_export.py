@@ -6,6 +6,8 @@ One real server serves the tiny random Llama with its own LORAFORGE_HOME; every 
 """
 
 import pytest
+import torch
+from safetensors import safe_open
 
 from app.export_report import report_markdown
 from core.store import Store
@@ -56,6 +58,7 @@ def test_person_imports_exports_and_composes_adapters_with_parity(web_home, tiny
         import_in_page(page, adapter)
         assert "imported" in page.locator("#adapters-table").inner_text()
 
+        page.locator("#export-merged-dtype").get_by_text("fp16").click()
         start_export(page, "Merged model folder", "my-adapter-merged")
         merged = wait_for_report(page, "my-adapter-merged")
         assert "status done" in merged and "agree" in merged and "kept" in merged
@@ -82,7 +85,8 @@ def test_person_imports_exports_and_composes_adapters_with_parity(web_home, tiny
 
     exports_dir = web_home / "exports"
     assert (exports_dir / "my-adapter-merged" / "config.json").is_file()
-    assert list((exports_dir / "my-adapter-merged").glob("*.safetensors"))
+    with safe_open(exports_dir / "my-adapter-merged" / "model.safetensors", framework="pt") as weights:
+        assert {weights.get_tensor(key).dtype for key in weights.keys()} == {torch.float16}  # as chosen in the page
     assert (exports_dir / "my-adapter-gguf" / "my-adapter-gguf.f16.gguf").is_file()
     assert (exports_dir / "my-adapter-gguf" / "Modelfile").is_file()
     with Store(web_home / "loraforge.db") as store:

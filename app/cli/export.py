@@ -1,7 +1,7 @@
 """`launch.py merge` and `launch.py export`: write a merged folder, a GGUF or a PEFT adapter, parity-checked.
 
-    merge  --adapter A [--adapter B ... --weights 1,0.5] --out DIR [--force]
-    export --adapter A --format merged|gguf|peft [--gguf-type f16|q8_0] --out PATH [--force]
+    merge  --adapter A [--adapter B ... --weights 1,0.5] --out DIR [--dtype auto|fp32|bf16|fp16] [--force]
+    export --adapter A --format merged|gguf|peft [--gguf-type f16|q8_0] [--dtype ...] --out PATH [--force]
 
 Progress goes to stderr, a failed parity check is a `WARNING: ...` line on stderr, and the last line of
 stdout is the result as JSON: path, format, status, parity figures, export id.
@@ -13,6 +13,7 @@ import sys
 
 from core.export import FORMATS, ExportResult, export_adapters
 from core.export_gguf import GGUF_TYPES
+from core.export_merged import AUTO_DTYPE, MERGED_DTYPES
 
 
 def register(verbs) -> None:
@@ -29,12 +30,12 @@ def register(verbs) -> None:
 
 def run_merge(args: argparse.Namespace) -> int:
     return _report(export_adapters(args.adapter, "merged", args.out, weights=args.weights, base=args.model,
-                                   force=args.force, progress=_progress))
+                                   force=args.force, progress=_progress, merged_dtype=args.dtype))
 
 
 def run_export(args: argparse.Namespace) -> int:
     return _report(export_adapters([args.adapter], args.format, args.out, gguf_type=args.gguf_type,
-                                   base=args.model, force=args.force, progress=_progress))
+                                   base=args.model, force=args.force, progress=_progress, merged_dtype=args.dtype))
 
 
 def _add_common(parser: argparse.ArgumentParser, several: bool) -> None:
@@ -45,6 +46,8 @@ def _add_common(parser: argparse.ArgumentParser, several: bool) -> None:
         parser.add_argument("--adapter", required=True, help=help_text)
     parser.add_argument("--out", required=True, help="output folder (for a zipped PEFT adapter: a path ending in .zip)")
     parser.add_argument("--force", action="store_true", help="replace an existing non-empty output")
+    parser.add_argument("--dtype", default=AUTO_DTYPE, choices=[AUTO_DTYPE, *MERGED_DTYPES],
+                        help="precision of a merged folder's weights (default auto: the one the base is stored in)")
     parser.add_argument("--model", "--base", dest="model",
                         help="base model (default: the one the adapter's run used, else 'default')")
 
