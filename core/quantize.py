@@ -13,7 +13,8 @@ SKIPPED_MODULES = ("lm_head",)
 
 
 def quantize_linears(model: nn.Module, quantization: str, compute_dtype: torch.dtype, device: torch.device) -> int:
-    """Replace every nn.Linear but the LM head by a quantized bitsandbytes layer on `device`; return the count."""
+    """Replace every nn.Linear but the LM head by a quantized bitsandbytes layer on `device`, in the replaced
+    layer's train/eval mode; return the count."""
     import bitsandbytes as bnb  # imported lazily: loading its native library costs a second at start-up
 
     replaced = 0
@@ -46,7 +47,7 @@ def quantize_linears(model: nn.Module, quantization: str, compute_dtype: torch.d
                 raise ValueError(f"unknown quantization {quantization!r}")
             if child.bias is not None:
                 layer.bias = nn.Parameter(child.bias.data.to(device, compute_dtype), requires_grad=False)
-            setattr(parent, child_name, layer)
+            setattr(parent, child_name, layer.train(child.training))  # int8 computes differently in training mode
             replaced += 1
     return replaced
 

@@ -10,6 +10,7 @@ from safetensors.torch import load_file, save_file
 
 from core.errors import ModelSourceError
 from core.models import CHATML_TEMPLATE, count_parameters, default_gguf_path, load_base_model
+from core.quantize import quantize_linears
 from tests.tiny_models import make_tiny_llama
 
 TOKENS = torch.tensor([[5, 17, 42, 99, 3, 250, 7, 64]])
@@ -71,6 +72,18 @@ def test_kbit_quantization_shrinks_linear_weights(tiny_llama_dir, quantization, 
     # The quantized model computes nearly the same function.
     a, b = logits(full).flatten(), logits(quantized).flatten()
     assert torch.corrcoef(torch.stack([a, b]))[0, 1] > 0.95
+
+
+@pytest.mark.parametrize("quantization", ["nf4", "int8"])
+def test_quantized_layers_keep_the_mode_of_the_layers_they_replace(tiny_llama_dir, quantization):
+    """bitsandbytes' int8 layer computes differently in training mode, so quantizing a model that is already in
+    eval mode (a script's, or a test's) must not leave its new layers training."""
+    served = load_base_model(str(tiny_llama_dir)).model  # in eval mode
+    quantize_linears(served, quantization, compute_dtype=torch.float32, device=torch.device("cpu"))
+    reference = load_base_model(str(tiny_llama_dir), quantization=quantization).model  # quantized, then eval()
+    assert {module.training for module in served.modules()} == {False}
+    with torch.no_grad():
+        torch.testing.assert_close(served(TOKENS).logits, reference(TOKENS).logits, rtol=0, atol=0)
 
 
 def test_model_without_chat_template_gets_chatml_and_a_warning(tmp_path):

@@ -91,21 +91,23 @@ def test_exact_composition_equals_peft_cat(tiny_llama_dir, tmp_path):
     assert (logits(ours) - peft_logits).abs().max() < PARITY
 
 
-def test_4bit_merge_stays_within_peft_tolerance(tiny_llama_dir, tmp_path):
+@pytest.mark.parametrize("quantization", ["nf4", "int8"])
+def test_kbit_merge_stays_within_peft_tolerance(tiny_llama_dir, tmp_path, quantization):
     source = load(tiny_llama_dir)
     add_adapter(source, "default", LoraSettings(r=4, alpha=8, targets="attention"))
     randomize(source, "default", std=0.3)
     save_adapter(source, "default", tmp_path)
 
-    def nf4_model():
+    def kbit_model():
         model = load(tiny_llama_dir)
-        quantize_linears(model, "nf4", compute_dtype=torch.float32, device=torch.device("cpu"))
+        quantize_linears(model, quantization, compute_dtype=torch.float32, device=torch.device("cpu"))
         return model
 
-    ours = nf4_model()
+    ours = kbit_model()
     load_adapter(ours, tmp_path)
-    peft_base = nf4_model()
-    peft_base.is_loaded_in_4bit = True  # PEFT picks its bitsandbytes LoRA layer only when the model says so
+    peft_base = kbit_model()
+    # PEFT picks its bitsandbytes LoRA layer only when the model says so
+    setattr(peft_base, "is_loaded_in_4bit" if quantization == "nf4" else "is_loaded_in_8bit", True)
     theirs = PeftModel.from_pretrained(peft_base, tmp_path).eval()
     ours_unmerged, peft_unmerged = logits(ours), logits(theirs)
     merge(ours)
