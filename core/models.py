@@ -88,12 +88,12 @@ def load_base_model(
 
     folder, name, converted = resolve_source(source)
     model = _load_model(folder, source, torch_dtype)
+    if torch_device.type == "cpu":
+        _own_weights(model)  # before quantizing: bitsandbytes' packed weights are fresh memory already
     tokenizer, template_warnings = _load_tokenizer(folder, source)
     if quantization != "none":
         quantize_linears(model, quantization, compute_dtype=torch_dtype, device=torch_device)
     model.to(torch_device)
-    if torch_device.type == "cpu":
-        _own_weights(model)
     model.eval()
     facts = ModelFacts(
         name=name,

@@ -36,6 +36,7 @@ def test_cpu_weights_are_copied_out_of_the_file_mapping(tiny_llama_dir):
     """Decoding from weights on a mapped file's pages was ~3% slower; the loader copies them into owned memory."""
     loaded = load_base_model(str(tiny_llama_dir), dtype="fp32", device="cpu")
     assert file_mapped_tensors(loaded.model) == []
+    assert file_mapped_tensors(load_base_model(str(tiny_llama_dir), quantization="int8").model) == []
     on_disk = load_file(tiny_llama_dir / "model.safetensors")
     state = loaded.model.state_dict()
     assert on_disk and all(torch.equal(state[name], tensor) for name, tensor in on_disk.items())
