@@ -231,8 +231,8 @@ def _export_peft(
 
 
 def _write_peft_folder(loaded: LoadedModel, choices: list[AdapterChoice], folder: Path) -> None:
-    """Copy a single unweighted adapter as it is (its bytes, with a new file's mode rather than the source's,
-    which older safetensors wrote 0600); otherwise save the exact weighted combination."""
+    """Copy a single unweighted adapter as it is (its bytes, with a new file's mode rather than the source's:
+    one saved before save_tensors existed is 0600); otherwise save the exact weighted combination."""
     if len(choices) == 1 and choices[0].weight == 1.0:
         folder.mkdir(parents=True)
         for name in (CONFIG_FILE, WEIGHTS_FILE):

@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from core.adapters import set_active
+from core.export_output import ExportError
 from core.models import LoadedModel, load_base_model, unshared_state_dict
 from core.peft_format import load_adapter
 from core.safetensors_file import save_tensors
@@ -53,15 +54,14 @@ def load_with_adapters(base: str, adapters: list[AdapterChoice], device: str = "
     return loaded
 
 
-def stored_dtype(folder: str | Path) -> str:
-    """The MERGED_DTYPES name of the precision a Hugging Face folder's config says its weights are stored in
-    ("fp32" when it names none of them, as a model converted from GGUF does)."""
+def stored_dtype(source: str | Path) -> str:
+    """The MERGED_DTYPES name of the precision a model's config says its weights are stored in, for a folder or
+    a hub id alike ("fp32" when it names none of them)."""
     try:
-        config = json.loads((Path(folder) / "config.json").read_text())
+        stored = AutoConfig.from_pretrained(source).dtype
     except (OSError, ValueError):
         return "fp32"
-    named = str(config.get("dtype") or config.get("torch_dtype") or "")
-    return next((name for name, dtype in MERGED_DTYPES.items() if str(dtype) == f"torch.{named}"), "fp32")
+    return next((name for name, dtype in MERGED_DTYPES.items() if dtype in (stored, str(stored))), "fp32")
 
 
 def save_merged(
@@ -76,10 +76,15 @@ def save_merged(
     if hasattr(config, "quantization_config"):  # a quantized source's marker; the merged weights are dense
         del config.quantization_config
     config.architectures = [type(model).__name__]
+    state = unshared_state_dict(model, MERGED_DTYPES[dtype])
+    overflowing = [key for key, tensor in state.items() if tensor.is_floating_point() and not tensor.isfinite().all()]
+    if overflowing:
+        raise ExportError(f"The merged weight {overflowing[0]} does not fit in {dtype} (fp16 stops at 65504), so "
+                          "nothing was written. Export it in bf16 or fp32 instead.")
     config.save_pretrained(folder)
     model.generation_config.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    return _save_weights(unshared_state_dict(model, MERGED_DTYPES[dtype]), folder, max_shard_bytes)
+    return _save_weights(state, folder, max_shard_bytes)
 
 
 def _save_weights(state: dict[str, torch.Tensor], folder: Path, max_shard_bytes: int) -> list[Path]:

@@ -13,8 +13,9 @@ Data path of `LoraLayer.forward` with active adapters {name: gain}:
         update = (f - 1) * (y_base - b) + f * s * B(A(x))
 
 With no adapter active, or with the active ones merged into W, the layer returns `base_layer(x)` untouched,
-so the output equals the base model's bit for bit. In inference (no autograd, fp32, no DoRA) the updates are
-added into y_base in place, the cheapest form for decoding a token at a time (`LoraAdapter.add_in_place`).
+so the output equals the base model's bit for bit. In inference (no autograd, eval mode, fp32 without autocast,
+no DoRA) the updates are added into y_base in place, the cheapest form for decoding a token at a time
+(`LoraAdapter.add_in_place`); a forward hook on the base layer then sees the adapted output.
 
 Merging is explicit and run-once: `merge()` folds the active adapters into W (checking the result is finite
 before writing), `unmerge()` takes them out again. With each DoRA factor f fixed at merge time the result is

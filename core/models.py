@@ -28,6 +28,7 @@ from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from core import paths
+from core.base_weights import is_quantized
 from core.errors import ModelSourceError
 from core.quantize import QUANTIZATIONS, quantize_linears, weight_bytes
 from core.safetensors_file import save_tensors
@@ -88,12 +89,12 @@ def load_base_model(
 
     folder, name, converted = resolve_source(source)
     model = _load_model(folder, source, torch_dtype)
-    if torch_device.type == "cpu":
-        _own_weights(model)  # before quantizing: bitsandbytes' packed weights are fresh memory already
     tokenizer, template_warnings = _load_tokenizer(folder, source)
     if quantization != "none":
         quantize_linears(model, quantization, compute_dtype=torch_dtype, device=torch_device)
     model.to(torch_device)
+    if torch_device.type == "cpu":
+        _own_weights(model)
     model.eval()
     facts = ModelFacts(
         name=name,
@@ -335,10 +336,17 @@ def _load_model(folder: Path | str, source: str, dtype: torch.dtype) -> PreTrain
 def _own_weights(model: PreTrainedModel) -> None:
     """Copy the weights out of the safetensors file's memory map into the process's own memory. transformers
     leaves CPU weights on the mapped file's pages, and reading those made every decode step about 3% slower
-    than the same weights copied (bench/RESULTS.md)."""
+    than the same weights copied (bench/RESULTS.md). bitsandbytes' packed weights are fresh memory already
+    (and an int8 layer swaps in its own copy of them on its first forward), so they are left alone."""
+    seen = set()
     with torch.no_grad():
-        for tensor in [*model.parameters(), *model.buffers()]:
-            tensor.data = tensor.data.clone()
+        for module in model.modules():
+            if is_quantized(module):
+                continue
+            for tensor in [*module.parameters(recurse=False), *module.buffers(recurse=False)]:
+                if id(tensor) not in seen:  # a tied weight is one tensor in two modules
+                    seen.add(id(tensor))
+                    tensor.data = tensor.data.clone()
 
 
 def _load_tokenizer(folder: Path | str, source: str) -> tuple[PreTrainedTokenizerBase, list[str]]:

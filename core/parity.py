@@ -141,7 +141,7 @@ def compare_outputs(
         check.problems.append(f"{target}: the chat template was lost or changed (prompts render differently)")
     elif not template_same:
         check.problems.append(f"{target}: the tokenizer changed (the same prompt text gives different tokens)")
-    if max_diff is not None and max_diff > tolerance:
+    if max_diff is not None and not max_diff <= tolerance:  # NaN logits fail too
         check.problems.append(f"{target}: logits differ by up to {max_diff:.3g} (tolerance {tolerance:.3g})")
     if greedy_required and not check.greedy_agree:
         check.problems.append(f"{target}: greedy answers differ on {check.prompts - matches} of {check.prompts} prompts")

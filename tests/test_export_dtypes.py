@@ -2,15 +2,17 @@
 against the live fp32 adapter with the tolerance its rounding allows."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
 from safetensors import safe_open
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from app.cli import main
 from core.export import export_adapters
 from core.export_output import ExportError
+from core.parity import compare_outputs, model_outputs
 from core.store import Store
 from tests.export_helpers import live_logits, make_adapter
 from tests.tiny_models import make_tiny_llama
@@ -74,3 +76,21 @@ def test_an_unknown_precision_names_the_choices_and_writes_nothing(tiny_llama_di
     assert exited.value.code == 2
     assert "invalid choice: 'fp8'" in capsys.readouterr().err
     assert not (tmp_path / "out").exists() and Store().exports() == []
+
+
+def test_weights_beyond_fp16s_range_are_refused_not_written_as_inf(tiny_llama_dir, tmp_path):
+    huge = make_adapter(tiny_llama_dir, tmp_path / "huge", std=300.0)  # merged entries far above 65504
+    with pytest.raises(ExportError, match=r"does not fit in fp16 .* Export it in bf16 or fp32"):
+        export_adapters([str(huge)], "merged", tmp_path / "out", base=str(tiny_llama_dir), merged_dtype="fp16")
+    assert not (tmp_path / "out").exists() and Store().exports() == []
+    export_adapters([str(huge)], "merged", tmp_path / "bf16", base=str(tiny_llama_dir), merged_dtype="bf16")
+    assert stored_dtypes(tmp_path / "bf16") == {torch.bfloat16}  # bf16 has fp32's range
+
+
+def test_nan_logits_fail_the_parity_check(tiny_llama_dir):
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    reference = model_outputs(model, tokenizer)
+    broken = replace(reference, logits=[torch.full_like(logits, float("nan")) for logits in reference.logits])
+    check = compare_outputs(reference, broken, "merged", 0.05, greedy_required=False)
+    assert not check.passed and "logits differ by up to nan" in check.problems[0]

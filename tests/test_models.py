@@ -36,7 +36,7 @@ def test_cpu_weights_are_copied_out_of_the_file_mapping(tiny_llama_dir):
     """Decoding from weights on a mapped file's pages was ~3% slower; the loader copies them into owned memory."""
     loaded = load_base_model(str(tiny_llama_dir), dtype="fp32", device="cpu")
     assert file_mapped_tensors(loaded.model) == []
-    assert file_mapped_tensors(load_base_model(str(tiny_llama_dir), quantization="int8").model) == []
+    assert file_mapped_tensors(load_base_model(str(tiny_llama_dir), quantization="int8", device="cpu").model) == []
     on_disk = load_file(tiny_llama_dir / "model.safetensors")
     state = loaded.model.state_dict()
     assert on_disk and all(torch.equal(state[name], tensor) for name, tensor in on_disk.items())
@@ -79,9 +79,9 @@ def test_kbit_quantization_shrinks_linear_weights(tiny_llama_dir, quantization, 
 def test_quantized_layers_keep_the_mode_of_the_layers_they_replace(tiny_llama_dir, quantization):
     """bitsandbytes' int8 layer computes differently in training mode, so quantizing a model that is already in
     eval mode (a script's, or a test's) must not leave its new layers training."""
-    served = load_base_model(str(tiny_llama_dir)).model  # in eval mode
+    served = load_base_model(str(tiny_llama_dir), device="cpu").model  # in eval mode
     quantize_linears(served, quantization, compute_dtype=torch.float32, device=torch.device("cpu"))
-    reference = load_base_model(str(tiny_llama_dir), quantization=quantization).model  # quantized, then eval()
+    reference = load_base_model(str(tiny_llama_dir), quantization=quantization, device="cpu").model  # then eval()
     assert {module.training for module in served.modules()} == {False}
     with torch.no_grad():
         torch.testing.assert_close(served(TOKENS).logits, reference(TOKENS).logits, rtol=0, atol=0)

@@ -47,7 +47,8 @@ def _add_common(parser: argparse.ArgumentParser, several: bool) -> None:
     parser.add_argument("--out", required=True, help="output folder (for a zipped PEFT adapter: a path ending in .zip)")
     parser.add_argument("--force", action="store_true", help="replace an existing non-empty output")
     parser.add_argument("--dtype", default=AUTO_DTYPE, choices=[AUTO_DTYPE, *MERGED_DTYPES],
-                        help="precision of a merged folder's weights (default auto: the one the base is stored in)")
+                        help="precision of a merged folder's weights, merged exports only (default auto: the one "
+                             "the base is stored in)")
     parser.add_argument("--model", "--base", dest="model",
                         help="base model (default: the one the adapter's run used, else 'default')")
 
