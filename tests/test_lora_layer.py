@@ -175,3 +175,17 @@ def test_in_place_updates_are_skipped_where_they_would_be_wrong(case):
     if case == "autograd on":
         out.sum().backward()
         assert layer.adapters["a"].lora_A.grad is not None
+
+
+def test_deleting_the_last_dora_adapter_brings_the_in_place_path_back():
+    torch.manual_seed(0)
+    base = nn.Linear(24, 16)
+    layer = layer_with(base).eval()
+    layer.add_adapter("d", LoraAdapter.for_layer(base, r=2, alpha=2, use_dora=True))
+    x = torch.randn(1, 1, 24)
+    with torch.inference_mode():
+        out, base_out = forward_capturing_base_output(layer, x)
+        assert out is not base_out  # a DoRA adapter is loaded, though not active: the layer plays safe
+        layer.delete_adapter("d")
+        out, base_out = forward_capturing_base_output(layer, x)
+        assert out is base_out
