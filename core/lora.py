@@ -13,9 +13,12 @@ Data path of `LoraLayer.forward` with active adapters {name: gain}:
         update = (f - 1) * (y_base - b) + f * s * B(A(x))
 
 With no adapter active, or with the active ones merged into W, the layer returns `base_layer(x)` untouched,
-so the output equals the base model's bit for bit. In inference (no autograd, eval mode, fp32 without autocast,
-no DoRA) the updates are added into y_base in place, the cheapest form for decoding a token at a time
-(`LoraAdapter.add_in_place`); a forward hook on the base layer then sees the adapted output.
+so the output equals the base model's bit for bit. Two faster forms of the same sum:
+- training on a plain fp32 nn.Linear without dropout or DoRA: the whole layer is one autograd node
+  (`core.lora_fused`), the same products with fewer passes over the data;
+- inference (no autograd, eval mode, fp32 without autocast, no DoRA): the updates are added into y_base in
+  place, the cheapest form for decoding a token at a time (`LoraAdapter.add_in_place`); a forward hook on
+  the base layer then sees the adapted output.
 
 Merging is explicit and run-once: `merge()` folds the active adapters into W (checking the result is finite
 before writing), `unmerge()` takes them out again. With each DoRA factor f fixed at merge time the result is
@@ -31,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.base_weights import is_adaptable, layer_shape, read_weight, write_weight
+from core.lora_fused import lora_linear
 from core.lora_errors import AdapterConfigError, AdapterStateError, NonFiniteMergeError
 
 
@@ -173,9 +177,13 @@ class LoraLayer(nn.Module):
         return read_weight(self.base_layer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        base_out = self.base_layer(x)
         if self.merged or not self.active:
-            return base_out
+            return self.base_layer(x)
+        if self._trains_fused(x):
+            adapters = [self.adapters[name] for name in self.active]
+            scales = [gain * adapter.scaling for adapter, gain in zip(adapters, self.active.values())]
+            return lora_linear(x, self.base_layer, adapters, scales)
+        base_out = self.base_layer(x)
         if self._adds_in_place(x, base_out):
             for name, gain in self.active.items():
                 self.adapters[name].add_in_place(base_out, x, gain)
@@ -188,6 +196,26 @@ class LoraLayer(nn.Module):
             else:
                 result = adapter.add_to(result, x, gain)
         return result.to(base_out.dtype)
+
+    def _trains_fused(self, x: torch.Tensor) -> bool:
+        """Whether the forward may run as one autograd node (core.lora_fused): autograd on, a frozen fp32
+        nn.Linear and fp32 input without autocast, no DoRA, and no dropout in play."""
+        base = self.base_layer
+        return (
+            torch.is_grad_enabled()
+            and type(base) is nn.Linear
+            and x.dtype is torch.float32
+            and base.weight.dtype is torch.float32
+            and not base.weight.requires_grad
+            and (base.bias is None or not base.bias.requires_grad)
+            and not self._has_dora
+            and not torch.is_autocast_enabled(x.device.type)
+            and all(
+                self.adapters[name].lora_A.dtype is torch.float32
+                and (not self.training or isinstance(self.adapters[name].dropout, nn.Identity))
+                for name in self.active
+            )
+        )
 
     def _adds_in_place(self, x: torch.Tensor, base_out: torch.Tensor) -> bool:
         """Whether the forward may add the updates straight into the base output: inference (no autograd, no

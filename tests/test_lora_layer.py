@@ -189,3 +189,63 @@ def test_deleting_the_last_dora_adapter_brings_the_in_place_path_back():
         layer.delete_adapter("d")
         out, base_out = forward_capturing_base_output(layer, x)
         assert out is base_out
+
+
+def two_adapter_layer(base: nn.Module, **options) -> LoraLayer:
+    """`layer_with` plus a second adapter of another rank, both active with gains 0.5 and -2."""
+    layer = layer_with(base, **options)
+    second = LoraAdapter.for_layer(base, r=2, alpha=2)
+    nn.init.normal_(second.lora_B)
+    layer.add_adapter("b", second)
+    layer.set_active({"a": 0.5, "b": -2.0})
+    return layer
+
+
+FUSED_NODE = "_LoraLinearBackward"
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("x_needs_grad", [True, False], ids=["x-needs-grad", "first-layer"])
+def test_training_runs_as_one_fused_node_with_plain_autograds_output_and_gradients(bias, x_needs_grad):
+    torch.manual_seed(0)
+    base = nn.Linear(24, 16, bias=bias).requires_grad_(False)  # frozen, as add_adapter leaves a model
+    layer = two_adapter_layer(base)
+    first, second = layer.adapters["a"], layer.adapters["b"]
+    x = torch.randn(2, 5, 24, requires_grad=x_needs_grad)
+    upstream = torch.randn(2, 5, 16)
+    out = layer(x)
+    assert type(out.grad_fn).__name__ == FUSED_NODE
+    (out * upstream).sum().backward()
+
+    factors = [m.detach().clone().requires_grad_() for m in (first.lora_A, first.lora_B, second.lora_A, second.lora_B)]
+    x_ref = x.detach().clone().requires_grad_(x_needs_grad)
+    expected = (base(x_ref) + 0.5 * first.scaling * (x_ref @ factors[0].T) @ factors[1].T
+                - 2.0 * second.scaling * (x_ref @ factors[2].T) @ factors[3].T)
+    (expected * upstream).sum().backward()
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    for got, want in zip((first.lora_A, first.lora_B, second.lora_A, second.lora_B), factors):
+        torch.testing.assert_close(got.grad, want.grad, atol=1e-5, rtol=1e-5)
+    if x_needs_grad:
+        torch.testing.assert_close(x.grad, x_ref.grad, atol=1e-5, rtol=1e-5)
+    else:
+        assert x.grad is None
+
+
+@pytest.mark.parametrize("case", ["dropout", "dora", "bf16 base", "trainable base", "autocast", "conv1d"])
+def test_training_keeps_plain_autograd_where_the_fused_node_does_not_apply(case):
+    torch.manual_seed(0)
+    base = Conv1D(16, 24) if case == "conv1d" else nn.Linear(24, 16)
+    base.requires_grad_(case == "trainable base").to(torch.bfloat16 if case == "bf16 base" else torch.float32)
+    layer = layer_with(base, use_dora=case == "dora", dropout=0.5 if case == "dropout" else 0.0)
+    x = torch.randn(3, 24, dtype=base.weight.dtype)
+    with torch.autocast("cpu", dtype=torch.bfloat16) if case == "autocast" else torch.enable_grad():
+        out = layer(x)
+    assert type(out.grad_fn).__name__ != FUSED_NODE
+    out.float().sum().backward()
+    assert layer.adapters["a"].lora_A.grad is not None
+
+
+def test_adapter_dropout_does_not_keep_an_eval_mode_layer_off_the_fused_node():
+    base = nn.Linear(24, 16).requires_grad_(False)
+    layer = layer_with(base, dropout=0.5).eval()  # dropout does nothing in eval mode
+    assert type(layer(torch.randn(3, 24)).grad_fn).__name__ == FUSED_NODE

@@ -1,0 +1,59 @@
+"""The training hot path of a LoRA-wrapped `nn.Linear` as one autograd function.
+
+Written with plain autograd, a LoRA linear is several graph nodes: the base product, the adapter's two
+products, a copy of the base output for the out-of-place sum, and, in the backward pass, a separate
+gradient for x from the base and from each adapter that autograd then adds up. One function does the
+same products with none of the extra passes:
+
+    forward    y = x W^T + b;  h_i = x A_i^T;  y += s_i h_i B_i^T               (in place, no copy of y)
+    backward   g_h_i = s_i g B_i;  dA_i = g_h_i^T x;  dB_i = s_i g^T h_i;
+               dx = g W + sum_i g_h_i A_i                                      (one buffer, added in place)
+
+It applies where nothing else needs the graph's intermediate steps: a frozen fp32 `nn.Linear` without
+autocast, adapters without dropout or DoRA (`LoraLayer` checks). The base layer's own forward (and so any
+hook on it) is not called on this path. Saved for backward: x and the rank-r products h_i, as before.
+"""
+
+import torch
+from torch.autograd.function import once_differentiable
+
+
+def lora_linear(x: torch.Tensor, layer: torch.nn.Linear, adapters: list, scales: list[float]) -> torch.Tensor:
+    """`layer(x) + sum_i scales[i] * B_i(A_i(x))` for LoraAdapters `adapters`, as one autograd node."""
+    factors = [matrix for adapter in adapters for matrix in (adapter.lora_A, adapter.lora_B)]
+    return _LoraLinear.apply(x, layer.weight, layer.bias, tuple(scales), *factors)
+
+
+class _LoraLinear(torch.autograd.Function):
+    """Inputs: x, the frozen weight and bias, the scales, then A_1, B_1, A_2, B_2, ..."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, scales, *factors):
+        rows = x.reshape(-1, x.shape[-1])
+        out = torch.mm(rows, weight.t()) if bias is None else torch.addmm(bias, rows, weight.t())
+        hidden = []
+        for scale, down, up in zip(scales, factors[0::2], factors[1::2]):
+            hidden.append(torch.mm(rows, down.t()))
+            out.addmm_(hidden[-1], up.t(), alpha=scale)
+        ctx.scales = scales
+        ctx.save_for_backward(rows, weight, *hidden, *factors)
+        return out.view(*x.shape[:-1], out.shape[-1])
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        rows, weight, *rest = ctx.saved_tensors
+        count = len(ctx.scales)
+        hidden, factors = rest[:count], rest[count:]
+        grad_rows = grad_out.reshape(-1, grad_out.shape[-1])
+        want_x = ctx.needs_input_grad[0]
+        grad_x = torch.mm(grad_rows, weight) if want_x else None
+        grad_factors = []
+        for scale, h, down, up in zip(ctx.scales, hidden, factors[0::2], factors[1::2]):
+            grad_h = torch.mm(grad_rows, up).mul_(scale)
+            grad_factors += [torch.mm(grad_h.t(), rows), torch.mm(grad_rows.t(), h).mul_(scale)]
+            if want_x:
+                grad_x.addmm_(grad_h, down)
+        if want_x:
+            grad_x = grad_x.view(*grad_out.shape[:-1], rows.shape[-1])
+        return grad_x, None, None, None, *grad_factors
