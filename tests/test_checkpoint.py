@@ -1,5 +1,5 @@
-"""A checkpoint restores the optimizer exactly, whatever shape its state has: torch's AdamW, and bitsandbytes'
-8-bit AdamW, which keeps its quantization state in a nested dict (the CUDA-only choices --optimizer adamw8bit
+"""A checkpoint restores the optimizer exactly, whatever shape its state has: the training loop's AdamW (torch's,
+fused), and bitsandbytes' 8-bit AdamW, which keeps its quantization state in a nested dict (the CUDA-only choices --optimizer adamw8bit
 and paged_adamw; bitsandbytes runs the 8-bit optimizer on the CPU too, so this is tested here)."""
 
 import bitsandbytes as bnb
@@ -8,6 +8,8 @@ import torch
 
 from core.adapters import LoraSettings, add_adapter
 from core.checkpoint import load_checkpoint, save_checkpoint
+from core.train import build_optimizer
+from core.train_config import TrainConfig
 from tests.lora_helpers import load
 
 
@@ -17,7 +19,7 @@ def trained_setup(model_dir, kind, seed=0):
     add_adapter(model, "run", LoraSettings(r=8, targets="all-linear"))
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = bnb.optim.AdamW8bit(trainable, lr=1e-2, min_8bit_size=1) if kind == "adamw8bit" else \
-        torch.optim.AdamW(trainable, lr=1e-2)
+        build_optimizer(TrainConfig(lr=1e-2), trainable)
     return model, optimizer
 
 
@@ -42,6 +44,8 @@ def test_resuming_from_a_checkpoint_continues_the_optimizer_exactly(tiny_llama_d
     state = load_checkpoint(saved, fresh, fresh_optimizer)
     step(fresh, fresh_optimizer, 3)
     assert state["note"] == "kept" and state["step"] == 2
+    if kind == "adamw":
+        assert fresh_optimizer.param_groups[0]["fused"]  # the loop's one-kernel AdamW, restored as such
     if kind == "adamw8bit":
         assert any("state1" in values or "absmax1" in str(values) for values in fresh_optimizer.state.values())
     for name, p in fresh.named_parameters():
