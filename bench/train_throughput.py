@@ -1,9 +1,11 @@
 """Training throughput, side by side in one run: LoRA Forge against PEFT + transformers Trainer.
 
-    python bench/train_throughput.py [--steps 25] [--datasets dates,chat] [--loras r16-all,r8-qv]
+    python bench/train_throughput.py [--steps 25] [--datasets dates,chat] [--loras r16-all,r8-qv] [--rounds 1]
 
 For every dataset and LoRA shape, each system (see throughput_systems.py) trains the embedded default model
-on the same batches of the same examples, in its own process, one after another. Printed per system:
+on the same batches of the same examples, in its own process, one after another. With `--rounds N` the
+systems take turns N times and each is reported by its median round, with the ratio of every round beside
+it: on a shared machine one system can otherwise draw a slow minute the others missed. Printed per system:
 non-padding tokens/s, seconds per epoch (the epoch's tokens at that rate), peak resident memory, train loss
 (mean of the last 5 steps) and eval loss, and MFU; then LoRA Forge's ratios to the two baselines.
 
@@ -38,6 +40,7 @@ def main() -> None:
     parser.add_argument("--datasets", default="dates,chat")
     parser.add_argument("--loras", default="r16-all,r8-qv")
     parser.add_argument("--systems", default=",".join(SYSTEMS))
+    parser.add_argument("--rounds", type=int, default=1, help="times the systems take turns on each case")
     parser.add_argument("--home", help="LORAFORGE_HOME (default: a fresh temporary folder)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # JSON Case: run one system in this process
     args = parser.parse_args()
@@ -57,12 +60,14 @@ def main() -> None:
     results = []
     for dataset in args.datasets.split(","):
         for lora in args.loras.split(","):
-            for system in args.systems.split(","):
-                case = dict(system=system, lora=lora, train_file=str(files[dataset][0]), eval_file=str(files[dataset][1]),
-                            steps=args.steps, run_dir=str(home / f"{dataset}-{lora}-{system}"))
-                row = {"dataset": dataset, **_run_worker(case, home)}
-                results.append(row)
-                print(json.dumps(row), file=sys.stderr, flush=True)
+            for turn in range(args.rounds):
+                for system in args.systems.split(","):
+                    case = dict(system=system, lora=lora, train_file=str(files[dataset][0]),
+                                eval_file=str(files[dataset][1]), steps=args.steps,
+                                run_dir=str(home / f"{dataset}-{lora}-{system}-{turn}"))
+                    row = {"dataset": dataset, "round": turn, **_run_worker(case, home)}
+                    results.append(row)
+                    print(json.dumps(row), file=sys.stderr, flush=True)
     peak = max(peak_before, matmul_peak())
     print(report(results, peak))
     print(json.dumps({"matmul_peak_gflops": peak / 1e9, "results": results}))
@@ -99,11 +104,18 @@ def _worker(case: dict) -> None:
 
 
 def report(results: list[dict], peak: float) -> str:
-    """A markdown table per dataset and LoRA shape, with LoRA Forge's ratios to each baseline."""
+    """A markdown table per dataset and LoRA shape (each system's median round), with LoRA Forge's ratios to
+    each baseline: of the median rounds, and of every round (systems paired by round)."""
     lines = [f"fp32 matmul peak measured in this run: {peak / 1e9:.0f} GFLOP/s", ""]
     for key in dict.fromkeys((row["dataset"], row["lora"]) for row in results):
-        rows = {row["system"]: row for row in results if (row["dataset"], row["lora"]) == key}
-        lines += [f"### {key[0]}, {key[1]} ({next(iter(rows.values()))['steps']} steps of 8 examples)", "",
+        rounds = {}
+        for row in results:
+            if (row["dataset"], row["lora"]) == key:
+                rounds.setdefault(row["system"], []).append(row)
+        rows = {name: median_low(turns, key=lambda row: row["seconds"]) for name, turns in rounds.items()}
+        count = len(next(iter(rounds.values())))
+        lines += [f"### {key[0]}, {key[1]} ({next(iter(rows.values()))['steps']} steps of 8 examples"
+                  f"{f', median of {count} rounds' if count > 1 else ''})", "",
                   "| system | tokens/s | s/epoch | peak RSS MB | train loss | eval loss | MFU |", "|---|---|---|---|---|---|---|"]
         for name, row in rows.items():
             speed = row["tokens"] / row["seconds"]
@@ -115,11 +127,18 @@ def report(results: list[dict], peak: float) -> str:
             for name in BASELINES:
                 if name in rows:
                     base = rows[name]
-                    lines.append(f"\nforge vs {name}: {base['seconds'] / forge['seconds']:.2f}x tokens/s, "
+                    each = ", ".join(f"{b['seconds'] / f['seconds']:.2f}x" for f, b in zip(rounds["forge"], rounds[name]))
+                    lines.append(f"\nforge vs {name}: {base['seconds'] / forge['seconds']:.2f}x tokens/s"
+                                 f"{f' (rounds: {each})' if count > 1 else ''}, "
                                  f"eval loss {forge['eval_loss'] / base['eval_loss'] - 1:+.1%}, "
                                  f"peak RSS {forge['peak_rss_mb'] / base['peak_rss_mb']:.2f}x")
         lines.append("")
     return "\n".join(lines)
+
+
+def median_low(rows: list[dict], key) -> dict:
+    """The row at the middle of `rows` ordered by `key` (the lower of the two middles for an even count)."""
+    return sorted(rows, key=key)[(len(rows) - 1) // 2]
 
 
 if __name__ == "__main__":
