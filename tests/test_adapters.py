@@ -171,3 +171,27 @@ def test_an_adapter_loaded_into_a_model_in_eval_mode_does_not_drop_out(tiny_llam
     unmerge(served)
     served.train()  # and in training the dropout is there
     assert not torch.equal(logits(served), logits(served))
+
+
+def adapter_gradients(model_dir, checkpointing: bool) -> dict[str, torch.Tensor]:
+    """The adapter's gradients after one forward and backward of the tiny model in training mode."""
+    model = load(model_dir)
+    add_adapter(model, "run", LoraSettings(r=4, targets="all-linear"))
+    randomize(model, "run")
+    if checkpointing:
+        model.gradient_checkpointing_enable()
+        model.enable_input_require_grads()
+    model.train()
+    model(input_ids=TOKENS, labels=TOKENS).loss.backward()
+    return {name: p.grad for name, p in model.named_parameters() if p.requires_grad}
+
+
+def test_gradient_checkpointing_gives_the_gradients_of_a_plain_backward(tiny_llama_dir):
+    """Checkpointing drops each decoder layer's saved tensors after the forward and recomputes them in the backward,
+    through the LoRA layers' own autograd node (core.lora_fused); the gradients must not change."""
+    plain = adapter_gradients(tiny_llama_dir, checkpointing=False)
+    checkpointed = adapter_gradients(tiny_llama_dir, checkpointing=True)
+    assert plain.keys() == checkpointed.keys() and len(plain) > 0
+    for name, grad in plain.items():
+        assert grad.abs().sum() > 0, name
+        torch.testing.assert_close(checkpointed[name], grad, atol=1e-6, rtol=1e-5, msg=name)
