@@ -155,8 +155,7 @@ def _prepare(config: TrainConfig, run_dir: Path) -> _Session:
         use_packed_attention(loaded.model)
     report = add_adapter(loaded.model, ADAPTER, lora_settings(config))
     if config.gradient_checkpointing:
-        loaded.model.gradient_checkpointing_enable()
-        loaded.model.enable_input_require_grads()
+        enable_checkpointing(loaded.model)
     trainable = [p for p in loaded.model.parameters() if p.requires_grad]
     return _Session(
         config=config,
@@ -262,6 +261,14 @@ def _ignore(kind: str, payload: dict) -> None:
 def lora_settings(config: TrainConfig) -> LoraSettings:
     return LoraSettings(r=config.rank, alpha=config.alpha, dropout=config.dropout, targets=config.targets,
                         use_rslora=config.use_rslora, use_dora=config.use_dora)
+
+
+def enable_checkpointing(model: torch.nn.Module) -> None:
+    """Recompute each decoder layer's activations in the backward pass instead of keeping them. transformers 5.24
+    renamed the switch (the old name goes in v6); older versions have only the old one."""
+    switch = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    switch()
+    model.enable_input_require_grads()  # reentrant checkpoints need a layer input that carries a gradient
 
 
 def build_optimizer(config: TrainConfig, parameters: list[torch.nn.Parameter]) -> torch.optim.Optimizer:

@@ -16,6 +16,7 @@ from core.adapters import (
     unmerge,
 )
 from core.lora import LoraLayer
+from core.train import enable_checkpointing
 from core.peft_format import load_adapter, save_adapter
 from core.lora_errors import AdapterConfigError, NonFiniteMergeError
 from tests.lora_helpers import TOKENS, assert_same_state, load, logits, randomize, state_snapshot
@@ -179,8 +180,8 @@ def adapter_gradients(model_dir, checkpointing: bool) -> dict[str, torch.Tensor]
     add_adapter(model, "run", LoraSettings(r=4, targets="all-linear"))
     randomize(model, "run")
     if checkpointing:
-        model.gradient_checkpointing_enable()
-        model.enable_input_require_grads()
+        enable_checkpointing(model)
+        assert any(getattr(module, "gradient_checkpointing", False) for module in model.modules())
     model.train()
     model(input_ids=TOKENS, labels=TOKENS).loss.backward()
     return {name: p.grad for name, p in model.named_parameters() if p.requires_grad}
