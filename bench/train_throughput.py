@@ -40,10 +40,13 @@ def main() -> None:
     parser.add_argument("--datasets", default="dates,chat")
     parser.add_argument("--loras", default="r16-all,r8-qv")
     parser.add_argument("--systems", default=",".join(SYSTEMS))
-    parser.add_argument("--rounds", type=int, default=1, help="times the systems take turns on each case")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="times the systems take turns on each case (odd: an even count reports the faster middle)")
     parser.add_argument("--home", help="LORAFORGE_HOME (default: a fresh temporary folder)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # JSON Case: run one system in this process
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error(f"--rounds is {args.rounds}; give 1 or more (3 for a median).")
     os.environ["LORAFORGE_HOME"] = args.home or tempfile.mkdtemp(prefix="loraforge-bench-")
     if args.worker:
         return _worker(json.loads(args.worker))

@@ -97,7 +97,9 @@ def load_checkpoint(folder: Path, model: nn.Module, optimizer: torch.optim.Optim
     with torch.no_grad():
         for name, tensor in trainable.items():
             parameters[name].copy_(tensor)
-    optimizer.load_state_dict(_unflatten_optimizer(optimizer_tensors, state["optimizer"]))
+    saved = _unflatten_optimizer(optimizer_tensors, state["optimizer"])
+    _keep_implementation(saved, optimizer)
+    optimizer.load_state_dict(saved)
     torch.set_rng_state(rng["cpu"])
     if torch.cuda.is_available():
         torch.cuda.set_rng_state_all([rng[key] for key in sorted(rng) if key.startswith("cuda")])
@@ -140,6 +142,15 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], hyper: dict) -> dict:
             node = node.setdefault(key, {})
         node[keys[-1]] = value
     return {"state": state, "param_groups": hyper["param_groups"]}
+
+
+def _keep_implementation(saved: dict, optimizer: torch.optim.Optimizer) -> None:
+    """How the optimizer computes (one fused kernel or a loop) is this version's choice, not the run's state, so a
+    checkpoint written by an older version resumes with the current one rather than the one it was saved with."""
+    for saved_group, live_group in zip(saved["param_groups"], optimizer.param_groups):
+        for key in ("fused", "foreach"):
+            if key in live_group:
+                saved_group[key] = live_group[key]
 
 
 def _rng_states() -> dict[str, torch.Tensor]:

@@ -212,6 +212,7 @@ class LoraLayer(nn.Module):
             and not torch.is_autocast_enabled(x.device.type)
             and all(
                 self.adapters[name].lora_A.dtype is torch.float32
+                and self.adapters[name].lora_B.dtype is torch.float32
                 and (not self.training or isinstance(self.adapters[name].dropout, nn.Identity))
                 for name in self.active
             )

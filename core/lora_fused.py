@@ -19,17 +19,19 @@ from torch.autograd.function import once_differentiable
 
 
 def lora_linear(x: torch.Tensor, layer: torch.nn.Linear, adapters: list, scales: list[float]) -> torch.Tensor:
-    """`layer(x) + sum_i scales[i] * B_i(A_i(x))` for LoraAdapters `adapters`, as one autograd node."""
+    """`layer(x) + sum_i scales[i] * B_i(A_i(x))` for LoraAdapters `adapters`, as one autograd node.
+
+    The node works on rows (2-D); the reshapes stay outside it, so the caller may change the output in place."""
     factors = [matrix for adapter in adapters for matrix in (adapter.lora_A, adapter.lora_B)]
-    return _LoraLinear.apply(x, layer.weight, layer.bias, tuple(scales), *factors)
+    rows = _LoraLinear.apply(x.reshape(-1, x.shape[-1]), layer.weight, layer.bias, tuple(scales), *factors)
+    return rows.view(*x.shape[:-1], rows.shape[-1])
 
 
 class _LoraLinear(torch.autograd.Function):
-    """Inputs: x, the frozen weight and bias, the scales, then A_1, B_1, A_2, B_2, ..."""
+    """Inputs: rows of x, the frozen weight and bias, the scales, then A_1, B_1, A_2, B_2, ..."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, scales, *factors):
-        rows = x.reshape(-1, x.shape[-1])
+    def forward(ctx, rows, weight, bias, scales, *factors):
         out = torch.mm(rows, weight.t()) if bias is None else torch.addmm(bias, rows, weight.t())
         hidden = []
         for scale, down, up in zip(scales, factors[0::2], factors[1::2]):
@@ -37,7 +39,7 @@ class _LoraLinear(torch.autograd.Function):
             out.addmm_(hidden[-1], up.t(), alpha=scale)
         ctx.scales = scales
         ctx.save_for_backward(rows, weight, *hidden, *factors)
-        return out.view(*x.shape[:-1], out.shape[-1])
+        return out
 
     @staticmethod
     @once_differentiable
@@ -45,15 +47,13 @@ class _LoraLinear(torch.autograd.Function):
         rows, weight, *rest = ctx.saved_tensors
         count = len(ctx.scales)
         hidden, factors = rest[:count], rest[count:]
-        grad_rows = grad_out.reshape(-1, grad_out.shape[-1])
-        want_x = ctx.needs_input_grad[0]
-        grad_x = torch.mm(grad_rows, weight) if want_x else None
+        want_x, want_factors = ctx.needs_input_grad[0], ctx.needs_input_grad[4:]
+        grad_x = torch.mm(grad_out, weight) if want_x else None
         grad_factors = []
-        for scale, h, down, up in zip(ctx.scales, hidden, factors[0::2], factors[1::2]):
-            grad_h = torch.mm(grad_rows, up).mul_(scale)
-            grad_factors += [torch.mm(grad_h.t(), rows), torch.mm(grad_rows.t(), h).mul_(scale)]
+        for i, (scale, h, down, up) in enumerate(zip(ctx.scales, hidden, factors[0::2], factors[1::2])):
+            grad_h = torch.mm(grad_out, up).mul_(scale)
+            grad_factors.append(torch.mm(grad_h.t(), rows) if want_factors[2 * i] else None)
+            grad_factors.append(torch.mm(grad_out.t(), h).mul_(scale) if want_factors[2 * i + 1] else None)
             if want_x:
                 grad_x.addmm_(grad_h, down)
-        if want_x:
-            grad_x = grad_x.view(*grad_out.shape[:-1], rows.shape[-1])
         return grad_x, None, None, None, *grad_factors

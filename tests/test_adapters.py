@@ -174,24 +174,28 @@ def test_an_adapter_loaded_into_a_model_in_eval_mode_does_not_drop_out(tiny_llam
     assert not torch.equal(logits(served), logits(served))
 
 
-def adapter_gradients(model_dir, checkpointing: bool) -> dict[str, torch.Tensor]:
+def adapter_gradients(model_dir, checkpointing: str) -> dict[str, torch.Tensor]:
     """The adapter's gradients after one forward and backward of the tiny model in training mode."""
     model = load(model_dir)
     add_adapter(model, "run", LoraSettings(r=4, targets="all-linear"))
     randomize(model, "run")
-    if checkpointing:
+    if checkpointing == "loop":
         enable_checkpointing(model)
-        assert any(getattr(module, "gradient_checkpointing", False) for module in model.modules())
+    elif checkpointing == "reentrant":  # older transformers' default: the first forward runs without autograd
+        model.activation_checkpointing_enable({"use_reentrant": True})
+    assert any(getattr(module, "gradient_checkpointing", False) for module in model.modules()) == bool(checkpointing)
     model.train()
     model(input_ids=TOKENS, labels=TOKENS).loss.backward()
     return {name: p.grad for name, p in model.named_parameters() if p.requires_grad}
 
 
-def test_gradient_checkpointing_gives_the_gradients_of_a_plain_backward(tiny_llama_dir):
-    """Checkpointing drops each decoder layer's saved tensors after the forward and recomputes them in the backward,
-    through the LoRA layers' own autograd node (core.lora_fused); the gradients must not change."""
-    plain = adapter_gradients(tiny_llama_dir, checkpointing=False)
-    checkpointed = adapter_gradients(tiny_llama_dir, checkpointing=True)
+@pytest.mark.parametrize("checkpointing", ["loop", "reentrant"])
+def test_gradient_checkpointing_gives_the_gradients_of_a_plain_backward(tiny_llama_dir, checkpointing):
+    """Checkpointing drops each decoder layer's saved tensors after the forward and recomputes them in the backward.
+    The loop's switch recomputes through the LoRA layers' one autograd node (core.lora_fused); reentrant
+    checkpointing runs the first forward without autograd, on the plain path. The gradients must not change."""
+    plain = adapter_gradients(tiny_llama_dir, checkpointing="")
+    checkpointed = adapter_gradients(tiny_llama_dir, checkpointing=checkpointing)
     assert plain.keys() == checkpointed.keys() and len(plain) > 0
     for name, grad in plain.items():
         assert grad.abs().sum() > 0, name

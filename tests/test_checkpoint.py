@@ -51,3 +51,21 @@ def test_resuming_from_a_checkpoint_continues_the_optimizer_exactly(tiny_llama_d
     for name, p in fresh.named_parameters():
         if p.requires_grad:
             torch.testing.assert_close(p, expected[name], rtol=0, atol=0, msg=name)
+
+
+def test_a_checkpoint_from_the_unfused_optimizer_resumes_with_the_fused_one(tiny_llama_dir, tmp_path):
+    """Checkpoints written before AdamW ran fused keep their moments and go on with today's implementation."""
+    model, _ = trained_setup(tiny_llama_dir, "adamw")
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    old_optimizer = torch.optim.AdamW(trainable, lr=1e-2, foreach=False)
+    step(model, old_optimizer, 1)
+    saved = save_checkpoint(tmp_path, 1, model, "run", old_optimizer, {}, keep=1)
+
+    fresh, fresh_optimizer = trained_setup(tiny_llama_dir, "adamw", seed=99)
+    load_checkpoint(saved, fresh, fresh_optimizer)
+    assert fresh_optimizer.param_groups[0]["fused"] and not fresh_optimizer.param_groups[0]["foreach"]
+    for old_param, new_param in zip(trainable, fresh_optimizer.param_groups[0]["params"], strict=True):
+        torch.testing.assert_close(fresh_optimizer.state[new_param]["exp_avg_sq"],
+                                   old_optimizer.state[old_param]["exp_avg_sq"], rtol=0, atol=0)
+    step(fresh, fresh_optimizer, 2)
+    assert all(int(state["step"]) == 2 for state in fresh_optimizer.state.values())
