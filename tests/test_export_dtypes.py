@@ -2,7 +2,12 @@
 against the live fp32 adapter with the tolerance its rounding allows."""
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +22,7 @@ from core.store import Store
 from tests.export_helpers import live_logits, make_adapter
 from tests.tiny_models import make_tiny_llama
 
+REPO = Path(__file__).resolve().parents[1]
 IDS = torch.tensor([[1, 17, 42, 99, 7, 230, 5, 64, 3, 150]])
 
 
@@ -53,6 +59,25 @@ def test_auto_keeps_the_precision_the_base_is_stored_in(bf16_base, tmp_path):
     live = live_logits(base, {adapter: 1.0}, IDS)
     scale = float(live.abs().max())
     assert float((got - live).abs().max()) < 0.05 * scale  # what the parity check promises, checked here directly
+
+
+def test_auto_reads_a_hub_id_bases_precision_from_the_cache_offline(bf16_base, tmp_path):
+    """A base named by hub id ("org/name") is read from the Hugging Face cache on a machine without network;
+    "auto" must find its stored precision there too, as the folder base above does."""
+    base, adapter = bf16_base
+    snapshot = tmp_path / "hub" / "models--tiny-org--tiny-bf16" / "snapshots" / "0123abcd"
+    shutil.copytree(base, snapshot)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0123abcd")
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+    merged = subprocess.run(
+        [sys.executable, "launch.py", "merge", "--adapter", str(adapter), "--base", "tiny-org/tiny-bf16",
+         "--out", str(tmp_path / "merged")], cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )
+
+    assert merged.returncode == 0, merged.stderr
+    assert json.loads(merged.stdout.strip().splitlines()[-1])["status"] == "done"
+    assert stored_dtypes(tmp_path / "merged") == {torch.bfloat16}
 
 
 def test_an_fp32_base_exports_fp32_unless_told_and_the_cli_takes_dtype(tiny_llama_dir, tmp_path, capsys):
