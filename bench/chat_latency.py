@@ -23,6 +23,7 @@ difference is about the adapters' own bytes.
 
 import argparse
 import contextlib
+import inspect
 import json
 import os
 import subprocess
@@ -153,17 +154,21 @@ def _step_medians(modes: dict, ids, steps: int) -> dict[str, float]:
 
     from core.adapters import active_adapters
 
+    from transformers import LlamaForCausalLM
+
+    # transformers 5.24 renamed the KV cache's argument and output field to `cache` (the old name goes in 5.40)
+    cache = "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters else "past_key_values"
     token = ids[:, -1:]
     caches, times = {}, {name: [] for name in modes}
     with torch.inference_mode():
         for name, (model, adapter) in modes.items():
             with active_adapters(model, adapter) if adapter else contextlib.nullcontext():
-                caches[name] = model(input_ids=ids, use_cache=True).past_key_values
+                caches[name] = model(input_ids=ids, use_cache=True)[cache]
         for _ in range(steps):
             for name, (model, adapter) in modes.items():
                 with active_adapters(model, adapter) if adapter else contextlib.nullcontext():
                     started = time.perf_counter()
-                    model(input_ids=token, past_key_values=caches[name], use_cache=True)
+                    model(input_ids=token, use_cache=True, **{cache: caches[name]})
                     times[name].append(time.perf_counter() - started)
     return {name: 1000 * statistics.median(values) for name, values in times.items()}
 
