@@ -45,7 +45,8 @@ class SharedSettings:
 
 def shared_settings() -> SharedSettings:
     return SharedSettings(
-        system=gr.Textbox(label="System prompt", placeholder="Optional, e.g. 'Answer in one sentence.'", render=False),
+        system=gr.Textbox("", label="System prompt", placeholder="Optional, e.g. 'Answer in one sentence.'",
+                          render=False),
         temperature=gr.Slider(0, 1.5, value=0.7, step=0.05, label="Temperature (0 = greedy, repeatable)", render=False),
         max_new_tokens=gr.Slider(16, 1024, value=256, step=16, label="Max new tokens", render=False),
         seed=gr.Number(0, label="Seed (the same for every column, so answers are comparable)", precision=0,
@@ -53,11 +54,12 @@ def shared_settings() -> SharedSettings:
     )
 
 
-def stream(loaded: LoadedModel, gains: dict[str, float], text: str, history: list[dict], system: str,
+def stream(loaded: LoadedModel, gains: dict[str, float], text: str, history: list[dict], system: str | None,
            sampling: Sampling) -> Iterator[list[dict]]:
-    """The conversation with the prompt shown at once and the reply growing, generated under `gains` ({} = base)."""
+    """The conversation with the prompt shown at once and the reply growing, generated under `gains` ({} = base).
+    `system` is None when the page never showed the (collapsed) settings panel."""
     earlier = [{"role": m["role"], "content": message_text(m)} for m in history]
-    messages = conversation(text, earlier, system.strip() or None)
+    messages = conversation(text, earlier, (system or "").strip() or None)
     shown = [*history, {"role": "user", "content": text}]
     yield shown
     try:

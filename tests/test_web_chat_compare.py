@@ -76,6 +76,21 @@ def win_rate_rows(page) -> list[list[str]]:
     return [cells[start : start + width] for start in range(0, len(cells), width)]
 
 
+def test_a_person_who_never_opens_the_sampling_settings_gets_answers(app_url):
+    """The settings panel starts collapsed; its defaults must serve the first message of every mode as they are."""
+    with browser_page() as page:
+        page.goto(app_url)
+        page.locator("#prompt textarea").fill("What is the capital of France?")
+        page.locator("#send").click()
+        assert wait_for_answers(page, ["#chat"], "#send")[0]
+
+        page.get_by_role("tab", name="Side by side").click()
+        page.locator("#sbs-prompt textarea").fill("What is the capital of France?")
+        page.locator("#sbs-send").click()
+        assert all(wait_for_answers(page, ["#left-chat", "#right-chat"], "#sbs-send"))
+        assert "Traceback" not in page.content() and page.locator(".toast-body.error").count() == 0
+
+
 def test_three_columns_base_adapter_and_weighted_set_answer_one_prompt(app_url):
     with browser_page() as page:
         open_chat(page, app_url, "Side by side")
