@@ -16,6 +16,7 @@ from pathlib import Path
 from core.errors import LoraForgeError
 from core.job_settings import load_job_settings
 from core.process_groups import stop_group
+from core.processes import process_alive
 from core.runs import create_run, execute_run
 from core.store import Store
 from core.supervisor import ensure_supervisor
@@ -50,19 +51,25 @@ def cancel(store: Store, run_id: str, grace: float = 5.0) -> dict:
     if run["pid"] is not None:
         stop_group(run["pid"], run["pid_start_time"], grace)
     run = store.get_run(run_id)
-    if run["status"] != "cancelled":  # the dying job recorded itself as interrupted or failed: cancel wins
+    if run["status"] in ("interrupted", "failed"):  # what the dying job recorded of itself: cancel wins
         run = store.set_status(run_id, "cancelled", error=None)
     return run
 
 
 def resumable_run(store: Store, run_id: str) -> dict:
-    """The run, if it can be resumed: interrupted, failed or cancelled, with its folder and config on disk."""
+    """The run, if it can be resumed: interrupted, failed or cancelled, its last process gone (a second
+    process on one run folder would race it for the checkpoints), with its folder and config on disk."""
     store.mark_stale_runs_interrupted()
     run = store.get_run(run_id)
     if run["status"] not in RESUMABLE:
         raise RunNotResumable(
             f"Run {run_id} is {run['status']}; only an interrupted, failed or cancelled run can be resumed. "
             "See its state with `python launch.py runs`."
+        )
+    if process_alive(run["pid"], run["pid_start_time"]):
+        raise RunNotResumable(
+            f"Run {run_id} is still stopping: its process (pid {run['pid']}) is saving a checkpoint and exiting. "
+            "Resume it in a few seconds."
         )
     _check_folder(run)
     return run

@@ -3,10 +3,15 @@ run is cancelled (never completed); a queued run cancelled before its turn never
 resumes in the background; a queue nobody serves is picked up the next time the runs are read."""
 
 import json
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
+import pytest
+
 from app.cli import main
-from core.jobs import cancel, submit
+from core.jobs import RunNotResumable, cancel, resume_in_background, submit
 from core.process_groups import group_members
 from core.processes import process_start_time
 from core.runs import create_run
@@ -50,6 +55,31 @@ def test_a_cancelled_run_resumed_with_the_cli_flag_completes(tiny_llama_dir, tmp
         assert json.loads(capsys.readouterr().out.splitlines()[-1]) == {"run_id": run_id}
         wait_for(lambda: store.get_run(run_id)["status"] == "completed", what="the resumed run to complete")
         assert [row["step"] for row in store.metrics(run_id)] == [1, 2, 3]
+
+
+def test_resume_waits_until_the_stopped_job_has_exited_and_the_cancel_does_not_undo_it(
+    tiny_llama_dir, tmp_path, stop_leftovers
+):
+    """Stop, then Resume at once: while the job still saves its checkpoint the resume is refused with a reason
+    (two processes must not share a run folder); once it has exited the resume holds and the run completes."""
+    stubborn = subprocess.Popen(  # a job that takes its time to stop: it ignores SIGTERM until killed
+        [sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+         "print('ready', flush=True); time.sleep(120)"], start_new_session=True, stdout=subprocess.PIPE, text=True)
+    assert stubborn.stdout.readline() == "ready\n"
+    with Store() as store:
+        run_id = create_run(store, tiny_config(tiny_llama_dir, tmp_path, steps=2))
+        store.set_status(run_id, "running", pid=stubborn.pid, pid_start_time=process_start_time(stubborn.pid))
+        stopping = threading.Thread(target=cancel, args=(store, run_id), kwargs={"grace": 3.0})
+        stopping.start()
+        wait_for(lambda: store.get_run(run_id)["status"] == "cancelled", what="the cancel to be recorded")
+        with pytest.raises(RunNotResumable, match=f"Run {run_id} is still stopping: its process .* few seconds"):
+            resume_in_background(store, run_id)
+        stopping.join()
+        stubborn.wait()
+
+        assert resume_in_background(store, run_id)["status"] == "queued"
+        wait_for(lambda: store.get_run(run_id)["status"] == "completed", what="the resumed run to complete")
+        assert [row["step"] for row in store.metrics(run_id)] == [1, 2]
 
 
 def test_reading_the_runs_starts_a_supervisor_for_a_queue_left_without_one(tiny_llama_dir, tmp_path, stop_leftovers):
