@@ -8,12 +8,14 @@ Delete asks the browser to confirm first: a misclick must not lose a run.
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import gradio as gr
 
 from app import run_view
 from app.run_compare import CompareView, build_compare
 from core import jobs
+from core.checkpoint import resume_step
 from core.errors import LoraForgeError
 from core.runs import delete_run
 from core.store import Store
@@ -81,20 +83,27 @@ def build_runs_tab(store: Store) -> RunsTab:
 
     outputs = [table, selected, bar, stats, plot, samples, log, stop, resume, delete]
 
-    def act(action, run_id: str | None, done: str):
+    def act(action, run_id: str | None, done):
+        """Run `action` on the chosen run, then tell the person `done(run_id)`."""
         if not run_id:
             raise gr.Error("Choose a run first.")
         try:
             action(store, run_id)
         except LoraForgeError as error:
             raise gr.Error(str(error)) from None
-        gr.Info(done.format(run_id=run_id))
+        gr.Info(done(run_id))
         return render(run_id)
+
+    def resumed(run_id: str) -> str:
+        step = resume_step(Path(store.get_run(run_id)["run_dir"]))
+        if step:
+            return f"Run {run_id} queued again; it continues after its checkpoint at step {step}."
+        return f"Run {run_id} queued again. It stopped before its first checkpoint, so it starts over from step 1."
 
     def delete_confirmed(run_id: str | None):
         if run_id is None:  # the person kept the run
             return tuple(gr.skip() for _ in outputs)
-        return act(delete_run, run_id, "Run {run_id} deleted.")
+        return act(delete_run, run_id, lambda r: f"Run {r} deleted.")
 
     def pick(frame, event: gr.SelectData):
         return render(frame.iloc[event.index[0], 0])
@@ -102,8 +111,8 @@ def build_runs_tab(store: Store) -> RunsTab:
     timer.tick(render, selected, outputs, show_progress="hidden")
     selected.input(render, selected, outputs)
     table.select(pick, table, outputs)
-    stop.click(lambda r: act(jobs.cancel, r, "Run {run_id} stopped."), selected, outputs)
-    resume.click(lambda r: act(jobs.resume_in_background, r, "Run {run_id} queued again."), selected, outputs)
+    stop.click(lambda r: act(jobs.cancel, r, lambda r: f"Run {r} stopped."), selected, outputs)
+    resume.click(lambda r: act(jobs.resume_in_background, r, resumed), selected, outputs)
     delete.click(delete_confirmed, selected, outputs, js=CONFIRM_DELETE).then(compare.refresh, compare.select,
                                                                              compare.select)
     return RunsTab(selected=selected, timer=timer, render=render, outputs=outputs, compare=compare)

@@ -79,6 +79,12 @@ def newest_checkpoint(run_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
+def resume_step(run_dir: Path) -> int:
+    """The step a (re)started run continues after: its newest checkpoint's, 0 when it has none (it starts over)."""
+    newest = newest_checkpoint(run_dir)
+    return int(_STEP_FOLDER.match(newest.name).group(1)) if newest else 0
+
+
 def load_checkpoint(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
     """Restore trainable tensors, optimizer and random states from `folder`; return its state.json."""
     try:

@@ -16,7 +16,7 @@ import traceback
 from pathlib import Path
 
 from core import paths
-from core.checkpoint import newest_checkpoint
+from core.checkpoint import resume_step
 from core.data import DatasetError, load_examples
 from core.errors import LoraForgeError
 from core.processes import process_start_time
@@ -59,6 +59,8 @@ def execute_run(store: Store, run_id: str, events=None) -> TrainResult:
     config = TrainConfig.from_yaml(run_dir / "config.yaml")
     if run["status"] != "running":
         store.set_status(run_id, "running", pid=os.getpid(), pid_start_time=process_start_time(os.getpid()))
+    start = resume_step(run_dir)
+    store.forget_steps_after(run_id, start)
 
     def record(kind: str, payload: dict) -> None:
         if kind == "metrics":
@@ -69,7 +71,7 @@ def execute_run(store: Store, run_id: str, events=None) -> TrainResult:
             events(kind, payload)
 
     try:
-        result = train(config, run_dir, resume=newest_checkpoint(run_dir) is not None, events=record)
+        result = train(config, run_dir, resume=start > 0, events=record)
     except LoraForgeError as error:
         _finish(store, run_id, "failed", error=str(error))
         raise

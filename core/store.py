@@ -260,6 +260,14 @@ class Store:
         where, params = ("AND split = ?", (run_id, split)) if split else ("", (run_id,))
         return self._query("metrics", f"SELECT * FROM metrics WHERE run_id = ? {where} ORDER BY step, split", params)
 
+    def forget_steps_after(self, run_id: str, step: int) -> None:
+        """Drop the metrics and samples logged after `step`: a run restarting from its checkpoint at `step` does
+        those steps again, and until it logs them anew the old rows would mix two attempts' times and losses."""
+        with self._write() as db:
+            self.get_run(run_id)
+            for table in ("metrics", "samples"):
+                db.execute(f"DELETE FROM {table} WHERE run_id = ? AND step > ?", (run_id, step))
+
     def add_sample(self, run_id: str, step: int, prompt_index: int, prompt: str, output: str) -> None:
         """Store what the model answered to one sample prompt at a checkpoint (replacing an earlier answer)."""
         with self._write() as db:

@@ -8,8 +8,11 @@ import torch
 
 from core.adapters import LoraSettings, add_adapter
 from core.checkpoint import load_checkpoint, save_checkpoint
+from core.runs import create_run, execute_run
+from core.store import Store
 from core.train import build_optimizer
 from core.train_config import TrainConfig
+from tests.job_helpers import tiny_config
 from tests.lora_helpers import load
 
 
@@ -69,3 +72,33 @@ def test_a_checkpoint_from_the_unfused_optimizer_resumes_with_the_fused_one(tiny
                                    old_optimizer.state[old_param]["exp_avg_sq"], rtol=0, atol=0)
     step(fresh, fresh_optimizer, 2)
     assert all(int(state["step"]) == 2 for state in fresh_optimizer.state.values())
+
+
+@pytest.mark.parametrize("checkpoint", [True, False], ids=["from-step-2", "no-checkpoint"])
+def test_a_restarted_run_forgets_the_steps_it_will_do_again(tiny_llama_dir, tmp_path, checkpoint):
+    """Stopped at step 3, a run restarts after its newest checkpoint (or from scratch): the rows its first attempt
+    logged after that point are gone before the steps run again, so progress and loss curves never mix attempts."""
+    config = tiny_config(tiny_llama_dir, tmp_path, steps=5, save_every=2 if checkpoint else 1000)
+
+    def stop_at_step_3(kind, payload):
+        if kind == "metrics" and payload["step"] == 3:
+            raise KeyboardInterrupt
+
+    seen = []
+
+    def look_before_the_first_new_row(kind, payload):  # "resumed" comes after the checkpoint is loaded
+        if kind in ("resumed", "metrics") and not seen:
+            seen.append([row["step"] for row in store.metrics(run_id)])
+
+    with Store() as store:
+        run_id = create_run(store, config, status="running")
+        with pytest.raises(KeyboardInterrupt):
+            execute_run(store, run_id, events=stop_at_step_3)
+        assert [row["step"] for row in store.metrics(run_id)] == [1, 2, 3]
+        assert store.get_run(run_id)["status"] == "interrupted"
+
+        execute_run(store, run_id, events=look_before_the_first_new_row)
+        assert seen == [[1, 2] if checkpoint else [1]]  # the checkpoint's steps, or the new attempt's first
+        rows = store.metrics(run_id)
+        assert [row["step"] for row in rows] == [1, 2, 3, 4, 5] and store.get_run(run_id)["status"] == "completed"
+        assert all(a["time"] <= b["time"] for a, b in zip(rows, rows[1:]))  # one timeline, no second attempt's

@@ -7,6 +7,9 @@ has its own LORAFORGE_HOME. Every wait polls the page with a generous deadline.
 """
 
 import dataclasses
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -38,6 +41,24 @@ def web_home(tmp_path_factory, tiny_llama_dir):
 def app_url(web_home, tiny_llama_dir):
     with served_app(web_home, "--model", str(tiny_llama_dir)) as url:
         yield url
+
+
+# A run stopped at step 2 (Ctrl-C) before its first checkpoint, in a process of its own that then exits.
+STOPPED_EARLY = """
+import sys
+from core.runs import create_run, execute_run
+from core.store import Store
+from core.train_config import TrainConfig
+
+def stop_at_step_2(kind, payload):
+    if kind == "metrics" and payload["step"] == 2:
+        raise KeyboardInterrupt
+
+with Store() as store:
+    run_id = create_run(store, TrainConfig.from_yaml(sys.argv[1]), status="running")
+    print(run_id, flush=True)
+    execute_run(store, run_id, events=stop_at_step_2)
+"""
 
 
 def run_ids(home: Path) -> dict[str, str]:
@@ -127,3 +148,27 @@ def test_delete_asks_first_and_a_dismissed_dialog_keeps_the_run(app_url, web_hom
         assert len(messages) == 2 and scratch not in run_ids(web_home).values() and not run_dir.exists()
         assert set(run_ids(web_home)) == {"slow-r4", "fast-r8"}  # only the confirmed run went
         screenshot(page, "runs-after-delete")
+
+
+def test_resume_says_a_run_stopped_before_its_first_checkpoint_starts_over_and_it_completes(
+    app_url, web_home, tiny_llama_dir
+):
+    config = tiny_config(tiny_llama_dir, web_home.parent, steps=3, name="stopped-early")
+    config.to_yaml(web_home.parent / "stopped-early.yaml")
+    stopped = subprocess.run([sys.executable, "-c", STOPPED_EARLY, str(web_home.parent / "stopped-early.yaml")],
+                             cwd=Path(__file__).resolve().parents[1], env={**os.environ, "LORAFORGE_HOME": str(web_home)},
+                             capture_output=True, text=True, timeout=300)
+    assert "KeyboardInterrupt" in stopped.stderr
+    run_id = stopped.stdout.split()[0]
+    with browser_page() as page:
+        open_runs(page, app_url)
+        page.locator("#run-select input").click()
+        page.get_by_role("option").filter(has_text=run_id).click()
+        page.locator("#run-progress [data-status=interrupted]").wait_for(timeout=60_000)
+        page.locator("#run-resume").click()
+        page.get_by_text(f"Run {run_id} queued again. It stopped before its first checkpoint, so it starts over "
+                         "from step 1.").wait_for(timeout=30_000)
+        page.locator("#run-progress [data-status=completed]").wait_for(timeout=120_000)
+        assert "Traceback" not in page.content()
+    with Store(web_home / "loraforge.db") as store:
+        assert [row["step"] for row in store.metrics(run_id)] == [1, 2, 3]
