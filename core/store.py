@@ -285,7 +285,8 @@ class Store:
         self, path: str | Path, run_id: str | None = None, source: str = "trained", name: str | None = None
     ) -> dict:
         """Record the adapter folder at `path` from its files; registering the same folder again refreshes
-        its figures instead of adding a second row. The name defaults to the run's name, else the folder's."""
+        its figures instead of adding a second row (an import of it keeps its origin). The name defaults to the
+        run's name, else the folder's."""
         from core.peft_format import inspect_adapter  # imports torch: only the commands that touch adapters pay
 
         if source not in ADAPTER_SOURCES:
@@ -307,6 +308,8 @@ class Store:
             existing = list(db.query("SELECT id FROM adapters WHERE path = ?", (str(folder),)))
             if existing:
                 adapter_id = existing[0]["id"]
+                if source == "imported":  # importing a folder already known keeps where it came from (its run)
+                    figures = {key: value for key, value in figures.items() if key not in ("run_id", "source")}
                 db["adapters"].update(adapter_id, _encode("adapters", {**figures, **({"name": name} if name else {})}))
             else:
                 row = {**figures, "name": name or default_name, "path": str(folder), "created": now_iso()}

@@ -205,6 +205,18 @@ def test_trained_adapter_takes_the_run_name(store, tmp_path):
     assert (adapter["name"], adapter["run_id"], adapter["source"]) == ("pirate-r8", run_id, "trained")
 
 
+def test_importing_a_trained_adapters_folder_keeps_its_run(store, tmp_path):
+    """A person importing a run's adapter folder by hand must not cut it loose from its run: deleting the run
+    later would leave a row pointing at a deleted folder."""
+    run_id = new_run(store, name="pirate-r8")
+    trained = store.register_adapter(make_peft_folder(tmp_path / "run" / "adapter"), run_id=run_id)
+    again = store.import_adapter(tmp_path / "run" / "adapter")
+    assert again["id"] == trained["id"] and (again["run_id"], again["source"]) == (run_id, "trained")
+    store.set_status(run_id, "cancelled")
+    store.delete_run(run_id)
+    assert store.adapters() == []
+
+
 def test_import_refuses_what_is_not_an_adapter_folder(store, tmp_path):
     with pytest.raises(AdapterFileError, match="is not a folder"):
         store.import_adapter(tmp_path / "missing")
