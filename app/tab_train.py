@@ -111,6 +111,10 @@ def build_train_tab(loaded: LoadedModel, store: Store) -> TrainTab:
         evals = SAMPLES / f"{name}.eval.jsonl"
         return str(SAMPLES / f"{name}.train.jsonl"), str(evals) if evals.is_file() else ""
 
+    def forget_sample_eval(eval_file: str):
+        """Typing another dataset drops the bundled sample's eval file that choosing the sample filled in."""
+        return "" if eval_file and Path(eval_file).parent == SAMPLES else gr.skip()
+
     def keep_upload(path: str | None):
         if not path:
             return gr.skip(), gr.skip()
@@ -145,6 +149,7 @@ def build_train_tab(loaded: LoadedModel, store: Store) -> TrainTab:
 
     sample.input(choose_sample, sample, [fields["dataset"], fields["eval_file"]])
     upload.upload(keep_upload, upload, [fields["dataset"], fields["eval_file"]])
+    fields["dataset"].input(forget_sample_eval, fields["eval_file"], fields["eval_file"])
     fields["dataset"].change(show_dataset, fields["dataset"], [table, summary]).then(
         run_preflight, inputs, preflight_outputs)
     for name in PREFLIGHT_INPUTS:

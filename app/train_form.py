@@ -6,6 +6,7 @@ Every component gets elem_id `cfg-<setting>`, so tests and styles can find it.
 
 import dataclasses
 from collections.abc import Callable
+from pathlib import Path
 
 import gradio as gr
 
@@ -32,45 +33,48 @@ PRESET_VALUES: dict[str, dict] = {
 }
 
 
-def _num(label: str, integer: bool = False, **options) -> Callable[[], gr.Number]:
-    return lambda value: gr.Number(value=value, label=label, precision=0 if integer else None, **options)
+def _num(label: str, **options) -> Callable[[], gr.Number]:
+    """A number box with no limits or rounding of its own: TrainConfig checks every value and names the field
+    (Gradio's limits answered "Value 0 is less than minimum value 1." without saying which box, and its
+    rounding trained rank 2.5 as rank 2)."""
+    return lambda value: gr.Number(value=value, label=label, **options)
 
 
 MAIN_ROWS: list[dict[str, Callable[[object], gr.Component]]] = [
     {"name": lambda value: gr.Textbox(value=value, label="Run name", placeholder="optional, e.g. dates-r8")},
-    {"rank": _num("Rank r", True, minimum=1), "alpha": _num("Alpha", minimum=0),
-     "dropout": _num("Dropout", minimum=0, maximum=0.99, step=0.05)},
+    {"rank": _num("Rank r"), "alpha": _num("Alpha"),
+     "dropout": _num("Dropout", step=0.05)},
     {"targets": lambda value: gr.Radio(TARGET_CHOICES, value=value, label="Target layers"),
      "custom_targets": lambda value: gr.Textbox(value=value, label="Custom targets (comma-separated module names, or a regex)",
                                           placeholder="q_proj, v_proj")},
     {"quant": lambda value: gr.Radio(list(QUANTIZATIONS), value=value, label="Base quantization"),
-     "epochs": _num("Epochs", minimum=0), "max_steps": _num("Max steps (0 = train by epochs)", True, minimum=0)},
-    {"lr": _num("Learning rate", minimum=0), "batch_size": _num("Batch size", True, minimum=1),
-     "max_len": _num("Max length (tokens)", True, minimum=8)},
+     "epochs": _num("Epochs"), "max_steps": _num("Max steps (0 = train by epochs)")},
+    {"lr": _num("Learning rate"), "batch_size": _num("Batch size"),
+     "max_len": _num("Max length (tokens)")},
 ]
 ADVANCED_ROWS: list[dict[str, Callable[[object], gr.Component]]] = [
     {"eval_file": lambda value: gr.Textbox(value=value, label="Eval file (optional)"),
-     "eval_share": _num("Eval share when no eval file", minimum=0, maximum=0.9)},
+     "eval_share": _num("Eval share when no eval file")},
     {"train_on": lambda value: gr.Radio(["assistant", "all"], value=value, label="Train on"),
      "packing": lambda value: gr.Checkbox(value=value, label="Pack examples"),
      "skip_invalid": lambda value: gr.Checkbox(value=value, label="Skip invalid rows")},
-    {"grad_accum": _num("Gradient accumulation", True, minimum=1),
+    {"grad_accum": _num("Gradient accumulation"),
      "schedule": lambda value: gr.Dropdown(list(SCHEDULES), value=value, label="LR schedule"),
-     "warmup_ratio": _num("Warm-up share", minimum=0, maximum=0.9),
-     "weight_decay": _num("Weight decay", minimum=0)},
-    {"max_grad_norm": _num("Gradient clip norm", minimum=0),
+     "warmup_ratio": _num("Warm-up share"),
+     "weight_decay": _num("Weight decay")},
+    {"max_grad_norm": _num("Gradient clip norm"),
      "optimizer": lambda value: gr.Dropdown(list(OPTIMIZERS), value=value, label="Optimizer"),
-     "seed": _num("Seed", True)},
+     "seed": _num("Seed")},
     {"use_rslora": lambda value: gr.Checkbox(value=value, label="rsLoRA scaling"), "use_dora": lambda value: gr.Checkbox(value=value, label="DoRA"),
      "gradient_checkpointing": lambda value: gr.Checkbox(value=value, label="Gradient checkpointing"),
      "dtype": lambda value: gr.Dropdown(["auto", *DTYPES], value=value, label="Dtype"),
      "device": lambda value: gr.Textbox(value=value, label="Device (auto, cpu, cuda, cuda:N)")},
-    {"save_every": _num("Checkpoint every (steps)", True, minimum=1),
-     "eval_every": _num("Evaluate every (steps)", True, minimum=1),
-     "keep_checkpoints": _num("Checkpoints kept", True, minimum=1)},
+    {"save_every": _num("Checkpoint every (steps)"),
+     "eval_every": _num("Evaluate every (steps)"),
+     "keep_checkpoints": _num("Checkpoints kept")},
     {"sample_prompts": lambda value: gr.Textbox(value=value, label="Sample prompts at checkpoints (one per line; empty: first eval prompts)",
                                           lines=2),
-     "sample_max_new_tokens": _num("Sample length (tokens)", True, minimum=1)},
+     "sample_max_new_tokens": _num("Sample length (tokens)")},
 ]
 
 
@@ -119,8 +123,15 @@ def to_config(values: dict) -> TrainConfig:
         is_regex = any(char in custom for char in REGEX_CHARS)
         targets = custom if is_regex else [part.strip() for part in custom.split(",") if part.strip()]
     values["targets"] = targets
-    values["max_steps"] = int(values["max_steps"]) or None
+    values["max_steps"] = values["max_steps"] or None
     values["name"] = values["name"].strip() or None
-    values["eval_file"] = values["eval_file"].strip() or None
+    values["dataset"] = _path(values["dataset"])
+    values["eval_file"] = _path(values["eval_file"]) or None
     values["sample_prompts"] = [line.strip() for line in values["sample_prompts"].splitlines() if line.strip()]
-    return TrainConfig.from_dict(values).check()
+    return TrainConfig.from_dict(values, where="the form").check()
+
+
+def _path(typed: str) -> str:
+    """A path as typed into the form: spaces around it dropped and ~ expanded, as the dataset preview reads it."""
+    typed = typed.strip()
+    return str(Path(typed).expanduser()) if typed else ""

@@ -5,6 +5,8 @@ and `resume` needs nothing else.
 """
 
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from core.quantize import QUANTIZATIONS
 
 SCHEDULES = ("cosine", "linear", "constant")
 OPTIMIZERS = ("adamw", "adamw8bit", "paged_adamw")
+MIN_MAX_LEN = 8
 
 
 class ConfigError(LoraForgeError):
@@ -75,9 +78,13 @@ class TrainConfig:
         _choice("schedule", self.schedule, SCHEDULES)
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("train_on", self.train_on, ("assistant", "all"))
-        for name in ("rank", "batch_size", "grad_accum", "max_len", "save_every", "eval_every", "keep_checkpoints"):
+        for name in ("rank", "batch_size", "grad_accum", "save_every", "eval_every", "keep_checkpoints",
+                     "sample_max_new_tokens"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} is {getattr(self, name)}; it must be 1 or more.")
+        if self.max_len < MIN_MAX_LEN:
+            raise ConfigError(f"max_len is {self.max_len}; an example needs room for its chat template and an "
+                              f"answer: use {MIN_MAX_LEN} or more (512 is typical).")
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError(f"max_steps is {self.max_steps}; use 1 or more, or leave it out to train by epochs.")
         if self.max_steps is None and self.epochs <= 0:
@@ -86,6 +93,11 @@ class TrainConfig:
             raise ConfigError(f"lr is {self.lr}; LoRA learning rates are usually 1e-5 to 1e-3.")
         if self.alpha <= 0:
             raise ConfigError(f"alpha is {self.alpha}; it must be positive (2 x rank is a common choice).")
+        if not self.max_grad_norm > 0:
+            raise ConfigError(f"max_grad_norm is {self.max_grad_norm}; it must be positive (1.0 is usual): "
+                              "clipping to 0 would zero every update.")
+        if not self.weight_decay >= 0:
+            raise ConfigError(f"weight_decay is {self.weight_decay}; use 0 or more (0 is usual for LoRA).")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"dropout is {self.dropout}; use a value in [0, 1).")
         if not 0 <= self.eval_share < 1:
@@ -111,11 +123,32 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict, where: str = "the config") -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
+        kinds = {f.name: f.type for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(kinds))
         if unknown:
-            raise ConfigError(f"Unknown setting(s) in {where}: {', '.join(unknown)}. Known: {', '.join(sorted(known))}.")
-        return cls(**values)
+            raise ConfigError(f"Unknown setting(s) in {where}: {', '.join(unknown)}. Known: {', '.join(sorted(kinds))}.")
+        return cls(**{name: _typed(name, value, kinds[name], where) for name, value in values.items()})
+
+
+KIND_NAMES = {int: "a whole number", float: "a number", bool: "true or false", str: "text", type(None): "empty"}
+
+
+def _typed(name: str, value: object, annotation: object, where: str) -> object:
+    """`value` as the setting's type (8.0 from YAML or a number box becomes 8), or a ConfigError naming the
+    setting: a typo ('banana') would fail late with a TypeError, and rank 2.5 must not quietly train at 2."""
+    kinds = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    for kind in kinds:
+        if kind is type(None) and value is None or kind in (bool, str) and isinstance(value, kind):
+            return value
+        if kind is int and number and float(value).is_integer():
+            return int(value)
+        if kind is float and number:
+            return float(value)
+        if typing.get_origin(kind) is list and isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return value
+    wanted = " or ".join(KIND_NAMES.get(kind, "a list of text") for kind in kinds)
+    raise ConfigError(f"{name} in {where} is {value!r}; it must be {wanted}.")
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:

@@ -225,6 +225,10 @@ def test_learning_rate_schedule():
         (dict(quant="nf2"), "quant is 'nf2'"),
         (dict(max_steps=0), "max_steps is 0"),
         (dict(dropout=1.0), "dropout is 1.0"),
+        (dict(max_len=1), "max_len is 1; an example needs room for its chat template and an answer: use 8 or more"),
+        (dict(max_grad_norm=0.0), "max_grad_norm is 0.0; it must be positive"),
+        (dict(weight_decay=-0.1), "weight_decay is -0.1; use 0 or more"),
+        (dict(sample_max_new_tokens=0), "sample_max_new_tokens is 0; it must be 1 or more"),
     ],
 )
 def test_bad_settings_are_refused_before_anything_starts(settings, message):
@@ -239,3 +243,26 @@ def test_yaml_config_round_trip_and_unknown_keys(tmp_path):
     (tmp_path / "typo.yaml").write_text("dataset: x\nrnak: 4\n")
     with pytest.raises(ConfigError, match="Unknown setting.*rnak"):
         TrainConfig.from_yaml(tmp_path / "typo.yaml")
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("rank: banana", "rank in .*run.yaml is 'banana'; it must be a whole number."),
+        ("rank: 2.5", "rank in .*run.yaml is 2.5; it must be a whole number."),
+        ("lr: fast", "lr in .*run.yaml is 'fast'; it must be a number."),
+        ("packing: maybe", "packing in .*run.yaml is 'maybe'; it must be true or false."),
+        ("targets: 7", "targets in .*run.yaml is 7; it must be text or a list of text."),
+        ("max_steps: [3]", r"max_steps in .*run.yaml is \[3\]; it must be a whole number or empty."),
+    ],
+)
+def test_a_config_file_with_a_wrongly_typed_value_names_the_setting(tmp_path, line, message):
+    (tmp_path / "run.yaml").write_text(f"dataset: data.jsonl\n{line}\n")
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig.from_yaml(tmp_path / "run.yaml")
+
+
+def test_a_config_file_takes_whole_numbers_written_as_decimals(tmp_path):
+    (tmp_path / "run.yaml").write_text("dataset: data.jsonl\nrank: 16.0\nlr: 1\nmax_steps: null\n")
+    config = TrainConfig.from_yaml(tmp_path / "run.yaml")
+    assert (config.rank, type(config.rank), config.lr, type(config.lr), config.max_steps) == (16, int, 1.0, float, None)

@@ -163,3 +163,46 @@ def test_preflight_shows_the_length_histogram_and_warns_when_memory_will_not_do(
         page.locator("#preflight-memory").scroll_into_view_if_needed()
         screenshot(page, "train-preflight-memory-warning")
         assert "Traceback" not in page.content()
+
+
+def test_form_mistakes_name_the_field_and_a_typed_path_is_read_as_the_preview_reads_it(app_url, web_home, tmp_path):
+    """A person's slips in the Train form: spaces around a typed path, a sample's eval file left behind by typing
+    another dataset, a rank of 2.5 or 0, a config file with a typo. Each is read sensibly or refused with the
+    setting named; nothing starts and the form keeps what was typed."""
+    own = tmp_path / "my dates.jsonl"
+    own.write_text(DATES.read_text())
+    (tmp_path / "typo.yaml").write_text(f"dataset: {DATES}\nrank: banana\n")
+    before = len(runs_in(web_home))
+    with browser_page() as page:
+        open_tab(page, app_url, "Train")
+        page.locator("#sample-select input").click()
+        page.get_by_role("option", name="dates").click()
+        page.get_by_text("Advanced").click()
+        page.wait_for_function("() => document.querySelector('#cfg-eval_file textarea').value.endsWith('dates.eval.jsonl')",
+                               timeout=60_000)
+
+        page.locator("#cfg-dataset textarea").fill("")
+        page.locator("#cfg-dataset textarea").press_sequentially(f"  {own}  ")  # typed, as a person does
+        page.wait_for_function("() => document.querySelector('#preflight').innerText.includes('Trainable parameters')",
+                               timeout=60_000)  # ready: the spaces did not make the file "not found"
+        page.wait_for_function("() => document.querySelector('#cfg-eval_file textarea').value === ''",
+                               timeout=60_000)  # the sample's eval file went with the sample
+
+        for rank, message in (("2.5", "rank in the form is 2.5; it must be a whole number."),
+                              ("0", "rank is 0; it must be 1 or more.")):
+            set_number(page, "rank", rank)
+            page.wait_for_function("m => document.querySelector('#preflight').innerText.includes(m)", arg=message,
+                                   timeout=60_000)
+            page.locator("#start").click()
+            page.get_by_test_id("toast-body").filter(has_text=message).first.wait_for(timeout=60_000)
+            page.locator(".toast-close").first.click()
+
+        with page.expect_file_chooser() as chooser:
+            page.locator("#load-config").click()
+        chooser.value.set_files(str(tmp_path / "typo.yaml"))
+        page.get_by_test_id("toast-body").filter(has_text="is 'banana'; it must be a whole number.").wait_for(
+            timeout=60_000)
+        assert page.locator("#cfg-dataset textarea").input_value() == f"  {own}  "  # the form kept what was typed
+        assert page.locator("#cfg-rank input").input_value() == "0"
+        assert "Traceback" not in page.content()
+    assert len(runs_in(web_home)) == before
