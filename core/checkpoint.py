@@ -48,7 +48,7 @@ def save_checkpoint(
         save_tensors(_trainable_tensors(model), staging / "trainable.safetensors")
         tensors, hyper = _flatten_optimizer(optimizer)
         save_tensors(tensors, staging / "optimizer.safetensors")
-        save_tensors(_rng_states(), staging / "rng.safetensors")
+        save_tensors(rng_states(), staging / "rng.safetensors")
         (staging / "state.json").write_text(json.dumps({**state, "step": step, "optimizer": hyper}, indent=1))
         save_adapter(model, adapter, staging / "adapter")
         _fsync_tree(staging)
@@ -106,9 +106,7 @@ def load_checkpoint(folder: Path, model: nn.Module, optimizer: torch.optim.Optim
     saved = _unflatten_optimizer(optimizer_tensors, state["optimizer"])
     _keep_implementation(saved, optimizer)
     optimizer.load_state_dict(saved)
-    torch.set_rng_state(rng["cpu"])
-    if torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([rng[key] for key in sorted(rng) if key.startswith("cuda")])
+    restore_rng_states(rng)
     return state
 
 
@@ -159,11 +157,18 @@ def _keep_implementation(saved: dict, optimizer: torch.optim.Optimizer) -> None:
                 saved_group[key] = live_group[key]
 
 
-def _rng_states() -> dict[str, torch.Tensor]:
+def rng_states() -> dict[str, torch.Tensor]:
+    """The random generators' states (CPU, and each GPU's), as a checkpoint stores them."""
     states = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         states.update({f"cuda{i:02d}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
     return states
+
+
+def restore_rng_states(states: dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(states["cpu"])
+    if torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([states[key] for key in sorted(states) if key.startswith("cuda")])
 
 
 def _fsync_tree(folder: Path) -> None:

@@ -18,15 +18,16 @@ import resource
 import signal
 import sys
 import time
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
 from core.adapters import LoraSettings, add_adapter
-from core.checkpoint import load_checkpoint, newest_checkpoint, save_checkpoint
+from core.checkpoint import (load_checkpoint, newest_checkpoint, restore_rng_states, resume_step, rng_states,
+                             save_checkpoint)
 from core.data import BatchSettings, DataPosition, iterate_batches
 from core.errors import LoraForgeError
 from core.loss import trained_token_loss
@@ -113,12 +114,25 @@ def _train_once(config: TrainConfig, run_dir: Path, resume: bool, events: Events
                               start=position)
     stop = _StopFlag()
     metrics_file = open(run.run_dir / "metrics.jsonl", "a")
+
+    def checkpoint_state() -> dict:
+        return dict(position=asdict(position), batch_size=config.batch_size, tokens=tokens, elapsed=elapsed,
+                    eval_loss=last_eval, train_loss=train_loss, total_steps=run.total_steps)
+
     try:
         run.model.train()
         while step < run.total_steps and not stop.requested:
             started = time.perf_counter()
             window = [next(batches) for _ in range(config.grad_accum)]
-            train_loss, grad_norm, rate = _optimizer_step(run, window, step)
+            random_state = rng_states()
+            try:
+                train_loss, grad_norm, rate = _optimizer_step(run, window, step, stop)
+            except _StepAbandoned:  # nothing of the step was applied: checkpoint the last finished one
+                run.optimizer.zero_grad(set_to_none=True)
+                restore_rng_states(random_state)
+                if step and step != resume_step(run.run_dir):
+                    _save(run, step, checkpoint_state(), emit, samples=False)
+                break
             step, position = step + 1, window[-1].next_position
             step_tokens = sum(batch.tokens for batch in window)
             seconds = time.perf_counter() - started
@@ -134,9 +148,7 @@ def _train_once(config: TrainConfig, run_dir: Path, resume: bool, events: Events
                 if last_eval is not None:
                     _log(metrics_file, emit, dict(step=step, split="eval", loss=last_eval, time=time.time()))
             if step % config.save_every == 0 or final or stop.requested:
-                state = dict(position=asdict(position), batch_size=config.batch_size, tokens=tokens, elapsed=elapsed,
-                             eval_loss=last_eval, train_loss=train_loss, total_steps=run.total_steps)
-                _save(run, step, state, emit)
+                _save(run, step, checkpoint_state(), emit, samples=not stop.requested)
     finally:
         metrics_file.close()
         stop.restore()
@@ -170,20 +182,23 @@ def _prepare(config: TrainConfig, run_dir: Path) -> _Session:
     )
 
 
-def _optimizer_step(run: _Session, window: list, step: int) -> tuple[float, float, float]:
+def _optimizer_step(run: _Session, window: list, step: int, stop: "_StopFlag") -> tuple[float, float, float]:
     """Accumulate gradients over the window's micro-batches, clip, and step; return loss, grad norm and lr.
 
     Each micro-batch's summed loss is divided by the trained tokens of the whole window, so every trained
-    token weighs the same however the window is split (which keeps the out-of-memory retry exact)."""
+    token weighs the same however the window is split (which keeps the out-of-memory retry exact). A stop
+    request during the forward and backward passes abandons the step (`_StepAbandoned`); the update itself
+    is never cut short."""
     model = run.model
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if model.device.type == "cuda" else nullcontext()
     trained = max(sum(batch.trained_tokens for batch in window), 1)
     loss_sum = 0.0
-    for batch in window:
-        with autocast:
-            loss, _ = trained_token_loss(model, batch.model_inputs(model.device))
-        (loss / trained).backward()
-        loss_sum += loss.item()
+    with stop.abandonable():
+        for batch in window:
+            with autocast:
+                loss, _ = trained_token_loss(model, batch.model_inputs(model.device))
+            (loss / trained).backward()
+            loss_sum += loss.item()
     train_loss = loss_sum / trained
     if not math.isfinite(train_loss):
         raise TrainingError(
@@ -199,10 +214,12 @@ def _optimizer_step(run: _Session, window: list, step: int) -> tuple[float, floa
     return train_loss, grad_norm, rate
 
 
-def _save(run: _Session, step: int, state: dict, emit: Events) -> None:
-    """Sample the fixed prompts, then write the checkpoint (after sampling, so its random state is the loop's)."""
+def _save(run: _Session, step: int, state: dict, emit: Events, samples: bool = True) -> None:
+    """Sample the fixed prompts (not when stopping: the checkpoint must be written within the stop's grace
+    period), then write the checkpoint."""
     tokenizer, config = run.loaded.tokenizer, run.config
-    for sample in sample_outputs(run.model, tokenizer, run.data.sample_prompts, config.sample_max_new_tokens):
+    for sample in sample_outputs(run.model, tokenizer, run.data.sample_prompts, config.sample_max_new_tokens) \
+            if samples else []:
         _append_json(run.run_dir / "samples.jsonl", {"step": step, **sample})
         emit("sample", {"step": step, **sample})
     run.model.train()
@@ -316,19 +333,44 @@ def peak_memory_mb(device: torch.device) -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
+class _StepAbandoned(Exception):
+    """A stop request arrived during a step's forward and backward passes."""
+
+
 class _StopFlag:
-    """SIGTERM asks the loop to save a checkpoint and stop at the end of the current step."""
+    """SIGTERM (a cancel) or Ctrl-C asks the loop to save a checkpoint and stop; a second Ctrl-C stops at once.
+    Between steps the loop stops after the current one; during a step's forward and backward passes (minutes
+    for a large batch on a CPU, longer than a cancel waits before SIGKILL) the step is abandoned at once, since
+    nothing of it has been applied yet."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self) -> None:
         self.requested = False
-        self._previous = signal.signal(signal.SIGTERM, self._request) if _main_thread() else None
+        self._abandonable = False
+        self._previous = {sig: signal.signal(sig, self._request) for sig in self.SIGNALS} if _main_thread() else {}
 
     def _request(self, signum, frame) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
         self.requested = True
+        if self._abandonable:
+            raise _StepAbandoned
+
+    @contextmanager
+    def abandonable(self) -> Iterator[None]:
+        """The region a stop request may cut short by raising _StepAbandoned where the program is."""
+        if self.requested:
+            raise _StepAbandoned
+        self._abandonable = True
+        try:
+            yield
+        finally:
+            self._abandonable = False
 
     def restore(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
 
 
 def _main_thread() -> bool:

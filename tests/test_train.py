@@ -138,6 +138,41 @@ def test_sigterm_saves_a_checkpoint_and_stops_cleanly(tiny_llama_dir, tmp_path):
         assert store.get_run(final["run_id"])["status"] == "interrupted"
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["cancel", "ctrl-c"])
+def test_a_stop_during_a_step_abandons_it_checkpoints_the_last_one_and_resumes_exactly(tiny_llama_dir, tmp_path, sig):
+    """On a CPU one step of a large batch outlasts the seconds a cancel waits before SIGKILL. A stop (a cancel's
+    SIGTERM, or Ctrl-C) that lands in a step's forward pass drops that step at once and checkpoints the last
+    finished one, random state included (dropout is on), so the resumed run equals an uninterrupted one."""
+    config = tiny_config(tiny_llama_dir, save_every=1000, eval_every=1000)
+    expected = adapter_tensors(train(config, tmp_path / "reference").adapter_dir)
+    calls_in_step_3 = []
+
+    def arm_after_step_2(kind, payload):
+        if kind == "metrics" and payload.get("step") == 2:
+            calls_in_step_3.append(0)
+
+    def stop_a_few_layers_in(module, args):
+        if calls_in_step_3 and type(module).__name__ == "LoraLayer":
+            calls_in_step_3.append(module)
+            if len(calls_in_step_3) == 6:
+                os.kill(os.getpid(), sig)
+
+    hook = torch.nn.modules.module.register_module_forward_pre_hook(stop_a_few_layers_in)
+    try:
+        stopped = train(config, tmp_path / "run", events=arm_after_step_2)
+    finally:
+        hook.remove()
+    assert (stopped.status, stopped.steps, stopped.adapter_dir) == ("interrupted", 2, None)
+    assert [p.name for p in checkpoints(tmp_path / "run")] == ["step-000002"]
+    assert [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+    resumed = train(config, tmp_path / "run", resume=True)
+    assert (resumed.status, resumed.steps) == ("completed", 6)
+    got = adapter_tensors(resumed.adapter_dir)
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], atol=0, rtol=0, msg=key)
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_llama_dir, tmp_path, monkeypatch):
     real_loss, calls = core.train.trained_token_loss, []
 
