@@ -15,6 +15,7 @@ zip when `out` ends in .zip. The export is written aside and renamed into place 
 then recorded in the store, so a failure (full disk included) leaves neither files nor a record.
 """
 
+import math
 import shutil
 import tempfile
 import zipfile
@@ -112,7 +113,7 @@ def export_adapters(
     label = export_label(format, gguf_type)
     size = folder_bytes(out)
     with Store() as store:
-        record = dict(format=label, path=str(out), adapter_id=_adapter_id(store, sources), run_id=_run_id(adapters),
+        record = dict(format=label, path=str(out), adapter_id=_adapter_id(store, sources), run_id=_run_id(store, adapters),
                       parity=report.to_json(), status=status, size_bytes=size)
         if export_id is None:
             export_id = store.add_export(**record)
@@ -160,6 +161,12 @@ def _check_request(
     weights = list(weights) if weights is not None else [1.0] * len(adapters)
     if len(weights) != len(adapters):
         raise ExportError(f"{len(adapters)} adapter(s) but {len(weights)} weight(s). Give one weight per adapter.")
+    if not all(math.isfinite(weight) for weight in weights):
+        raise ExportError(f"The weights {', '.join(map(str, weights))} are not all finite numbers. Give each adapter "
+                          "a number, e.g. 1, 0.5.")
+    if not any(weights):
+        raise ExportError("Every weight is 0, so the result would be the base model unchanged. Give at least one "
+                          "adapter a weight other than 0.")
     return weights
 
 
@@ -250,8 +257,8 @@ def _adapter_id(store: Store, sources: list[tuple[Path, str | None]]) -> int | N
     return next((row["id"] for row in store.adapters() if row["path"] == wanted), None)
 
 
-def _run_id(references: list[str]) -> str | None:
-    """The run id, when exactly one adapter was given as a run id rather than a folder."""
+def _run_id(store: Store, references: list[str]) -> str | None:
+    """The run id, when exactly one adapter was given as a run id (not a folder or a registered adapter's name)."""
     if len(references) == 1 and not Path(references[0]).expanduser().is_dir():
-        return references[0]
+        return next((run["id"] for run in store.list_runs() if run["id"] == references[0]), None)
     return None

@@ -21,6 +21,7 @@ from core.data import DatasetError, load_examples
 from core.errors import LoraForgeError
 from core.processes import process_start_time
 from core.store import Store
+from core.store_errors import RunNotFound
 from core.train import TrainResult, train
 from core.train_config import TrainConfig
 
@@ -101,15 +102,24 @@ def absolute_paths(config: TrainConfig) -> TrainConfig:
 
 
 def adapter_source(store: Store, reference: str) -> tuple[Path, str | None]:
-    """An adapter folder and the base model it was trained on, from a run id or a PEFT folder path."""
+    """An adapter folder and the base model it was trained on (None when unknown), from a PEFT folder path, a
+    run id, or a registered adapter's id or name (a composed or imported adapter has no run)."""
     folder = Path(reference).expanduser()
     if folder.is_dir():
         return folder, None
     if "/" in reference or reference.startswith("."):
         raise LoraForgeError(f"Adapter folder {reference} does not exist. Pass a folder with adapter_config.json, "
                              "or a run id from `python launch.py runs`.")
-    run = store.get_run(reference)
+    try:
+        run = store.get_run(reference)
+    except RunNotFound:
+        adapter = store.find_adapter(reference)
+        return Path(adapter["path"]), store.get_run(adapter["run_id"])["base_model"] if adapter["run_id"] else None
     if not run["adapter_dir"]:
+        if run["status"] in ("queued", "running"):
+            raise LoraForgeError(f"Run {reference} is {run['status']}; its adapter is written when it completes. "
+                                 f"Wait for it, or pass a checkpoint's adapter folder ({run['run_dir']}/checkpoints/"
+                                 "step-NNNNNN/adapter).")
         raise LoraForgeError(f"Run {reference} is {run['status']} and has no final adapter yet. "
                              f"Resume it with `python launch.py resume {reference}`, or pass an adapter folder.")
     return Path(run["adapter_dir"]), run["base_model"]

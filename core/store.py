@@ -24,7 +24,7 @@ from core import paths, store_schema
 from core.lora_errors import AdapterFileError
 from core.processes import process_alive
 from core.run_status import check_status, now_iso, status_change
-from core.store_errors import DatabaseBusy, DatabaseDamaged, DatabaseTooNew, RunActive, RunNotFound
+from core.store_errors import AdapterNotFound, DatabaseBusy, DatabaseDamaged, DatabaseTooNew, RunActive, RunNotFound
 from core.store_schema import JSON_COLUMNS
 
 DB_NAME = "loraforge.db"
@@ -329,6 +329,20 @@ class Store:
     def adapters(self) -> list[dict]:
         """All registered adapters, newest first."""
         return self._query("adapters", "SELECT * FROM adapters ORDER BY created DESC, id DESC")
+
+    def find_adapter(self, reference: str) -> dict:
+        """The registered adapter with this id or (unique) name; AdapterNotFound naming the way out otherwise."""
+        column = "id" if reference.isdigit() else "name"
+        found = self._query("adapters", f"SELECT * FROM adapters WHERE {column} = ? ORDER BY id", (reference,))
+        if len(found) == 1:
+            return found[0]
+        if found:
+            ids = ", ".join(str(row["id"]) for row in found)
+            raise AdapterNotFound(f"Several adapters are named {reference!r} (ids {ids}). Pass the id instead; "
+                                  "see them with `python launch.py adapters list`.")
+        raise AdapterNotFound(f"No run or registered adapter is called {reference!r}. See the run ids with "
+                              "`python launch.py runs` and the adapters with `python launch.py adapters list`, or "
+                              "pass an adapter folder.")
 
     def add_export(
         self,

@@ -17,6 +17,10 @@ class RunNotFound(StoreError):
         self.run_id = run_id
 
 
+class AdapterNotFound(StoreError):
+    """No registered adapter, or more than one, answers to the given name or id."""
+
+
 class InvalidTransition(StoreError):
     """A run cannot move from its current status to the asked one (e.g. a cancelled run cannot complete)."""
 

@@ -58,6 +58,8 @@ def test_compose_registers_a_new_adapter_equal_to_the_live_weighted_set(two_adap
     ("1,0.5", "", "Give the new adapter a name"),
     ("1,0.5", "taken", "An adapter named 'taken' already exists"),
     ("1", "fresh", "2 adapter(s) but 1 weight(s)"),
+    ("1,nan", "fresh", "The weights 1.0, nan are not all finite numbers"),
+    ("0,0", "fresh", "Every weight is 0, so the result would be the base model unchanged"),
 ])
 def test_a_bad_composition_is_refused_with_the_fix_and_writes_nothing(two_adapters, tiny_llama_dir, loraforge_home,
                                                                        weights, name, problem, capsys):
@@ -68,6 +70,33 @@ def test_a_bad_composition_is_refused_with_the_fix_and_writes_nothing(two_adapte
     assert not (loraforge_home / "adapters").exists() or not any((loraforge_home / "adapters").iterdir())
     with Store() as store:
         assert len(store.adapters()) == 1 and store.exports() == []
+
+
+def test_a_registered_adapter_is_named_by_its_name_or_id_in_every_verb(two_adapters, tiny_llama_dir, tmp_path,
+                                                                        capsys):
+    """A composed adapter has no run and lives in LORAFORGE_HOME/adapters: compose it again, export it and chat
+    with it by the name it was given, or by its id, as the README promises."""
+    assert compose_cli(two_adapters, "0.7,-0.4", "mix", tiny_llama_dir) == 0
+    mix = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert main(["adapters", "compose", "--adapter", "mix", "--weights", "2", "--name", "double-mix",
+                 "--base", str(tiny_llama_dir)]) == 0
+    double = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert torch.allclose(live_logits(tiny_llama_dir, {double["path"]: 1.0}, IDS),
+                          live_logits(tiny_llama_dir, {mix["path"]: 2.0}, IDS), atol=1e-5)
+    assert main(["export", "--adapter", str(mix["id"]), "--format", "peft", "--base", str(tiny_llama_dir),
+                 "--out", str(tmp_path / "mix.zip")]) == 0
+    assert (tmp_path / "mix.zip").is_file()
+    assert main(["chat", "--adapter", "mix", "--model", str(tiny_llama_dir), "--prompt", "hi", "--max-new-tokens",
+                 "4"]) == 0
+    capsys.readouterr()
+
+    with Store() as store:
+        store.register_adapter(two_adapters[0], source="imported", name="twin")
+        store.register_adapter(two_adapters[1], source="imported", name="twin")
+    for reference, problem in (("nope", "No run or registered adapter is called 'nope'"),
+                               ("twin", "Several adapters are named 'twin' (ids")):
+        assert main(["chat", "--adapter", reference, "--model", str(tiny_llama_dir), "--prompt", "hi"]) == 2
+        assert problem in capsys.readouterr().err
 
 
 def finished(export_id: int) -> dict | None:

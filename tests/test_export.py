@@ -13,7 +13,7 @@ from app.cli import main
 from core.export import export_adapters
 from core.lora_errors import AdapterFileError
 from core.store import Store
-from core.store_errors import RunNotFound
+from core.store_errors import AdapterNotFound
 from tests.export_helpers import live_logits, make_adapter
 from tests.tiny_models import make_tiny_llama
 
@@ -147,7 +147,7 @@ def test_cli_merge_and_export_print_json_last(tiny_llama_dir, adapters, tmp_path
 def test_missing_adapter_is_a_clear_error(tmp_path, capsys):
     assert main(["export", "--adapter", str(tmp_path / "nope"), "--format", "merged", "--out", str(tmp_path / "o")]) == 2
     assert "does not exist" in capsys.readouterr().err
-    with pytest.raises(RunNotFound, match="No run has the id"):
+    with pytest.raises(AdapterNotFound, match="No run or registered adapter is called 'r-unknown'"):
         export_adapters(["r-unknown"], "merged", tmp_path / "o")
     assert not (tmp_path / "o").exists() and Store().exports() == []
 

@@ -26,7 +26,7 @@ def register(verbs) -> None:
     importing.set_defaults(handler=run_import)
     compose = actions.add_parser("compose", help="register a new adapter: the weighted sum of several (exact)")
     compose.add_argument("--adapter", action="append", required=True,
-                         help="a run id or adapter folder; repeat for each adapter in the sum")
+                         help="a run id, registered adapter name or id, or adapter folder; repeat for each adapter in the sum")
     compose.add_argument("--weights", type=parse_weights, help="comma-separated weight per adapter (default 1 each)")
     compose.add_argument("--name", required=True, help="the new adapter's name (its folder under LORAFORGE_HOME/adapters)")
     compose.add_argument("--model", "--base", dest="model", help="base model (default: the adapters' own)")

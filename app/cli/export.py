@@ -39,7 +39,7 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def _add_common(parser: argparse.ArgumentParser, several: bool) -> None:
-    help_text = "a run id (see `launch.py runs`) or a PEFT adapter folder"
+    help_text = "a run id (see `launch.py runs`), a registered adapter's name or id (`launch.py adapters list`) or a PEFT adapter folder"
     if several:
         parser.add_argument("--adapter", action="append", required=True, help=f"{help_text}; repeat for several")
     else:

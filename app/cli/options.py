@@ -18,7 +18,7 @@ def add_model_options(parser: argparse.ArgumentParser, adapter: bool = False) ->
     group.add_argument("--quantization", "--quant", dest="quantization", default="none", choices=QUANTIZATIONS)
     group.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     if adapter:
-        group.add_argument("--adapter", help="a run id (see `launch.py runs`) or a PEFT adapter folder")
+        group.add_argument("--adapter", help="a run id (see `launch.py runs`), a registered adapter's name or id (`launch.py adapters list`) or a PEFT adapter folder")
 
 
 def load_model(args: argparse.Namespace) -> tuple[LoadedModel, str | None]:
