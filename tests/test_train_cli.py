@@ -62,6 +62,18 @@ def test_evaluate_scores_base_and_adapter(trained_run):
     assert scores["base"]["loss"] != scores["adapter"]["loss"]  # the adapter changed the model
 
 
+def test_evaluate_refuses_invalid_rows_unless_told_to_skip_them_and_then_counts_them(trained_run, tmp_path):
+    home, final, _ = trained_run
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text("".join(Path(DATES_EVAL).read_text().splitlines(keepends=True)[:3]) + '{"instruction": "a"}\n')
+    refused = run_cli("evaluate", "--adapter", final["run_id"], "--dataset", str(mixed), home=home)
+    assert refused.returncode == 2 and "line 4: missing field 'output'" in refused.stderr
+    assert "Traceback" not in refused.stderr and refused.stdout == ""
+    scores = last_json(run_cli("evaluate", "--adapter", final["run_id"], "--dataset", str(mixed), "--skip-invalid",
+                               home=home))
+    assert all((side["examples"], side["skipped_rows"]) == (3, 1) for side in scores.values())
+
+
 def test_chat_with_an_adapter_by_run_id_and_by_folder(trained_run, tiny_llama_dir):
     home, final, _ = trained_run
     options = ["--prompt", "hi", "--temperature", "0", "--max-new-tokens", "6"]

@@ -17,6 +17,8 @@ def register(verbs) -> None:
     parser = verbs.add_parser("evaluate", help="score the base model and an adapter on a dataset")
     parser.add_argument("--dataset", required=True, help="JSONL, JSON, CSV or Parquet with reference answers")
     parser.add_argument("--max-len", type=int, default=512)
+    parser.add_argument("--skip-invalid", action="store_true",
+                        help="score the valid rows and count the invalid ones (skipped_rows) instead of refusing")
     add_model_options(parser, adapter=True)
     parser.set_defaults(handler=run)
 
@@ -25,8 +27,10 @@ def run(args: argparse.Namespace) -> int:
     loaded, adapter = load_model(args)
     scores = {}
     with active_adapters(loaded.model, {}):
-        scores["base"] = asdict(evaluate(loaded.model, loaded.tokenizer, args.dataset, args.max_len))
+        scores["base"] = asdict(evaluate(loaded.model, loaded.tokenizer, args.dataset, args.max_len,
+                                         skip_invalid=args.skip_invalid))
     if adapter:
-        scores["adapter"] = asdict(evaluate(loaded.model, loaded.tokenizer, args.dataset, args.max_len))
+        scores["adapter"] = asdict(evaluate(loaded.model, loaded.tokenizer, args.dataset, args.max_len,
+                                            skip_invalid=args.skip_invalid))
     print(json.dumps(scores))
     return 0
