@@ -57,8 +57,8 @@ def cancel(store: Store, run_id: str, grace: float = 5.0) -> dict:
 
 
 def resumable_run(store: Store, run_id: str) -> dict:
-    """The run, if it can be resumed: interrupted, failed or cancelled, its last process gone (a second
-    process on one run folder would race it for the checkpoints), with its folder and config on disk."""
+    """The run, if it can be resumed: interrupted, failed or cancelled, with its folder and config on disk, and
+    once cancelled, its job process gone (a second process on one run folder would race it for the checkpoints)."""
     store.mark_stale_runs_interrupted()
     run = store.get_run(run_id)
     if run["status"] not in RESUMABLE:
@@ -66,7 +66,7 @@ def resumable_run(store: Store, run_id: str) -> dict:
             f"Run {run_id} is {run['status']}; only an interrupted, failed or cancelled run can be resumed. "
             "See its state with `python launch.py runs`."
         )
-    if process_alive(run["pid"], run["pid_start_time"]):
+    if run["status"] == "cancelled" and run["pid"] != os.getpid() and process_alive(run["pid"], run["pid_start_time"]):
         raise RunNotResumable(
             f"Run {run_id} is still stopping: its process (pid {run['pid']}) is saving a checkpoint and exiting. "
             "Resume it in a few seconds."

@@ -2,7 +2,10 @@
 line on stderr, exit 2, nothing changed. Also `runs` as a table, `adapters list|import`, and job settings."""
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -70,6 +73,25 @@ def test_runs_table_and_json_show_every_run(capsys):
     assert {tuple(row.split()[:2]) for row in rows} == {(done, "completed"), (queued_dead, "cancelled")}
     assert main(["runs", "--json"]) == 0
     assert [run["id"] for run in json.loads(capsys.readouterr().out)] == [queued_dead, done]  # newest first
+
+
+def test_runs_table_shows_the_steps_of_a_running_run(capsys):
+    with Store() as store:  # running in this (live) process, three steps logged of ten planned
+        run_id = store.create_run("live", {"max_steps": 10}, "tiny", None, None, status="running")
+        store.add_metrics(run_id, [{"step": step, "loss": 1.0} for step in (1, 2, 3)])
+    assert main(["runs"]) == 0
+    [row] = [line for line in capsys.readouterr().out.splitlines() if line.startswith(run_id)]
+    assert row.split()[1:3] == ["running", "3/10"]
+
+
+def test_runs_piped_into_a_reader_that_stops_early_ends_quietly(tmp_path):
+    """`launch.py runs | head -1`: the reader closes the pipe; the verb must not end in a traceback."""
+    env = {**os.environ, "LORAFORGE_HOME": str(tmp_path / "home")}
+    job = subprocess.Popen([sys.executable, "launch.py", "runs"], cwd=Path(__file__).resolve().parents[1], env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    job.stdout.close()  # gone before the table is printed (the verb takes a moment to start)
+    _, err = job.communicate(timeout=120)
+    assert job.returncode == 0 and "Traceback" not in err and "BrokenPipe" not in err
 
 
 def test_adapters_import_then_list(tiny_llama_dir, tmp_path, capsys):

@@ -6,6 +6,7 @@ Reading the runs also repairs them: a run whose job process died shows (and is s
 import argparse
 import json
 
+from app.run_view import progress
 from core.jobs import cancel, refresh
 from core.store import Store
 
@@ -26,10 +27,11 @@ def register(verbs) -> None:
 def run_list(args: argparse.Namespace) -> int:
     with Store() as store:
         runs = refresh(store)
+        steps = {run["id"]: "{}/{}".format(*progress(run, store)).replace("None", "?") for run in runs}
     if args.json:
         print(json.dumps(runs, indent=1))
         return 0
-    rows = [{**run, "steps": _steps(run), "created": run["created"][:19].replace("T", " ")} for run in runs]
+    rows = [{**run, "steps": steps[run["id"]], "created": run["created"][:19].replace("T", " ")} for run in runs]
     for row in [{key: title for title, key, _ in TABLE}, *rows]:
         print("  ".join(f"{str(row[key] or ''):<{width}}" for _, key, width in TABLE).rstrip())
     return 0
@@ -41,7 +43,3 @@ def run_cancel(args: argparse.Namespace) -> int:
     print(f"Run {run['id']} cancelled. Resume it later with `python launch.py resume {run['id']} --background`.")
     return 0
 
-
-def _steps(run: dict) -> str:
-    summary = run["summary"] or {}
-    return f"{summary['steps']}/{summary['total_steps']}" if "steps" in summary else ""
