@@ -35,7 +35,7 @@ def build_picker(label: str, elem_id: str) -> Picker:
 
 def picker_options(store: Store) -> list[tuple[str, str]]:
     """What a selector offers now: the base, every registered adapter (newest first), a weighted set."""
-    adapters = [(f"{a['name']} · r{a['rank']} · {a['run_id'] or 'imported'}", str(a["id"])) for a in store.adapters()]
+    adapters = [(f"{a['name']} · r{a['rank']} · {a['run_id'] or a['source']}", str(a["id"])) for a in store.adapters()]
     return [BASE_OPTION, *adapters, SET_OPTION]
 
 

@@ -11,6 +11,7 @@ import signal
 import pytest
 import torch
 
+from app.chat_picker import picker_options
 from app.cli import main
 from core.export_jobs import ExportRequest, log_path, refresh, start
 from core.export_output import ExportError
@@ -89,6 +90,8 @@ def test_a_registered_adapter_is_named_by_its_name_or_id_in_every_verb(two_adapt
     assert main(["chat", "--adapter", "mix", "--model", str(tiny_llama_dir), "--prompt", "hi", "--max-new-tokens",
                  "4"]) == 0
     capsys.readouterr()
+    with Store() as store:  # the Chat tab's pickers say where each came from
+        assert (f"mix · r{mix['rank']} · composed", str(mix["id"])) in picker_options(store)
 
     with Store() as store:
         store.register_adapter(two_adapters[0], source="imported", name="twin")
