@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from core import paths
+from core.run_logs import METRICS
 from core.store import Store
 from core.supervisor import LOG_FILE
 
@@ -36,7 +37,7 @@ def total_steps(run: dict) -> int | None:
     summary_total = (run["summary"] or {}).get("total_steps")
     if summary_total:
         return summary_total
-    last = _last_line(Path(run["run_dir"]) / "metrics.jsonl") if run["run_dir"] else None
+    last = _last_line(Path(run["run_dir"]) / METRICS) if run["run_dir"] else None
     if last and last.get("total_steps"):
         return last["total_steps"]
     return (run["config"] or {}).get("max_steps")

@@ -34,6 +34,7 @@ from core.loss import trained_token_loss
 from core.models import LoadedModel, load_base_model
 from core.packed_attention import can_use_packed_attention, use_packed_attention
 from core.peft_format import save_adapter
+from core.run_logs import METRICS, SAMPLES, append_row, forget_rows_after
 from core.train_config import TrainConfig
 from core.train_data import TrainingData, load_training_data, sample_outputs
 
@@ -113,7 +114,8 @@ def _train_once(config: TrainConfig, run_dir: Path, resume: bool, events: Events
     batches = iterate_batches(run.data.train.examples, run.batch_settings, run.loaded.tokenizer.pad_token_id,
                               start=position)
     stop = _StopFlag()
-    metrics_file = open(run.run_dir / "metrics.jsonl", "a")
+    forget_rows_after(run.run_dir, step)
+    metrics_file = open(run.run_dir / METRICS, "a")
 
     def checkpoint_state() -> dict:
         return dict(position=asdict(position), batch_size=config.batch_size, tokens=tokens, elapsed=elapsed,
@@ -220,7 +222,7 @@ def _save(run: _Session, step: int, state: dict, emit: Events, samples: bool = T
     tokenizer, config = run.loaded.tokenizer, run.config
     for sample in sample_outputs(run.model, tokenizer, run.data.sample_prompts, config.sample_max_new_tokens) \
             if samples else []:
-        _append_json(run.run_dir / "samples.jsonl", {"step": step, **sample})
+        append_row(run.run_dir / SAMPLES, {"step": step, **sample})
         emit("sample", {"step": step, **sample})
     run.model.train()
     saved = save_checkpoint(run.run_dir, step, run.model, ADAPTER, run.optimizer, state, config.keep_checkpoints)
@@ -383,8 +385,3 @@ def _log(handle, emit: Events, row: dict) -> None:
     handle.write(json.dumps(row) + "\n")
     handle.flush()
     emit("metrics", row)
-
-
-def _append_json(path: Path, row: dict) -> None:
-    with open(path, "a") as handle:
-        handle.write(json.dumps(row) + "\n")
