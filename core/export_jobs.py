@@ -11,6 +11,7 @@ memory small; the row in the store is the truth every tab reads. The job's outpu
 LORAFORGE_HOME/logs/export-<id>.log.
 """
 
+import fcntl
 import subprocess
 import sys
 from dataclasses import asdict, dataclass
@@ -28,6 +29,8 @@ from core.supervisor import LAUNCH, ROOT
 
 RUNNING = "running"
 FAILED = "failed"
+LOCK_FILE = "exports.lock"
+_turn = None  # this process's open handle on the lock, held until it exits
 
 
 @dataclass
@@ -65,7 +68,9 @@ def start(request: ExportRequest) -> int:
 
 
 def run_export_job(export_id: int) -> ExportResult | None:
-    """Do export `export_id` in this process; None when it failed (the row then says why)."""
+    """Do export `export_id` in this process, after the exports started before it (each loads a full-precision
+    base, so several at once would share the cores and double the memory); None when it failed (the row then
+    says why)."""
     with Store() as store:
         request = ExportRequest(**store.get_export(export_id)["request"])
 
@@ -73,6 +78,7 @@ def run_export_job(export_id: int) -> ExportResult | None:
             print(line, flush=True)
             store.update_export(export_id, progress=line)
 
+        _wait_for_our_turn(say)
         try:
             if request.format == COMPOSED:
                 return compose_adapter(request.adapters, request.weights, request.name, base=request.base,
@@ -89,6 +95,18 @@ def run_export_job(export_id: int) -> ExportResult | None:
                                 error=f"The export stopped on an unexpected error ({error!r}); "
                                       f"{log_path(export_id)} has the details.")
             raise
+
+
+def _wait_for_our_turn(say) -> None:
+    """Hold the exports' lock for the rest of this process (the system releases it when the process ends,
+    however it ends), waiting while another export holds it."""
+    global _turn
+    _turn = open(paths.home() / LOCK_FILE, "w")
+    try:
+        fcntl.flock(_turn, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        say("Waiting for the export started before this one to finish")
+        fcntl.flock(_turn, fcntl.LOCK_EX)
 
 
 def refresh(store: Store) -> list[dict]:

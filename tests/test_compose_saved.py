@@ -4,6 +4,7 @@ exports and compositions run as background processes (core/export_jobs.py) whose
 All on the tiny random Llama; the background jobs are real detached `launch.py export-job` processes.
 """
 
+import fcntl
 import json
 import os
 import signal
@@ -13,7 +14,7 @@ import torch
 
 from app.chat_picker import picker_options
 from app.cli import main
-from core.export_jobs import ExportRequest, log_path, refresh, start
+from core.export_jobs import LOCK_FILE, ExportRequest, log_path, refresh, start
 from core.export_output import ExportError
 from core.peft_format import inspect_adapter
 from core.store import Store
@@ -133,6 +134,25 @@ def test_a_background_composition_registers_its_adapter(two_adapters, tiny_llama
     with Store() as store:
         [adapter] = [a for a in store.adapters() if a["name"] == "mix"]
     assert adapter["source"] == "composed" and export["adapter_id"] == adapter["id"]
+
+
+def test_background_exports_take_turns(two_adapters, tiny_llama_dir, loraforge_home):
+    """Each export loads its own full-precision base: while one holds the turn, the next waits and says so."""
+    loraforge_home.mkdir(parents=True, exist_ok=True)
+    with open(loraforge_home / LOCK_FILE, "w") as earlier:  # an export started before, still at work
+        fcntl.flock(earlier, fcntl.LOCK_EX)
+        export_id = start(ExportRequest([str(f) for f in two_adapters], "composed", weights=[1.0, 0.5],
+                                        base=str(tiny_llama_dir), name="queued-mix"))
+        wait_for(lambda: "Waiting for the export started before" in (progress(export_id) or ""),
+                 what="the second export to wait its turn")
+        assert not (loraforge_home / "adapters" / "queued-mix").exists()
+    export = wait_for(lambda: finished(export_id), timeout=180, what="the export once its turn came")
+    assert export["status"] == "done" and (loraforge_home / "adapters" / "queued-mix").is_dir()
+
+
+def progress(export_id: int) -> str | None:
+    with Store() as store:
+        return store.get_export(export_id)["progress"]
 
 
 def test_a_bad_request_is_refused_before_any_process_starts(two_adapters, tmp_path):
