@@ -30,8 +30,9 @@ def check_target(out: Path, force: bool) -> None:
     if out.exists() and not force:
         kind = "folder" if out.is_dir() else "file"
         raise ExportError(
-            f"The output {kind} {out} already exists and is not empty. Choose another --out, or pass --force to "
-            "replace it (the old export is removed only once the new one is complete)."
+            f"The output {kind} {out} already exists and is not empty. Choose another output (--out), or replace "
+            "it ('Force overwrite' in the page, --force on the command line); the old export is removed only once "
+            "the new one is complete."
         )
     if not out.parent.is_dir():
         raise ExportError(f"The folder {out.parent} does not exist. Create it first, or choose another --out.")

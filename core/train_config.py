@@ -72,7 +72,8 @@ class TrainConfig:
     def check(self) -> "TrainConfig":
         """Raise ConfigError naming the first bad setting and its allowed values."""
         if not self.dataset:
-            raise ConfigError("No dataset given. Pass --dataset PATH (JSONL, JSON, CSV or Parquet).")
+            raise ConfigError("No dataset given. Choose a dataset file: JSONL, JSON, CSV or Parquet (--dataset PATH "
+                              "on the command line).")
         _choice("quant", self.quant, QUANTIZATIONS)
         _choice("dtype", self.dtype, ("auto", *DTYPES))
         _choice("schedule", self.schedule, SCHEDULES)

@@ -29,6 +29,7 @@ def problems_of(source):
     ("bad_line", "expected"),
     [
         ('{"instruction": "Add", "output": "5"', "bad JSON"),
+        ('{"instruction": "Add\tthis", "output": "5"}', "bad JSON: Invalid control character at column 21"),
         (json.dumps({"instruction": "Add"}), "missing field 'output'"),
         (good_line(output=""), "field 'output' is empty"),
         (good_line(output=5), "field 'output' must be text, got a number"),
@@ -118,7 +119,7 @@ def test_invalid_rows_refuse_unless_skipped(tmp_path):
         prepare_dataset(source, tokenizer, max_length=64)
     message = str(refused.value)
     assert "2 of 4 rows are invalid" in message and "line 2: bad JSON" in message and "line 3: field 'output'" in message
-    assert "--skip-invalid" in message
+    assert "'Skip invalid rows' in the page, --skip-invalid on the command line) to use the 2 valid row(s)." in message
     prepared = prepare_dataset(source, tokenizer, max_length=64, skip_invalid=True)
     assert [example.number for example in prepared.examples] == [1, 4]
     assert prepared.report.invalid_rows == 2

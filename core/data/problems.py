@@ -66,8 +66,8 @@ class ValidationReport:
             return self._listing() + "\nNo valid rows are left: fix the file."
         if not self.ok and not skip_invalid:
             return (
-                self._listing() + "\nFix these rows, or choose to skip invalid rows (skip_invalid=True, --skip-invalid) "
-                f"to use the {self.valid_rows} valid ones."
+                self._listing() + "\nFix these rows, or skip invalid rows ('Skip invalid rows' in the page, "
+                f"--skip-invalid on the command line) to use the {self.valid_rows} valid row(s)."
             )
         return ""
 

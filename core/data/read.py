@@ -71,7 +71,7 @@ def _read_jsonl(path: Path) -> Iterator[RawRow]:
             try:
                 value = json.loads(line)
             except json.JSONDecodeError as error:
-                yield RawRow(number, problem=f"bad JSON: {error.msg} at column {error.colno}")
+                yield RawRow(number, problem=f"bad JSON: {_json_problem(error)}")
                 continue
             yield _object_row(number, value)
 
@@ -87,7 +87,7 @@ def _read_json(path: Path) -> Iterator[RawRow]:
         value = json.loads(text)
     except json.JSONDecodeError as error:
         raise DatasetError(
-            f"{path.name} line {error.lineno}: bad JSON: {error.msg} at column {error.colno}. Fix the JSON syntax there."
+            f"{path.name} line {error.lineno}: bad JSON: {_json_problem(error)}. Fix the JSON syntax there."
         ) from None
     for number, item in enumerate(_json_rows(value, path.name), start=1):
         yield _object_row(number, item)
@@ -175,3 +175,8 @@ def describe_type(value: Any) -> str:
     """A type name a person understands: 'a number', 'a list', not 'int'."""
     names = {str: "text", bool: "true/false", int: "a number", float: "a number", list: "a list", dict: "an object", bytes: "bytes"}
     return "nothing (null)" if value is None else names.get(type(value), type(value).__name__)
+
+
+def _json_problem(error: json.JSONDecodeError) -> str:
+    """The decoder's message and where: some messages end in "at" already ("Invalid control character at")."""
+    return f"{error.msg.removesuffix(' at')} at column {error.colno}"
