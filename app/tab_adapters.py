@@ -107,7 +107,7 @@ def build_adapters_tab(loaded: LoadedModel, store: Store) -> AdaptersTab:
         rows = _chosen(store, selected)
         request = ExportRequest(_references(rows), format, target.strip() or str(default_out(rows, format)),
                                 weights=_weights(weights_text), gguf_type=quant, base=_base(rows, loaded),
-                                force=overwrite, merged_dtype=dtype)
+                                force=overwrite, merged_dtype=dtype if format == "merged" else AUTO_DTYPE)
         return start_job(selected, request)
 
     def compose(selected: list[str], weights_text: str, new_name: str):

@@ -158,6 +158,9 @@ def _check_request(
     if merged_dtype not in (AUTO_DTYPE, *MERGED_DTYPES):
         raise ExportError(f"Unknown precision {merged_dtype!r} for a merged export. Choose one of: "
                           f"{', '.join((AUTO_DTYPE, *MERGED_DTYPES))}.")
+    if merged_dtype != AUTO_DTYPE and format != "merged":
+        raise ExportError(f"A precision ({merged_dtype}) applies to merged exports only. A GGUF export's precision "
+                          "is its GGUF type (--gguf-type f16 or q8_0); a PEFT export keeps the adapter's fp32.")
     weights = list(weights) if weights is not None else [1.0] * len(adapters)
     if len(weights) != len(adapters):
         raise ExportError(f"{len(adapters)} adapter(s) but {len(weights)} weight(s). Give one weight per adapter.")

@@ -115,6 +115,11 @@ def read_config(folder: str | Path) -> AdapterConfig:
     """adapter_config.json as an AdapterConfig; unknown keys are ignored, unsupported features refused."""
     folder = Path(folder)
     path = folder / CONFIG_FILE
+    if folder.suffix == ".zip" and folder.is_file():
+        raise AdapterFileError(f"{folder} is a zip file. Unzip it and point to the folder inside, which holds "
+                               f"{CONFIG_FILE} and {WEIGHTS_FILE}.")
+    if not folder.exists():
+        raise AdapterFileError(f"{folder} does not exist. Check the path to the adapter folder.")
     if not path.is_file():
         raise AdapterFileError(
             f"{folder} has no {CONFIG_FILE}, so it is not a PEFT adapter folder. Point to the folder that holds "

@@ -21,7 +21,6 @@ from typing import Any
 from sqlite_utils import Database
 
 from core import paths, store_schema
-from core.lora_errors import AdapterFileError
 from core.processes import process_alive
 from core.run_status import check_status, now_iso, status_change
 from core.store_errors import AdapterNotFound, DatabaseBusy, DatabaseDamaged, DatabaseTooNew, RunActive, RunNotFound
@@ -318,13 +317,7 @@ class Store:
 
     def import_adapter(self, folder: str | Path) -> dict:
         """Register an existing PEFT adapter folder (adapter_config.json + adapter_model.safetensors)."""
-        folder = Path(folder).expanduser()
-        if not folder.is_dir():
-            raise AdapterFileError(
-                f"{folder} is not a folder. Pass the folder that holds adapter_config.json and "
-                "adapter_model.safetensors, e.g. `python launch.py adapters import path/to/adapter`."
-            )
-        return self.register_adapter(folder, source="imported")
+        return self.register_adapter(Path(folder).expanduser(), source="imported")  # its reader names what is wrong
 
     def adapters(self) -> list[dict]:
         """All registered adapters, newest first."""

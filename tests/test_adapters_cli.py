@@ -31,3 +31,13 @@ def test_inspect_of_a_folder_without_adapter_exits_2_with_the_fix(tmp_path, caps
     assert main(["adapters", "inspect", str(tmp_path)]) == 2
     error = capsys.readouterr().err
     assert "adapter_config.json" in error and "not a PEFT adapter folder" in error
+
+
+
+def test_inspect_and_import_name_a_missing_path_and_a_zip_for_what_they_are(tmp_path, capsys):
+    (tmp_path / "adapter.zip").write_bytes(b"PK\x05\x06" + bytes(18))  # an empty zip archive, as exports write them
+    for action in ("inspect", "import"):
+        assert main(["adapters", action, str(tmp_path / "missing")]) == 2
+        assert "missing does not exist. Check the path" in capsys.readouterr().err
+        assert main(["adapters", action, str(tmp_path / "adapter.zip")]) == 2
+        assert "is a zip file. Unzip it and point to the folder inside" in capsys.readouterr().err

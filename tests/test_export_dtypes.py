@@ -96,6 +96,8 @@ def test_an_unknown_precision_names_the_choices_and_writes_nothing(tiny_llama_di
     adapter = make_adapter(tiny_llama_dir, tmp_path / "adapter")
     with pytest.raises(ExportError, match="Unknown precision 'int4' for a merged export. Choose one of: auto, fp32"):
         export_adapters([str(adapter)], "merged", tmp_path / "out", base=str(tiny_llama_dir), merged_dtype="int4")
+    with pytest.raises(ExportError, match=r"A precision \(bf16\) applies to merged exports only.*--gguf-type"):
+        export_adapters([str(adapter)], "gguf", tmp_path / "out", base=str(tiny_llama_dir), merged_dtype="bf16")
     with pytest.raises(SystemExit) as exited:
         main(["merge", "--adapter", str(adapter), "--dtype", "fp8", "--out", str(tmp_path / "out")])
     assert exited.value.code == 2

@@ -110,7 +110,7 @@ def test_adapters_import_then_list(tiny_llama_dir, tmp_path, capsys):
 
     shutil.rmtree(tmp_path / "mine")
     assert main(["adapters", "import", str(tmp_path / "mine")]) == 2
-    assert "is not a folder" in error_line(capsys)
+    assert "mine does not exist. Check the path" in error_line(capsys)
 
 
 def test_job_settings_default_file_and_environment(loraforge_home, monkeypatch):

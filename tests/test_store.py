@@ -218,7 +218,7 @@ def test_importing_a_trained_adapters_folder_keeps_its_run(store, tmp_path):
 
 
 def test_import_refuses_what_is_not_an_adapter_folder(store, tmp_path):
-    with pytest.raises(AdapterFileError, match="is not a folder"):
+    with pytest.raises(AdapterFileError, match="missing does not exist"):
         store.import_adapter(tmp_path / "missing")
     (tmp_path / "empty").mkdir()
     with pytest.raises(AdapterFileError, match="adapter_config.json"):
