@@ -109,6 +109,16 @@ def test_a_failed_parity_check_is_a_visible_warning_in_the_report():
     assert "color:#c2410c" in report and "greedy answers differ on 2 of 3 prompts" in report
 
 
+def test_greedy_answers_a_quantized_export_may_change_are_not_shouted_as_a_difference():
+    check = {"target": "gguf-q8_0", "max_logit_diff": 0.005, "tolerance": 0.1, "greedy_agree": False,
+             "greedy_required": False, "greedy_matches": 2, "prompts": 3, "template_same": True, "problems": []}
+    export = {"id": 2, "format": "gguf-q8_0", "path": "/x/out", "status": "done", "size_bytes": 2048,
+              "parity": {"passed": True, "checks": [check]}}
+    report = report_markdown(export)
+    assert "differ (allowed when quantized) (2/3 prompts)" in report and "DIFFER" not in report
+    assert "color:#c2410c" not in report
+
+
 def test_a_failed_job_shows_its_error_in_orange():
     export = {"id": 4, "format": "merged", "path": "/x/out", "status": "failed",
               "error": "The disk is full: writing the export /x/out failed"}
