@@ -25,10 +25,16 @@ def runs_table(runs: list[dict], store: Store) -> pd.DataFrame:
     rows = []
     for run in runs:
         done, total = progress(run, store)
-        loss = (run["summary"] or {}).get("train_loss")
+        loss = (run["summary"] or {}).get("train_loss") or _latest_loss(run, store)
         rows.append([run["id"], run["name"], run["status"], f"{done} / {total or '?'}",
                      "" if loss is None else f"{loss:.4f}", (run["created"] or "")[:19].replace("T", " ")])
     return pd.DataFrame(rows, columns=RUN_COLUMNS)
+
+
+def _latest_loss(run: dict, store: Store) -> float | None:
+    """The newest logged training loss: what a run without a final summary (running, stopped) has shown last."""
+    train = store.metrics(run["id"], "train")
+    return train[-1]["loss"] if train else None
 
 
 def total_steps(run: dict) -> int | None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from app.cli import main
+from app.run_view import runs_table
 from core.adapters import LoraSettings, add_adapter
 from core.job_settings import JobSettings, SettingsError, load_job_settings
 from core.peft_format import save_adapter
@@ -82,6 +83,9 @@ def test_runs_table_shows_the_steps_of_a_running_run(capsys):
     assert main(["runs"]) == 0
     [row] = [line for line in capsys.readouterr().out.splitlines() if line.startswith(run_id)]
     assert row.split()[1:3] == ["running", "3/10"]
+    with Store() as store:  # the Runs tab's table: the same progress, and the latest loss before any summary
+        [shown] = runs_table(store.list_runs(), store).to_dict("records")
+    assert (shown["Steps"], shown["Train loss"]) == ("3 / 10", "1.0000")
 
 
 def test_runs_piped_into_a_reader_that_stops_early_ends_quietly(tmp_path):
