@@ -7,7 +7,6 @@ not at all. sqlite3 errors that a user can cause (a damaged file, a lock held to
 LoraForgeErrors that say what to do.
 """
 
-import json
 import secrets
 import sqlite3
 import threading
@@ -23,12 +22,12 @@ from sqlite_utils import Database
 from core import paths, store_schema
 from core.processes import process_alive
 from core.run_status import check_status, now_iso, status_change
-from core.store_errors import AdapterNotFound, DatabaseBusy, DatabaseDamaged, DatabaseTooNew, RunActive, RunNotFound
-from core.store_schema import JSON_COLUMNS
+from core.store_errors import DatabaseBusy, DatabaseDamaged, DatabaseTooNew, RunActive, RunNotFound
+from core.store_adapters import AdapterRecords
+from core.store_schema import decode_row, encode_row
 
 DB_NAME = "loraforge.db"
 VOTE_WINNERS = ("left", "right", "tie", "both_bad")
-ADAPTER_SOURCES = ("trained", "imported", "composed")
 
 
 def new_run_id() -> str:
@@ -36,7 +35,7 @@ def new_run_id() -> str:
     return f"r-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
 
 
-class Store:
+class Store(AdapterRecords):
     """The LoRA Forge database: runs, metrics, samples, adapters, exports and chat votes."""
 
     def __init__(self, path: str | Path | None = None, busy_timeout: float = 10.0):
@@ -101,7 +100,7 @@ class Store:
         """Rows of `sql` as dicts, with `table`'s JSON columns decoded."""
         with self._lock, self._guard():
             rows = list(self.db.query(sql, params))
-        return [_decode(table, row) for row in rows]
+        return [decode_row(table, row) for row in rows]
 
     def _migrate(self) -> None:
         """Bring an older database up to the current schema; all migrations commit together or not at all."""
@@ -148,7 +147,7 @@ class Store:
                 "run_dir": str(run_dir) if run_dir is not None else str(paths.home() / "runs" / run_id),
             }
             row.update(status_change(run_id, None, status, {}))
-            db["runs"].insert(_encode("runs", row))
+            db["runs"].insert(encode_row("runs", row))
         return run_id
 
     def get_run(self, run_id: str) -> dict:
@@ -170,7 +169,7 @@ class Store:
         self._check_columns("runs", fields)
         with self._write() as db:
             self.get_run(run_id)
-            db["runs"].update(run_id, _encode("runs", fields))
+            db["runs"].update(run_id, encode_row("runs", fields))
             return self.get_run(run_id)
 
     def set_status(self, run_id: str, status: str, **fields: Any) -> dict:
@@ -178,7 +177,7 @@ class Store:
         self._check_columns("runs", fields)
         with self._write() as db:
             change = status_change(run_id, self.get_run(run_id)["status"], status, fields)
-            db["runs"].update(run_id, _encode("runs", change))
+            db["runs"].update(run_id, encode_row("runs", change))
             return self.get_run(run_id)
 
     def claim_next_queued(self, pid: int, pid_start_time: float | None) -> dict | None:
@@ -278,64 +277,7 @@ class Store:
         """Sample outputs of a run, by step then prompt."""
         return self._query("samples", "SELECT * FROM samples WHERE run_id = ? ORDER BY step, prompt_index", (run_id,))
 
-    # -- adapters, exports, votes -------------------------------------------------------------------
-
-    def register_adapter(
-        self, path: str | Path, run_id: str | None = None, source: str = "trained", name: str | None = None
-    ) -> dict:
-        """Record the adapter folder at `path` from its files; registering the same folder again refreshes
-        its figures instead of adding a second row (an import of it keeps its origin). The name defaults to the
-        run's name, else the folder's."""
-        from core.peft_format import inspect_adapter  # imports torch: only the commands that touch adapters pay
-
-        if source not in ADAPTER_SOURCES:
-            raise ValueError(f"adapter source must be one of {ADAPTER_SOURCES}, not {source!r}")
-        folder = Path(path).expanduser().resolve()
-        info = inspect_adapter(folder)
-        figures = {
-            "run_id": run_id,
-            "base_model": info.base_model,
-            "rank": max(info.ranks, default=None),
-            "alpha": info.alpha,
-            "targets": info.targets,
-            "parameters": info.parameters,
-            "size_bytes": info.size_bytes,
-            "source": source,
-        }
-        with self._write() as db:
-            default_name = self.get_run(run_id)["name"] if run_id else folder.name
-            existing = list(db.query("SELECT id FROM adapters WHERE path = ?", (str(folder),)))
-            if existing:
-                adapter_id = existing[0]["id"]
-                if source == "imported":  # importing a folder already known keeps where it came from (its run)
-                    figures = {key: value for key, value in figures.items() if key not in ("run_id", "source")}
-                db["adapters"].update(adapter_id, _encode("adapters", {**figures, **({"name": name} if name else {})}))
-            else:
-                row = {**figures, "name": name or default_name, "path": str(folder), "created": now_iso()}
-                adapter_id = db["adapters"].insert(_encode("adapters", row)).last_pk
-            return self._query("adapters", "SELECT * FROM adapters WHERE id = ?", (adapter_id,))[0]
-
-    def import_adapter(self, folder: str | Path) -> dict:
-        """Register an existing PEFT adapter folder (adapter_config.json + adapter_model.safetensors)."""
-        return self.register_adapter(Path(folder).expanduser(), source="imported")  # its reader names what is wrong
-
-    def adapters(self) -> list[dict]:
-        """All registered adapters, newest first."""
-        return self._query("adapters", "SELECT * FROM adapters ORDER BY created DESC, id DESC")
-
-    def find_adapter(self, reference: str) -> dict:
-        """The registered adapter with this id or (unique) name; AdapterNotFound naming the way out otherwise."""
-        column = "id" if reference.isdigit() else "name"
-        found = self._query("adapters", f"SELECT * FROM adapters WHERE {column} = ? ORDER BY id", (reference,))
-        if len(found) == 1:
-            return found[0]
-        if found:
-            ids = ", ".join(str(row["id"]) for row in found)
-            raise AdapterNotFound(f"Several adapters are named {reference!r} (ids {ids}). Pass the id instead; "
-                                  "see them with `python launch.py adapters list`.")
-        raise AdapterNotFound(f"No run or registered adapter is called {reference!r}. See the run ids with "
-                              "`python launch.py runs` and the adapters with `python launch.py adapters list`, or "
-                              "pass an adapter folder.")
+    # -- exports and votes (adapters: core/store_adapters.py) ----------------------------------------
 
     def add_export(
         self,
@@ -353,13 +295,13 @@ class Store:
         row = {"format": format, "path": str(path), "adapter_id": adapter_id, "run_id": run_id,
                "parity": parity, "status": status, "created": now_iso(), **fields}
         with self._write() as db:
-            return db["exports"].insert(_encode("exports", row)).last_pk
+            return db["exports"].insert(encode_row("exports", row)).last_pk
 
     def update_export(self, export_id: int, **fields: Any) -> None:
         """Change an export's fields, e.g. its status and parity figures once the parity check ran."""
         self._check_columns("exports", fields)
         with self._write() as db:
-            db["exports"].update(export_id, _encode("exports", fields))
+            db["exports"].update(export_id, encode_row("exports", fields))
 
     def exports(self) -> list[dict]:
         """All exports, newest first."""
@@ -395,7 +337,7 @@ class Store:
             raise ValueError(f"winner must be one of {VOTE_WINNERS}, not {winner!r}")
         row = {"prompt": prompt, "left": left, "right": right, "winner": winner, "created": now_iso()}
         with self._write() as db:
-            return db["chat_votes"].insert(_encode("chat_votes", row)).last_pk
+            return db["chat_votes"].insert(encode_row("chat_votes", row)).last_pk
 
     def votes(self) -> list[dict]:
         """All chat votes, oldest first."""
@@ -406,10 +348,3 @@ class Store:
         with self._lock, self._guard():
             return self._conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
 
-
-def _encode(table: str, fields: dict) -> dict:
-    return {k: json.dumps(v) if k in JSON_COLUMNS.get(table, ()) and v is not None else v for k, v in fields.items()}
-
-
-def _decode(table: str, row: dict) -> dict:
-    return {k: json.loads(v) if k in JSON_COLUMNS.get(table, ()) and v is not None else v for k, v in row.items()}

@@ -4,6 +4,7 @@
 function to MIGRATIONS; never edit a released one, because existing databases already ran it.
 """
 
+import json
 from collections.abc import Callable
 
 from sqlite_utils import Database
@@ -15,6 +16,16 @@ JSON_COLUMNS = {
     "exports": ("parity", "request"),
     "chat_votes": ("left", "right"),
 }
+
+
+def encode_row(table: str, fields: dict) -> dict:
+    """`fields` as stored: the table's JSON columns as JSON text."""
+    return {k: json.dumps(v) if k in JSON_COLUMNS.get(table, ()) and v is not None else v for k, v in fields.items()}
+
+
+def decode_row(table: str, row: dict) -> dict:
+    """A stored row with its JSON columns as Python values again."""
+    return {k: json.loads(v) if k in JSON_COLUMNS.get(table, ()) and v is not None else v for k, v in row.items()}
 
 
 def _create_everything(db: Database) -> None:
