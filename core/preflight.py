@@ -21,10 +21,11 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM
 
 from core.base_weights import layer_shape
 from core.data import DataPreflight, data_preflight
-from core.models import LoadedModel, load_base_model, resolve_device, resolve_dtype
+from core.models import LoadedModel, load_base_model, resolve_device, resolve_dtype, resolve_source
 from core.quantize import SKIPPED_MODULES
 from core.targets import resolve_targets
 from core.train import planned_steps
@@ -178,3 +179,17 @@ def matmul_flops(device: torch.device, size: int = 1024, repeats: int = 8) -> fl
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def check_targets(config: TrainConfig) -> None:
+    """Refuse a base that cannot be found, or targets that match none of its layers, before a run is recorded
+    (AdapterConfigError naming the layers it has). The weights are not loaded for this: the model is built on
+    the meta device from its config, so a typo costs a second rather than a model load and a failed run. An
+    architecture that cannot be built that way is left for the real load to judge."""
+    folder, _, _ = resolve_source(config.base)
+    try:
+        with torch.device("meta"):
+            skeleton = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder))
+    except (OSError, ValueError, ImportError):
+        return
+    resolve_targets(skeleton, config.targets)

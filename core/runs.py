@@ -19,6 +19,7 @@ from core import paths
 from core.checkpoint import resume_step
 from core.data import DatasetError, load_examples
 from core.errors import LoraForgeError
+from core.preflight import check_targets
 from core.processes import process_start_time
 from core.store import Store
 from core.store_errors import RunNotFound
@@ -38,6 +39,7 @@ def create_run(store: Store, config: TrainConfig, status: str = "queued") -> str
         report = load_examples(source).report
         if blocker := report.blocker(config.skip_invalid):
             raise DatasetError(blocker, report)
+    check_targets(config)
     dataset = Path(config.dataset)
     run_id = store.create_run(
         name=config.name or f"{Path(config.base).name or config.base}-{dataset.stem}",
