@@ -146,9 +146,14 @@ def _train_once(config: TrainConfig, run_dir: Path, resume: bool, events: Events
 
             final = step == run.total_steps
             if step % config.eval_every == 0 or final:
-                last_eval = run.data.eval_loss(run.model, run.batch_settings)
-                if last_eval is not None:
-                    _log(metrics_file, emit, dict(step=step, split="eval", loss=last_eval, time=time.time()))
+                try:
+                    with stop.abandonable():
+                        last_eval = run.data.eval_loss(run.model, run.batch_settings)
+                except _StepAbandoned:  # stopping: the checkpoint below matters more than this evaluation
+                    pass
+                else:
+                    if last_eval is not None:
+                        _log(metrics_file, emit, dict(step=step, split="eval", loss=last_eval, time=time.time()))
             if step % config.save_every == 0 or final or stop.requested:
                 _save(run, step, checkpoint_state(), emit, samples=not stop.requested)
     finally:
@@ -343,7 +348,7 @@ class _StopFlag:
     """SIGTERM (a cancel) or Ctrl-C asks the loop to save a checkpoint and stop; a second Ctrl-C stops at once.
     Between steps the loop stops after the current one; during a step's forward and backward passes (minutes
     for a large batch on a CPU, longer than a cancel waits before SIGKILL) the step is abandoned at once, since
-    nothing of it has been applied yet."""
+    nothing of it has been applied yet, and so is an evaluation in progress."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 

@@ -143,6 +143,30 @@ def test_sigterm_saves_a_checkpoint_and_stops_cleanly(tiny_llama_dir, tmp_path):
         assert store.get_run(final["run_id"])["status"] == "interrupted"
 
 
+def test_a_stop_during_an_evaluation_cuts_it_short_and_checkpoints_the_step(tiny_llama_dir, tmp_path):
+    config = tiny_config(tiny_llama_dir, save_every=1000, eval_every=2)
+    armed = []
+
+    def arm_after_step_2(kind, payload):
+        if kind == "metrics" and payload.get("step") == 2 and payload["split"] == "train":
+            armed.append(0)
+
+    def stop_in_the_evaluation(module, args):
+        if armed and type(module).__name__ == "LoraLayer" and not torch.is_grad_enabled():
+            armed.clear()
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    hook = torch.nn.modules.module.register_module_forward_pre_hook(stop_in_the_evaluation)
+    try:
+        stopped = train(config, tmp_path / "run", events=arm_after_step_2)
+    finally:
+        hook.remove()
+    assert (stopped.status, stopped.steps) == ("interrupted", 2)
+    assert [p.name for p in checkpoints(tmp_path / "run")] == ["step-000002"]
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [(row["step"], row["split"]) for row in logged] == [(1, "train"), (2, "train")]  # the eval was cut
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["cancel", "ctrl-c"])
 def test_a_stop_during_a_step_abandons_it_checkpoints_the_last_one_and_resumes_exactly(tiny_llama_dir, tmp_path, sig):
     """On a CPU one step of a large batch outlasts the seconds a cancel waits before SIGKILL. A stop (a cancel's
