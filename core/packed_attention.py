@@ -6,6 +6,11 @@ most of it masked away, and no causal fast path. This attention cuts the row at 
 (`cu_seq_lens_q`, the cumulative lengths that transformers' flash-attention kwargs also use; `Batch`
 passes them) and runs causal sdpa per example: sum(l_i^2) / 2 work instead of L^2. Without boundaries
 (generation, padded batches) it is plain sdpa with the usual mask.
+
+A row whose examples share their opening tokens holds that prefix once (`shared_prefix_length`, see
+`core.data.batch`): the prefix attends to itself, and each example's own tokens attend to the prefix and then
+causally to themselves, with a mask aligned to the bottom right (query i of the example sits at position
+prefix + i).
 """
 
 import torch
@@ -26,6 +31,7 @@ def packed_attention(
     dropout: float = 0.0,
     scaling: float | None = None,
     cu_seq_lens_q: torch.Tensor | None = None,
+    shared_prefix_length: int = 0,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
     """transformers' attention-function signature; query/key/value are (batch 1, heads, tokens, head_dim)."""
@@ -33,26 +39,42 @@ def packed_attention(
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
     lengths = _example_lengths(cu_seq_lens_q)
-    grouped = getattr(module, "num_key_value_groups", 1) > 1
-    dropout = dropout if module.training else 0.0
+    options = dict(dropout_p=dropout if module.training else 0.0, scale=scaling,
+                   enable_gqa=getattr(module, "num_key_value_groups", 1) > 1)
     # split (not slicing): its backward joins the examples' gradients in one pass instead of one full-size
     # zero-filled tensor per example
-    parts = [
-        F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=scaling, is_causal=True, enable_gqa=grouped)
-        for q, k, v in zip(query.split(lengths, 2), key.split(lengths, 2), value.split(lengths, 2))
-    ]
+    examples = zip(query.split(lengths, 2), key.split(lengths, 2), value.split(lengths, 2))
+    if shared_prefix_length:
+        prefix_q, prefix_k, prefix_v = next(examples)
+        parts = [F.scaled_dot_product_attention(prefix_q, prefix_k, prefix_v, is_causal=True, **options)]
+        parts += [
+            F.scaled_dot_product_attention(q, torch.cat([prefix_k, k], 2), torch.cat([prefix_v, v], 2),
+                                           attn_mask=_after_prefix_mask(q.shape[2], shared_prefix_length, q.device),
+                                           **options)
+            for q, k, v in examples
+        ]
+    else:
+        parts = [F.scaled_dot_product_attention(q, k, v, is_causal=True, **options) for q, k, v in examples]
     return torch.cat(parts, dim=2).transpose(1, 2).contiguous(), None
 
 
-_last_lengths: list = [None, None]  # (boundaries tensor, its example lengths): every layer of a forward shares one
+_last_lengths: list = [None, None, {}]  # (boundaries, their example lengths, masks): every layer of a forward shares them
 
 
 def _example_lengths(cu_seq_lens: torch.Tensor) -> list[int]:
     """The examples' lengths, read once per forward rather than once per layer: reading a GPU tensor on the
     host waits for the GPU, and a wait in every layer keeps the host from queueing work ahead."""
     if _last_lengths[0] is not cu_seq_lens:
-        _last_lengths[:] = [cu_seq_lens, cu_seq_lens.diff().tolist()]
+        _last_lengths[:] = [cu_seq_lens, cu_seq_lens.diff().tolist(), {}]
     return _last_lengths[1]
+
+
+def _after_prefix_mask(length: int, prefix: int, device: torch.device) -> torch.Tensor:
+    """Which keys (the prefix, then the example's own tokens) each of an example's `length` queries sees."""
+    masks = _last_lengths[2]
+    if length not in masks:
+        masks[length] = torch.ones(length, prefix + length, dtype=torch.bool, device=device).tril(prefix)
+    return masks[length]
 
 
 def can_use_packed_attention(model: torch.nn.Module, max_length: int) -> bool:
@@ -70,3 +92,7 @@ def use_packed_attention(model: torch.nn.Module) -> None:
     AttentionInterface.register(NAME, packed_attention)
     AttentionMaskInterface.register(NAME, sdpa_mask)
     model.set_attn_implementation(NAME)
+
+
+def is_packed_attention(model: torch.nn.Module) -> bool:
+    return getattr(model.config, "_attn_implementation", None) == NAME

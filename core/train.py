@@ -36,7 +36,7 @@ from core.packed_attention import can_use_packed_attention, use_packed_attention
 from core.peft_format import save_adapter
 from core.run_logs import METRICS, SAMPLES, append_row, forget_rows_after
 from core.train_config import TrainConfig
-from core.train_data import TrainingData, load_training_data, sample_outputs
+from core.train_data import TrainingData, batch_settings, load_training_data, sample_outputs
 
 ADAPTER = "default"
 Events = Callable[[str, dict], None]
@@ -183,7 +183,7 @@ def _prepare(config: TrainConfig, run_dir: Path) -> _Session:
         data=data,
         trainable=trainable,
         optimizer=build_optimizer(config, trainable),
-        batch_settings=BatchSettings(packing=config.packing, batch_size=config.batch_size, seed=config.seed),
+        batch_settings=batch_settings(config, loaded.model),
         total_steps=planned_steps(config, len(data.train.examples)),
         trainable_parameters=report.trainable,
     )

@@ -10,6 +10,7 @@ import torch
 from core.data import BatchSettings, PreparedDataset, iterate_batches, prepare_dataset
 from core.generate import Message, greedy_answers
 from core.loss import trained_token_loss
+from core.packed_attention import is_packed_attention
 from core.train_config import TrainConfig
 
 SAMPLE_PROMPTS = 3
@@ -43,6 +44,16 @@ def load_training_data(config: TrainConfig, tokenizer) -> TrainingData:
     if not prompts:
         prompts = [prompt_of(example.messages) for example in (held_out or train).sources[:SAMPLE_PROMPTS]]
     return TrainingData(train, held_out, [p for p in prompts if p], tokenizer.pad_token_id)
+
+
+def batch_settings(config: TrainConfig, model: torch.nn.Module) -> BatchSettings:
+    """How the run's examples become batches. A prefix that a batch's examples share is computed once when the
+    model attends per example (only that attention knows the layout) and nothing drops out: dropout on a shared
+    prefix would draw one mask for every example where separate rows draw one each."""
+    no_dropout = config.dropout == 0 and not getattr(model.config, "attention_dropout", 0)
+    share_prefix = is_packed_attention(model) and no_dropout
+    return BatchSettings(packing=config.packing, batch_size=config.batch_size, seed=config.seed,
+                         share_prefix=share_prefix)
 
 
 def split(data: PreparedDataset, share: float, seed: int) -> tuple[PreparedDataset, PreparedDataset]:

@@ -9,6 +9,12 @@ neither (`use_cache=False`). There is no padding at all: every token in the row 
 passes the examples' cumulative lengths (`cu_seq_lens_q`), which `core.packed_attention` uses to attend within
 each example only, instead of scoring every pair of tokens in the row under a block-diagonal mask.
 
+With `share_prefix`, the untrained tokens that open every example of a packed batch (the chat template's
+system prompt, a fixed instruction) are laid in the row once, and each example keeps only its own rest
+(`Batch.shared_prefix`): the prefix's hidden states do not depend on what follows it, so computing them
+once gives the same loss and gradients as computing them for every example, for less work. Only
+`core.packed_attention` knows to let each example attend to the shared prefix, so the setting is for it alone.
+
 With packing off, examples are padded per batch; `group_by_length` sorts examples by length within
 shuffled groups of `GROUP_BATCHES` batches, so each batch holds similar lengths and pads little.
 
@@ -43,6 +49,7 @@ class BatchSettings:
     batch_size: int = 8
     group_by_length: bool = True
     seed: int = 0
+    share_prefix: bool = False
 
 
 @dataclass
@@ -55,11 +62,14 @@ class Batch:
     position: DataPosition
     next_position: DataPosition
     example_numbers: list[int]  # source line/row numbers, for messages about a bad batch
+    shared_prefix: int = 0  # packed: the first `shared_prefix` tokens of the row open every example
 
     @property
     def tokens(self) -> int:
-        """Real (non-padding) tokens in the batch."""
-        return int(self.attention_mask.sum()) if self.attention_mask is not None else self.input_ids.numel()
+        """The examples' real (non-padding) tokens, a shared prefix counted once per example."""
+        if self.attention_mask is not None:
+            return int(self.attention_mask.sum())
+        return self.input_ids.numel() + (len(self.example_numbers) - 1) * self.shared_prefix
 
     @property
     def trained_tokens(self) -> int:
@@ -76,6 +86,8 @@ class Batch:
         moved = {key: value.to(device) for key, value in inputs.items()}
         if self.boundaries is not None:
             moved["cu_seq_lens_q"] = self.boundaries
+        if self.shared_prefix:
+            moved["shared_prefix_length"] = self.shared_prefix
         return {**moved, "use_cache": False}
 
 
@@ -112,7 +124,10 @@ def iterate_batches(
             chosen = [examples[i] for i in plan[position]]
             following = DataPosition(epoch, position + 1) if position + 1 < len(plan) else DataPosition(epoch + 1, 0)
             here = DataPosition(epoch, position)
-            yield _collate_packed(chosen, here, following) if settings.packing else _collate_padded(chosen, pad_token_id, here, following)
+            if settings.packing:
+                yield _collate_packed(chosen, here, following, settings.share_prefix)
+            else:
+                yield _collate_padded(chosen, pad_token_id, here, following)
         epoch, index = epoch + 1, 0
 
 
@@ -127,11 +142,13 @@ def padding_share(lengths: Sequence[int], plan: list[list[int]]) -> float:
     return 1 - sum(lengths) / cells if cells else 0.0
 
 
-def _collate_packed(chosen: list[RenderedExample], position: DataPosition, following: DataPosition) -> Batch:
-    ids = [token for example in chosen for token in example.input_ids]
-    labels = [label for example in chosen for label in example.labels]
-    positions = [p for example in chosen for p in range(len(example.input_ids))]
-    lengths = torch.tensor([len(example.input_ids) for example in chosen])
+def _collate_packed(chosen: list[RenderedExample], position: DataPosition, following: DataPosition,
+                    share_prefix: bool) -> Batch:
+    shared = shared_prefix_length(chosen) if share_prefix else 0
+    ids = chosen[0].input_ids[:shared] + [token for example in chosen for token in example.input_ids[shared:]]
+    labels = chosen[0].labels[:shared] + [label for example in chosen for label in example.labels[shared:]]
+    positions = list(range(shared)) + [p for example in chosen for p in range(shared, len(example.input_ids))]
+    lengths = torch.tensor(([shared] if shared else []) + [len(example.input_ids) - shared for example in chosen])
     return Batch(
         input_ids=torch.tensor([ids]),
         labels=torch.tensor([labels]),
@@ -141,7 +158,24 @@ def _collate_packed(chosen: list[RenderedExample], position: DataPosition, follo
         position=position,
         next_position=following,
         example_numbers=[example.number for example in chosen],
+        shared_prefix=shared,
     )
+
+
+def shared_prefix_length(chosen: list[RenderedExample]) -> int:
+    """How many opening tokens every example has in common with nothing trained on them: neither the tokens
+    themselves nor the tokens they predict (the next ones) are trained, so the shared hidden states feed no
+    loss of their own. Every example keeps at least one token after the prefix."""
+    if len(chosen) < 2:
+        return 0
+    limit = min(len(example.input_ids) for example in chosen) - 1
+    first = chosen[0].input_ids
+    length = 0
+    while length < limit and all(
+        example.input_ids[length] == first[length] and example.labels[length + 1] == IGNORE_INDEX for example in chosen
+    ):
+        length += 1
+    return length
 
 
 def _collate_padded(chosen: list[RenderedExample], pad_token_id: int, position: DataPosition, following: DataPosition) -> Batch:
