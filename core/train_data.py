@@ -48,10 +48,12 @@ def load_training_data(config: TrainConfig, tokenizer) -> TrainingData:
 
 def batch_settings(config: TrainConfig, model: torch.nn.Module) -> BatchSettings:
     """How the run's examples become batches. A prefix that a batch's examples share is computed once when the
-    model attends per example (only that attention knows the layout) and nothing drops out: dropout on a shared
-    prefix would draw one mask for every example where separate rows draw one each."""
+    model attends per example (only that attention knows the layout), nothing drops out (dropout on a shared
+    prefix would draw one mask for every example where separate rows draw one each), and on the CPU: on a GPU,
+    sdpa has no fused kernel for grouped-query attention under a mask and would keep every score for the
+    backward pass, so it waits for a measurement there."""
     no_dropout = config.dropout == 0 and not getattr(model.config, "attention_dropout", 0)
-    share_prefix = is_packed_attention(model) and no_dropout
+    share_prefix = is_packed_attention(model) and no_dropout and model.device.type == "cpu"
     return BatchSettings(packing=config.packing, batch_size=config.batch_size, seed=config.seed,
                          share_prefix=share_prefix)
 

@@ -1,5 +1,5 @@
 """The CUDA paths on a tiny random Llama: bf16 autocast training, nf4 QLoRA, bitsandbytes' optimizers,
-per-example attention on the GPU's kernels, and an adapter trained there reloading to the same outputs.
+per-example attention on the GPU's kernels (with a shared prefix too), and an adapter trained there reloading to the same outputs.
 
 CI has no GPU, so these skip there; on a machine with one, `pytest tests/test_cuda.py` runs them.
 """
@@ -20,6 +20,7 @@ from core.peft_format import load_adapter
 from core.train import train
 from core.train_config import TrainConfig
 from tests.test_data_batch import make_examples
+from tests.test_shared_prefix import with_prefix
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 DATES = str(Path(__file__).resolve().parents[1] / "assets/samples/dates.train.jsonl")
@@ -72,3 +73,16 @@ def test_per_example_attention_on_the_gpu_equals_each_example_alone(tiny_llama_d
         torch.testing.assert_close(packed, alone, atol=2e-2, rtol=2e-2)
         loss, count = trained_token_loss(model, batch.model_inputs("cuda"))
     assert count == sum(sum(label != -100 for label in e.labels[1:]) for e in examples) and math.isfinite(float(loss))
+
+
+def test_a_shared_prefix_on_the_gpu_gives_each_example_its_own_logits(tiny_llama_dir):
+    model = load_base_model(str(tiny_llama_dir), dtype="bf16", device="cuda").model
+    use_packed_attention(model)
+    examples = with_prefix(list(range(20, 45)), [40, 64, 17, 33])
+    batch = next(iterate_batches(examples, BatchSettings(batch_size=4, share_prefix=True), pad_token_id=0))
+    assert batch.shared_prefix == 25
+    with torch.no_grad():
+        row = model(**batch.model_inputs("cuda")).logits[0].float()
+        alone = torch.cat([model(input_ids=torch.tensor([examples[n - 1].input_ids], device="cuda")).logits[0, 25:].float()
+                           for n in batch.example_numbers])
+        torch.testing.assert_close(row[25:], alone, atol=2e-2, rtol=2e-2)
