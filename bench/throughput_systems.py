@@ -24,8 +24,9 @@ from peft import LoraConfig, get_peft_model
 from transformers import (DataCollatorForSeq2Seq, DataCollatorWithFlattening, Trainer, TrainerCallback,
                           TrainingArguments)
 
-from bench.flops import lora_step_flops
+from bench.flops import lora_step_flops, prefix_flops_saved
 from core.data import BatchSettings, PreparedDataset, epoch_plan, prepare_dataset
+from core.data.batch import shared_prefix_length
 from core.data.render import IGNORE_INDEX
 from core.models import load_base_model
 from core.peft_format import load_adapter
@@ -53,6 +54,8 @@ def run_case(case: Case) -> dict:
     trainer = _train_forge if case.system == "forge" else _train_peft
     model, tokenizer, seconds, losses, peak_rss_mb = trainer(case)
     chosen, epoch_tokens = planned_examples(case, tokenizer)
+    useful = useful_flops(model, chosen, lora_parameters(model))
+    saved = shared_prefix_flops(model, chosen, lora_parameters(model)) if case.system == "forge" else 0
     return {
         "system": case.system,
         "lora": case.lora,
@@ -63,7 +66,8 @@ def run_case(case: Case) -> dict:
         "peak_rss_mb": peak_rss_mb,
         "train_loss": sum(losses[-5:]) / len(losses[-5:]),
         "eval_loss": eval_loss(model, prepare_dataset(case.eval_file, tokenizer, max_length=MAX_LEN)),
-        "useful_flops": useful_flops(model, chosen, lora_parameters(model)),
+        "useful_flops": useful,
+        "executed_flops": useful - saved,
         "threads": torch.get_num_threads(),
     }
 
@@ -150,6 +154,13 @@ def eval_loss(model: torch.nn.Module, data: PreparedDataset) -> float:
         total += float(F.cross_entropy(logits[chosen], targets[chosen], reduction="sum"))
         count += int(chosen.sum())
     return total / count
+
+
+def shared_prefix_flops(model: torch.nn.Module, examples: list, lora_parameters: int) -> float:
+    """What LoRA Forge's loop does not compute of `useful_flops`: on the CPU it lays each batch's shared
+    opening tokens once (core/data/batch.py)."""
+    batches = [examples[start : start + BATCH_SIZE] for start in range(0, len(examples), BATCH_SIZE)]
+    return prefix_flops_saved(model.config, lora_parameters, [(len(b), shared_prefix_length(b)) for b in batches])
 
 
 def lora_parameters(model: torch.nn.Module) -> int:
