@@ -16,6 +16,7 @@ from app.chat_picker import picker_options
 from app.cli import main
 from core.export_jobs import LOCK_FILE, ExportRequest, log_path, refresh, start
 from core.export_output import ExportError
+from core.parity import RELATIVE_TOLERANCES
 from core.peft_format import inspect_adapter
 from core.store import Store
 from tests.export_helpers import live_logits, make_adapter
@@ -72,6 +73,17 @@ def test_a_bad_composition_is_refused_with_the_fix_and_writes_nothing(two_adapte
     assert not (loraforge_home / "adapters").exists() or not any((loraforge_home / "adapters").iterdir())
     with Store() as store:
         assert len(store.adapters()) == 1 and store.exports() == []
+
+
+def test_a_composition_that_fails_its_parity_check_says_so_and_exits_4(two_adapters, tiny_llama_dir, monkeypatch,
+                                                                       capsys):
+    monkeypatch.setitem(RELATIVE_TOLERANCES, "peft", -1.0)  # no logit difference, not even 0, is within it
+    assert compose_cli(two_adapters, "1,0.5", "strict", tiny_llama_dir) == 4
+    out, err = capsys.readouterr()
+    assert "WARNING: parity check failed" in err
+    with Store() as store:  # kept for a look, and recorded as failed
+        assert json.loads(out.strip().splitlines()[-1])["name"] == "strict"
+        assert store.exports()[0]["status"] == "parity_failed"
 
 
 def test_a_registered_adapter_is_named_by_its_name_or_id_in_every_verb(two_adapters, tiny_llama_dir, tmp_path,

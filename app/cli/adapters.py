@@ -1,13 +1,15 @@
 """`launch.py adapters <action>`: work with saved adapters. `inspect DIR` summarises one without loading a model;
 `list` shows the adapters in the store (trained, imported or composed); `import DIR` registers an existing PEFT
-folder; `compose --adapter A --adapter B --weights 1,0.5 --name NAME` writes and registers their weighted sum."""
+folder; `compose --adapter A --adapter B --weights 1,0.5 --name NAME` writes and registers their weighted sum
+(exit 4, as for an export, when its parity check against the live weighted set fails)."""
 
 import argparse
 import json
 import sys
 
-from app.cli.export import parse_weights
+from app.cli.export import PARITY_FAILED_EXIT, parse_weights
 from core.composed_adapters import compose_adapter
+from core.export import STATUS_PARITY_FAILED
 from core.peft_format import inspect_adapter
 from core.store import Store
 
@@ -82,7 +84,7 @@ def run_compose(args: argparse.Namespace) -> int:
     for warning in result.warnings:
         print(f"WARNING: {warning}", file=sys.stderr)
     print(json.dumps(adapter))
-    return 0
+    return PARITY_FAILED_EXIT if result.status == STATUS_PARITY_FAILED else 0
 
 
 def _human_bytes(count: int) -> str:

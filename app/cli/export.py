@@ -4,16 +4,19 @@
     export --adapter A --format merged|gguf|peft [--gguf-type f16|q8_0] [--dtype ...] --out PATH [--force]
 
 Progress goes to stderr, a failed parity check is a `WARNING: ...` line on stderr, and the last line of
-stdout is the result as JSON: path, format, status, parity figures, export id.
+stdout is the result as JSON: path, format, status, parity figures, export id. The exit status is 0 when every
+parity check passed and 4 when one failed (the export is kept, for a look, but a script should not ship it).
 """
 
 import argparse
 import json
 import sys
 
-from core.export import FORMATS, ExportResult, export_adapters
+from core.export import FORMATS, STATUS_PARITY_FAILED, ExportResult, export_adapters
 from core.export_gguf import GGUF_TYPES
 from core.export_merged import AUTO_DTYPE, MERGED_DTYPES
+
+PARITY_FAILED_EXIT = 4
 
 
 def register(verbs) -> None:
@@ -72,4 +75,4 @@ def _report(result: ExportResult) -> int:
           f"greedy answers {'agree' if parity['greedy_agree'] else 'DIFFER'}, chat template "
           f"{'kept' if parity['template_same'] else 'CHANGED'}.")
     print(json.dumps(result.to_json()))
-    return 0
+    return PARITY_FAILED_EXIT if result.status == STATUS_PARITY_FAILED else 0
