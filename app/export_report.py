@@ -67,14 +67,18 @@ def report_markdown(export: dict | None) -> str:
     return "\n".join(lines)
 
 
-def download_file(export: dict | None) -> str | None:
-    """The single file worth downloading from a finished export: the GGUF, or the PEFT zip; a folder has none."""
+def download_files(export: dict | None) -> list[str]:
+    """The files worth downloading from a finished export: the GGUF with its Ollama Modelfile, or the PEFT zip;
+    a merged folder has none (it is many files, used where it lies)."""
     if export is None or export["status"] not in FINISHED:
-        return None
+        return []
     path = Path(export["path"])
     if path.is_file():
-        return str(path)
-    return next((str(file) for file in sorted(path.glob("*.gguf"))), None) if path.is_dir() else None
+        return [str(path)]
+    if not path.is_dir():
+        return []
+    ggufs = sorted(path.glob("*.gguf"))
+    return [str(file) for file in ggufs + ([path / "Modelfile"] if ggufs and (path / "Modelfile").is_file() else [])]
 
 
 def size_text(size_bytes: int | None) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from app.export_report import (ADAPTER_COLUMNS, EXPORT_COLUMNS, adapters_frame, download_file, exports_frame,
+from app.export_report import (ADAPTER_COLUMNS, EXPORT_COLUMNS, adapters_frame, download_files, exports_frame,
                                report_markdown)
 from core import paths
 from core.composed_adapters import COMPOSED
@@ -64,7 +64,8 @@ def build_adapters_tab(loaded: LoadedModel, store: Store) -> AdaptersTab:
         force = gr.Checkbox(label="Force overwrite", elem_id="export-force", scale=1)
     export_button = gr.Button("Export", variant="primary", elem_id="export")
     report = gr.Markdown(elem_id="export-report")
-    download = gr.File(label="Download", visible=False, interactive=False, elem_id="export-download")
+    download = gr.File(label="Download", file_count="multiple", visible=False, interactive=False,
+                       elem_id="export-download")
     history = gr.Dataframe(headers=EXPORT_COLUMNS, label="Exports and compositions", interactive=False,
                            elem_id="exports-table", wrap=True)
     timer = gr.Timer(REFRESH_SECONDS, active=False)
@@ -77,9 +78,9 @@ def build_adapters_tab(loaded: LoadedModel, store: Store) -> AdaptersTab:
         keep = [value for value in selected or [] if value in ids] or ids[:1]
         choice = gr.Dropdown(choices=[(f"{a['name']} · {a['id']}", str(a["id"])) for a in adapters], value=keep)
         latest = exports[0] if exports else None
-        file = download_file(latest)
+        files = download_files(latest)
         return (adapters_frame(adapters), choice, exports_frame(exports, adapters), report_markdown(latest),
-                gr.File(value=file, visible=file is not None),
+                gr.File(value=files or None, visible=bool(files)),
                 gr.Timer(active=any(e["status"] == RUNNING for e in exports)))
 
     outputs = [table, chosen, history, report, download, timer]

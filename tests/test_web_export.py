@@ -70,6 +70,8 @@ def test_person_imports_exports_and_composes_adapters_with_parity(web_home, tiny
         gguf = wait_for_report(page, "my-adapter-gguf")
         assert "gguf-f16" in gguf and "status done" in gguf and "agree" in gguf and "kept" in gguf
         page.locator("#export-download a, #export-download [download]").first.wait_for(timeout=30_000)
+        offered = "".join(page.locator("#export-download").inner_text().split())  # the page breaks long names
+        assert "my-adapter-gguf.f16.gguf" in offered and "Modelfile" in offered  # ollama create needs both
         wait_for_text(page, "#exports-table", "gguf-f16")
         screenshot(page, "adapters-export")
 
