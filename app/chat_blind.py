@@ -25,11 +25,14 @@ WIN_RATE_COLUMNS = ["Contender", "Votes", "Wins", "Losses", "Ties", "Both bad", 
 
 @dataclass
 class Blind:
-    """What the tab wires to: the two selectors, and re-reading the win rates when the tab is shown."""
+    """What the tab wires to: the two selectors, re-reading the win rates when the tab is shown, and clearing
+    the round (its answers, and the vote they were waiting for) with the other conversations."""
 
     pickers: list[Picker]
     render: Callable[[], pd.DataFrame]
     table: gr.Dataframe
+    clear: Callable[[], dict]
+    cleared: list
 
 
 def build_blind(loaded: LoadedModel, store: Store, settings: SharedSettings) -> Blind:
@@ -92,4 +95,7 @@ def build_blind(loaded: LoadedModel, store: Store, settings: SharedSettings) -> 
         event(ask, inputs, [prompt, pending, reveal, *chats, *buttons], concurrency_id=MODEL_QUEUE)
     for button, (verdict, winner, _) in zip(buttons, VOTES):
         button.click(voter(winner, verdict), pending, [pending, reveal, table, *buttons])
-    return Blind(pickers, render, table)
+    def clear() -> dict:
+        return {pending: None, reveal: "", **{chat: [] for chat in chats}, **voting(False)}
+
+    return Blind(pickers, render, table, clear, [pending, reveal, *chats, *buttons])

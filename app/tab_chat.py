@@ -48,7 +48,8 @@ def build_chat_tab(loaded: LoadedModel, store: Store) -> ChatTab:
     side_tab.select(adapter_choices, None, choices)
     blind_tab.select(adapter_choices, None, choices).then(blind.render, None, blind.table)
     conversations = [single, *columns.chats]
-    clear.click(lambda: [[] for _ in conversations], None, conversations)
+    clear.click(lambda: {**{chat: [] for chat in conversations}, **blind.clear()}, None,
+                [*conversations, *blind.cleared])
     return ChatTab(adapter_choices=adapter_choices, choices=choices)
 
 

@@ -134,6 +134,15 @@ def test_blind_ab_hides_who_is_who_until_the_vote_then_stores_it_and_shows_win_r
         assert "Vote to see who was who" in reveal and "pirate" not in reveal and "base" not in reveal
         screenshot(page, "chat-blind-before-vote")
 
+        page.locator("#clear").click()  # clears this round too, and the vote it waited for
+        page.wait_for_function("() => document.querySelector('#vote-a').disabled")
+        assert page.locator("#blind-a-chat .bot, #blind-b-chat .bot").count() == 0
+        assert page.locator("#blind-reveal").inner_text().strip() == ""
+        page.locator("#blind-prompt textarea").fill("Say hello.")
+        page.locator("#blind-send").click()
+        again = wait_for_answers(page, ["#blind-a-chat", "#blind-b-chat"], "#vote-a")
+        assert sorted(again) == sorted(answers)  # greedy: the same two answers, in a fresh random order
+
         page.locator("#vote-a").click()
         wait_for_text(page, "#blind-reveal", "You voted: A is better")
         wait_for_text(page, "#win-rates", "100%")
