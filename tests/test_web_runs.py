@@ -169,6 +169,10 @@ def test_resume_says_a_run_stopped_before_its_first_checkpoint_starts_over_and_i
         page.get_by_text(f"Run {run_id} queued again. It stopped before its first checkpoint, so it starts over "
                          "from step 1.").wait_for(timeout=30_000)
         page.locator("#run-progress [data-status=completed]").wait_for(timeout=120_000)
+        page.wait_for_function("() => document.querySelector('#run-stop').disabled")  # nothing left to stop ...
+        # ... and it looks it once its transition is over: grey, where Gradio leaves it pale red
+        page.wait_for_function("() => getComputedStyle(document.querySelector('#run-stop')).filter === 'grayscale(1)'",
+                               timeout=5_000)
         assert "Traceback" not in page.content()
     with Store(web_home / "loraforge.db") as store:
         assert [row["step"] for row in store.metrics(run_id)] == [1, 2, 3]
