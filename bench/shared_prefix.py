@@ -3,7 +3,8 @@
     python bench/shared_prefix.py [--dataset FILE] [--lora r16-all|r8-qv] [--pairs 12]
 
 The chat template's system prompt and a fixed instruction open every example of many datasets (29 of the
-dates sample's ~65 tokens). With `share_prefix` a packed batch holds them once (core/data/batch.py). This
+dates sample's ~65 tokens, ~45 among examples with the same instruction). With `share_prefix` a packed batch
+holds each group's opening once (core/data/prefixes.py). This
 takes the first `--pairs` batches of the epoch, runs each forward and backward both ways, the two taking
 turns, and prints one JSON object: median seconds per step each way, their ratio, the row lengths, and the
 largest relative difference between the two ways' losses and LoRA gradients (as one vector) (the sharing is exact, so only rounding).
@@ -75,7 +76,7 @@ def main() -> None:
         "dataset": Path(args.dataset).name, "lora": args.lora, "pairs": len(seconds[True]),
         "row_tokens_plain": statistics.mean(b.input_ids.shape[1] for b in ways[False]),
         "row_tokens_shared": statistics.mean(b.input_ids.shape[1] for b in ways[True]),
-        "shared_prefix": statistics.mean(b.shared_prefix for b in ways[True]),
+        "saved_tokens": statistics.mean(b.saved_tokens for b in ways[True]),
         "step_s_plain": round(plain_s, 3), "step_s_shared": round(shared_s, 3),
         "speed-up": round(plain_s / shared_s, 3),
         "largest_relative_loss_difference": loss_gap, "largest_relative_gradient_difference": grad_gap,

@@ -26,7 +26,7 @@ from transformers import (DataCollatorForSeq2Seq, DataCollatorWithFlattening, Tr
 
 from bench.flops import lora_step_flops, prefix_flops_saved
 from core.data import BatchSettings, PreparedDataset, epoch_plan, prepare_dataset
-from core.data.batch import shared_prefix_length
+from core.data.prefixes import prefix_groups
 from core.data.render import IGNORE_INDEX
 from core.models import load_base_model
 from core.peft_format import load_adapter
@@ -158,9 +158,10 @@ def eval_loss(model: torch.nn.Module, data: PreparedDataset) -> float:
 
 def shared_prefix_flops(model: torch.nn.Module, examples: list, lora_parameters: int) -> float:
     """What LoRA Forge's loop does not compute of `useful_flops`: on the CPU it lays each batch's shared
-    opening tokens once (core/data/batch.py)."""
+    opening tokens once per group (core/data/prefixes.py)."""
     batches = [examples[start : start + BATCH_SIZE] for start in range(0, len(examples), BATCH_SIZE)]
-    return prefix_flops_saved(model.config, lora_parameters, [(len(b), shared_prefix_length(b)) for b in batches])
+    groups = [group for batch in batches for group in prefix_groups(batch)]
+    return prefix_flops_saved(model.config, lora_parameters, [(len(group.examples), group.prefix) for group in groups])
 
 
 def lora_parameters(model: torch.nn.Module) -> int:

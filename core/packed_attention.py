@@ -7,10 +7,10 @@ most of it masked away, and no causal fast path. This attention cuts the row at 
 passes them) and runs causal sdpa per example: sum(l_i^2) / 2 work instead of L^2. Without boundaries
 (generation, padded batches) it is plain sdpa with the usual mask.
 
-A row whose examples share their opening tokens holds that prefix once (`shared_prefix_length`, see
-`core.data.batch`): the prefix attends to itself, and each example's own tokens attend to the prefix and then
-causally to themselves, with a mask aligned to the bottom right (query i of the example sits at position
-prefix + i).
+A row whose examples share opening tokens holds each shared prefix once (`segment_prefixes`, see
+`core.data.batch`): a prefix attends to itself like an example, and each example's own tokens attend to their
+prefix and then causally to themselves, with a mask aligned to the bottom right (query i of the example sits at
+position prefix + i).
 """
 
 import torch
@@ -31,7 +31,7 @@ def packed_attention(
     dropout: float = 0.0,
     scaling: float | None = None,
     cu_seq_lens_q: torch.Tensor | None = None,
-    shared_prefix_length: int = 0,
+    segment_prefixes: tuple[int, ...] = (),
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
     """transformers' attention-function signature; query/key/value are (batch 1, heads, tokens, head_dim)."""
@@ -43,18 +43,16 @@ def packed_attention(
                    enable_gqa=getattr(module, "num_key_value_groups", 1) > 1)
     # split (not slicing): its backward joins the examples' gradients in one pass instead of one full-size
     # zero-filled tensor per example
-    examples = zip(query.split(lengths, 2), key.split(lengths, 2), value.split(lengths, 2))
-    if shared_prefix_length:
-        prefix_q, prefix_k, prefix_v = next(examples)
-        parts = [F.scaled_dot_product_attention(prefix_q, prefix_k, prefix_v, is_causal=True, **options)]
-        parts += [
-            F.scaled_dot_product_attention(q, torch.cat([prefix_k, k], 2), torch.cat([prefix_v, v], 2),
-                                           attn_mask=_after_prefix_mask(q.shape[2], shared_prefix_length, q.device),
-                                           **options)
-            for q, k, v in examples
-        ]
-    else:
-        parts = [F.scaled_dot_product_attention(q, k, v, is_causal=True, **options) for q, k, v in examples]
+    segments = list(zip(query.split(lengths, 2), key.split(lengths, 2), value.split(lengths, 2)))
+    parts = []
+    for (q, k, v), prefix in zip(segments, segment_prefixes or [-1] * len(segments)):
+        if prefix < 0:
+            parts.append(F.scaled_dot_product_attention(q, k, v, is_causal=True, **options))
+            continue
+        _, prefix_k, prefix_v = segments[prefix]
+        mask = _after_prefix_mask(q.shape[2], prefix_k.shape[2], q.device)
+        parts.append(F.scaled_dot_product_attention(q, torch.cat([prefix_k, k], 2), torch.cat([prefix_v, v], 2),
+                                                    attn_mask=mask, **options))
     return torch.cat(parts, dim=2).transpose(1, 2).contiguous(), None
 
 
@@ -72,9 +70,9 @@ def _example_lengths(cu_seq_lens: torch.Tensor) -> list[int]:
 def _after_prefix_mask(length: int, prefix: int, device: torch.device) -> torch.Tensor:
     """Which keys (the prefix, then the example's own tokens) each of an example's `length` queries sees."""
     masks = _last_lengths[2]
-    if length not in masks:
-        masks[length] = torch.ones(length, prefix + length, dtype=torch.bool, device=device).tril(prefix)
-    return masks[length]
+    if (length, prefix) not in masks:
+        masks[length, prefix] = torch.ones(length, prefix + length, dtype=torch.bool, device=device).tril(prefix)
+    return masks[length, prefix]
 
 
 def can_use_packed_attention(model: torch.nn.Module, max_length: int) -> bool:

@@ -80,7 +80,7 @@ def test_a_shared_prefix_on_the_gpu_gives_each_example_its_own_logits(tiny_llama
     use_packed_attention(model)
     examples = with_prefix(list(range(20, 45)), [40, 64, 17, 33])
     batch = next(iterate_batches(examples, BatchSettings(batch_size=4, share_prefix=True), pad_token_id=0))
-    assert batch.shared_prefix == 25
+    assert batch.segment_prefixes == (-1, 0, 0, 0, 0)
     with torch.no_grad():
         row = model(**batch.model_inputs("cuda")).logits[0].float()
         alone = torch.cat([model(input_ids=torch.tensor([examples[n - 1].input_ids], device="cuda")).logits[0, 25:].float()

@@ -1,4 +1,4 @@
-"""A prefix shared by a packed batch's examples is computed once, with the same loss and gradients as per example."""
+"""Prefixes shared by a packed batch's examples are computed once, with the loss and gradients of separate examples."""
 
 import random
 
@@ -7,7 +7,7 @@ from transformers import AutoModelForCausalLM
 
 from core.adapters import LoraSettings, add_adapter
 from core.data import BatchSettings, RenderedExample, iterate_batches
-from core.data.batch import shared_prefix_length
+from core.data.prefixes import prefix_groups
 from core.data.render import IGNORE_INDEX
 from core.loss import trained_token_loss
 from core.packed_attention import use_packed_attention
@@ -38,33 +38,57 @@ def one_batch(examples, share):
     return next(iterate_batches(examples, settings, pad_token_id=0))
 
 
+def shared(examples) -> list[tuple[int, list[int]]]:
+    """The batch's groups as (prefix, example numbers)."""
+    return [(group.prefix, [example.number for example in group.examples]) for group in prefix_groups(examples)]
+
+
 def test_the_prefix_ends_where_the_examples_differ_or_where_training_starts():
     common = [5, 6, 7, 8, 9, 10, 11]
-    assert shared_prefix_length([example(1, common[:5] + [40, 41], 6), example(2, common, 6)]) == 5
+    assert shared([example(1, common[:5] + [40, 41], 6), example(2, common, 6)]) == [(5, [2, 1])]
     # the second example trains on the token at 3, which position 2 predicts: position 2 stays its own
-    assert shared_prefix_length([example(1, common, 6), example(2, common, 3)]) == 2
+    assert shared([example(1, common, 6), example(2, common, 3)]) == [(2, [1, 2])]
     # identical examples keep a token of their own after the prefix
-    assert shared_prefix_length([example(1, common, 7), example(2, common, 7)]) == 6
-    assert shared_prefix_length([example(1, common, 6)]) == 0
-    assert shared_prefix_length([example(1, [1] + common, 6), example(2, common, 6)]) == 0
+    assert shared([example(1, common, 7), example(2, common, 7)]) == [(6, [1, 2])]
+    assert shared([example(1, common, 6)]) == [(0, [1])]
+    assert [prefix for prefix, _ in shared([example(1, [1] + common, 6), example(2, common, 6)])] == [0]
+
+
+def test_examples_are_grouped_by_the_longest_openings_they_share():
+    """Two instructions under one system prompt: two groups sharing 10 and 8 tokens save 28 tokens, one group
+    sharing the 3 tokens all five have in common would save 12."""
+    system = [5, 6, 7]
+    first, second = system + [20, 21, 22, 23, 24, 25, 26], system + [30, 31, 32, 33, 34]
+    examples = [example(1, first + [50, 51, 52], 11), example(2, second + [60, 61], 9),
+                example(3, first + [53, 54], 11), example(4, second + [62, 63, 64], 9),
+                example(5, first + [55], 11)]
+    assert shared(examples) == [(10, [1, 3, 5]), (8, [2, 4])]
+    batch = one_batch(examples, True)
+    assert batch.segment_prefixes == (-1, 0, 0, 0, -1, 4, 4)
+    assert batch.boundaries.diff().tolist() == [10, 3, 2, 1, 8, 2, 3]
+    assert batch.input_ids.tolist() == [first + [50, 51, 52] + [53, 54] + [55] + second + [60, 61] + [62, 63, 64]]
+    assert batch.position_ids.tolist() == [list(range(10)) + [10, 11, 12, 10, 11, 10] + list(range(8)) + [8, 9, 8, 9, 10]]
+    assert batch.tokens == sum(len(e.input_ids) for e in examples) == batch.input_ids.shape[1] + 28
 
 
 def test_a_shared_prefix_is_laid_once_and_counted_once_per_example():
     examples = with_prefix([5, 6, 7, 8], [6, 3, 9])
-    plain, shared = one_batch(examples, False), one_batch(examples, True)
-    first, *others = (examples[number - 1] for number in shared.example_numbers)
-    assert shared.shared_prefix == 4
-    assert shared.input_ids.tolist() == [[5, 6, 7, 8] + [t for e in (first, *others) for t in e.input_ids[4:]]]
-    assert shared.position_ids.tolist() == [list(range(4)) + [p for e in (first, *others) for p in range(4, len(e.input_ids))]]
-    assert shared.boundaries.diff().tolist() == [4] + [len(e.input_ids) - 4 for e in (first, *others)]
-    assert (shared.tokens, shared.trained_tokens) == (plain.tokens, plain.trained_tokens) == (4 * 3 + 18, 3 + 2 + 5)
-    assert shared.input_ids.shape[1] == plain.input_ids.shape[1] - 2 * 4
-    assert plain.shared_prefix == 0 and "shared_prefix_length" not in plain.model_inputs()
-    assert shared.model_inputs()["shared_prefix_length"] == 4
+    plain, shared_batch = one_batch(examples, False), one_batch(examples, True)
+    ordered = [examples[number - 1] for number in shared_batch.example_numbers]
+    assert shared_batch.segment_prefixes == (-1, 0, 0, 0)
+    assert shared_batch.input_ids.tolist() == [[5, 6, 7, 8] + [t for e in ordered for t in e.input_ids[4:]]]
+    assert shared_batch.position_ids.tolist() == [list(range(4)) + [p for e in ordered for p in range(4, len(e.input_ids))]]
+    assert shared_batch.boundaries.diff().tolist() == [4] + [len(e.input_ids) - 4 for e in ordered]
+    assert (shared_batch.tokens, shared_batch.trained_tokens) == (plain.tokens, plain.trained_tokens) == (4 * 3 + 18, 3 + 2 + 5)
+    assert shared_batch.input_ids.shape[1] == plain.input_ids.shape[1] - 2 * 4
+    assert plain.segment_prefixes == () and "segment_prefixes" not in plain.model_inputs()
+    assert shared_batch.model_inputs()["segment_prefixes"] == (-1, 0, 0, 0)
 
 
 def test_sharing_the_prefix_gives_the_loss_gradients_and_logits_of_separate_examples(tiny_llama_dir):
-    examples = with_prefix([11, 12, 13, 14, 15, 16, 17], [9, 14, 5, 11, 30])
+    examples = with_prefix([11, 12, 13, 14, 15, 16, 17], [9, 14, 5, 11, 30])  # one group, one example alone:
+    examples += with_prefix([11, 12, 40, 41, 42], [7, 12], seed=1) + with_prefix([90], [8], seed=2)
+    examples = [RenderedExample(number, e.input_ids, e.labels, e.full_length) for number, e in enumerate(examples, 1)]
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, attn_implementation="sdpa")
     use_packed_attention(model)
     add_adapter(model, "a", LoraSettings(r=4, targets="all-linear"))
@@ -86,15 +110,15 @@ def test_sharing_the_prefix_gives_the_loss_gradients_and_logits_of_separate_exam
 
     model.eval()
     batch = one_batch(examples, True)
+    assert sorted(p for p in batch.segment_prefixes if p >= 0) != [] and batch.segment_prefixes.count(-1) == 3
     with torch.no_grad():
         row = model(**batch.model_inputs()).logits[0]
-        start = batch.shared_prefix
-        for number in batch.example_numbers:
-            ids = examples[number - 1].input_ids
-            alone = model(input_ids=torch.tensor([ids])).logits[0]
-            own = len(ids) - batch.shared_prefix
-            torch.testing.assert_close(row[start : start + own], alone[batch.shared_prefix :], atol=1e-5, rtol=0)
-            start += own
+        for group in prefix_groups(examples):
+            for e in group.examples:  # each example's own tokens, wherever the row holds them
+                own = len(e.input_ids) - group.prefix
+                start = _find(batch.input_ids[0].tolist(), e.input_ids[group.prefix :])
+                alone = model(input_ids=torch.tensor([e.input_ids])).logits[0]
+                torch.testing.assert_close(row[start : start + own], alone[group.prefix :], atol=1e-5, rtol=0)
 
 
 def test_runs_share_the_prefix_only_with_per_example_attention_and_no_dropout(tiny_llama_dir):
@@ -104,3 +128,9 @@ def test_runs_share_the_prefix_only_with_per_example_attention_and_no_dropout(ti
     settings = batch_settings(TrainConfig(dataset="d.jsonl", batch_size=4, seed=3), model)
     assert settings == BatchSettings(packing=True, batch_size=4, seed=3, share_prefix=True)
     assert not batch_settings(TrainConfig(dataset="d.jsonl", dropout=0.1), model).share_prefix
+
+
+def _find(row: list[int], part: list[int]) -> int:
+    starts = [i for i in range(len(row) - len(part) + 1) if row[i : i + len(part)] == part]
+    assert len(starts) == 1
+    return starts[0]

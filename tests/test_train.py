@@ -247,7 +247,8 @@ def test_out_of_memory_retries_with_half_the_batch_and_the_same_effective_batch(
 
     def loss_without_room_for_four(model, inputs):
         calls.append(1)
-        examples = len(inputs["cu_seq_lens_q"]) - 1 - bool(inputs.get("shared_prefix_length"))  # a prefix is a part
+        prefixes = inputs.get("segment_prefixes", ())  # shared prefixes are segments of the row too
+        examples = len(inputs["cu_seq_lens_q"]) - 1 - len({p for p in prefixes if p >= 0})
         if len(calls) >= fail_from_step and examples > 2:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
         return real_loss(model, inputs)

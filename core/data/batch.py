@@ -9,11 +9,11 @@ neither (`use_cache=False`). There is no padding at all: every token in the row 
 passes the examples' cumulative lengths (`cu_seq_lens_q`), which `core.packed_attention` uses to attend within
 each example only, instead of scoring every pair of tokens in the row under a block-diagonal mask.
 
-With `share_prefix`, the untrained tokens that open every example of a packed batch (the chat template's
-system prompt, a fixed instruction) are laid in the row once, and each example keeps only its own rest
-(`Batch.shared_prefix`): the prefix's hidden states do not depend on what follows it, so computing them
-once gives the same loss and gradients as computing them for every example, for less work. Only
-`core.packed_attention` knows to let each example attend to the shared prefix, so the setting is for it alone.
+With `share_prefix`, examples of a packed batch that open with the same untrained tokens (the chat template's
+system prompt, a fixed instruction) are grouped (core/data/prefixes.py): the row holds each group's opening once,
+then each example's own rest, and `Batch.segment_prefixes` says which segment every rest continues. The same
+loss and gradients as for separate examples, for less work. Only `core.packed_attention` knows to let each rest
+attend to its prefix, so the setting is for it alone.
 
 With packing off, examples are padded per batch; `group_by_length` sorts examples by length within
 shuffled groups of `GROUP_BATCHES` batches, so each batch holds similar lengths and pads little.
@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
+from core.data.prefixes import PrefixGroup, prefix_groups
 from core.data.render import IGNORE_INDEX, RenderedExample
 
 GROUP_BATCHES = 16
@@ -58,18 +59,19 @@ class Batch:
     labels: torch.Tensor
     position_ids: torch.Tensor | None
     attention_mask: torch.Tensor | None
-    boundaries: torch.Tensor | None  # packed: cumulative example lengths [0, l1, l1 + l2, ...]
+    boundaries: torch.Tensor | None  # packed: cumulative segment lengths [0, l1, l1 + l2, ...]
     position: DataPosition
     next_position: DataPosition
     example_numbers: list[int]  # source line/row numbers, for messages about a bad batch
-    shared_prefix: int = 0  # packed: the first `shared_prefix` tokens of the row open every example
+    segment_prefixes: tuple[int, ...] = ()  # shared prefixes: per segment, the segment it continues, or -1
+    saved_tokens: int = 0  # tokens of the examples that shared prefixes left out of the row
 
     @property
     def tokens(self) -> int:
         """The examples' real (non-padding) tokens, a shared prefix counted once per example."""
         if self.attention_mask is not None:
             return int(self.attention_mask.sum())
-        return self.input_ids.numel() + (len(self.example_numbers) - 1) * self.shared_prefix
+        return self.input_ids.numel() + self.saved_tokens
 
     @property
     def trained_tokens(self) -> int:
@@ -86,8 +88,8 @@ class Batch:
         moved = {key: value.to(device) for key, value in inputs.items()}
         if self.boundaries is not None:
             moved["cu_seq_lens_q"] = self.boundaries
-        if self.shared_prefix:
-            moved["shared_prefix_length"] = self.shared_prefix
+        if self.segment_prefixes:
+            moved["segment_prefixes"] = self.segment_prefixes
         return {**moved, "use_cache": False}
 
 
@@ -144,38 +146,31 @@ def padding_share(lengths: Sequence[int], plan: list[list[int]]) -> float:
 
 def _collate_packed(chosen: list[RenderedExample], position: DataPosition, following: DataPosition,
                     share_prefix: bool) -> Batch:
-    shared = shared_prefix_length(chosen) if share_prefix else 0
-    ids = chosen[0].input_ids[:shared] + [token for example in chosen for token in example.input_ids[shared:]]
-    labels = chosen[0].labels[:shared] + [label for example in chosen for label in example.labels[shared:]]
-    positions = list(range(shared)) + [p for example in chosen for p in range(shared, len(example.input_ids))]
-    lengths = torch.tensor(([shared] if shared else []) + [len(example.input_ids) - shared for example in chosen])
+    groups = prefix_groups(chosen) if share_prefix else [PrefixGroup(0, [example]) for example in chosen]
+    ids, labels, positions, lengths, prefixes = [], [], [], [], []
+    for group in groups:
+        shared, prefix_segment = group.prefix, len(lengths)  # (example, first token, end, segment it continues)
+        segments = [(group.examples[0], 0, shared, -1)] if shared else []
+        segments += [(example, shared, len(example.input_ids), prefix_segment if shared else -1)
+                     for example in group.examples]
+        for example, start, end, prefix in segments:
+            ids += example.input_ids[start:end]
+            labels += example.labels[start:end]
+            positions += range(start, end)
+            lengths.append(end - start)
+            prefixes.append(prefix)
     return Batch(
         input_ids=torch.tensor([ids]),
         labels=torch.tensor([labels]),
         position_ids=torch.tensor([positions]),
         attention_mask=None,
-        boundaries=torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)]),
+        boundaries=torch.cat([torch.zeros(1, dtype=torch.long), torch.tensor(lengths).cumsum(0)]),
         position=position,
         next_position=following,
-        example_numbers=[example.number for example in chosen],
-        shared_prefix=shared,
+        example_numbers=[example.number for group in groups for example in group.examples],
+        segment_prefixes=tuple(prefixes) if max(prefixes) >= 0 else (),
+        saved_tokens=sum((len(group.examples) - 1) * group.prefix for group in groups),
     )
-
-
-def shared_prefix_length(chosen: list[RenderedExample]) -> int:
-    """How many opening tokens every example has in common with nothing trained on them: neither the tokens
-    themselves nor the tokens they predict (the next ones) are trained, so the shared hidden states feed no
-    loss of their own. Every example keeps at least one token after the prefix."""
-    if len(chosen) < 2:
-        return 0
-    limit = min(len(example.input_ids) for example in chosen) - 1
-    first = chosen[0].input_ids
-    length = 0
-    while length < limit and all(
-        example.input_ids[length] == first[length] and example.labels[length + 1] == IGNORE_INDEX for example in chosen
-    ):
-        length += 1
-    return length
 
 
 def _collate_padded(chosen: list[RenderedExample], pad_token_id: int, position: DataPosition, following: DataPosition) -> Batch:
