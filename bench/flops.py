@@ -26,7 +26,7 @@ def lora_step_flops(config, lora_parameters: int, lengths: list[int], trained_to
 
 
 def prefix_flops_saved(config, lora_parameters: int, prefixes: list[tuple[int, int]]) -> float:
-    """The FLOPs of `lora_step_flops` not done when each batch, given as (examples, shared prefix tokens),
-    computes its examples' shared prefix once. An example's causal pairs are the prefix's own, prefix x rest,
+    """The FLOPs of `lora_step_flops` not done when each group of examples, given as (examples, shared prefix
+    tokens), computes its shared prefix once. An example's causal pairs are the prefix's own, prefix x rest,
     and the rest's, so the work skipped per example but one is that of the prefix alone, with no loss."""
     return sum((examples - 1) * lora_step_flops(config, lora_parameters, [prefix], 0) for examples, prefix in prefixes)
