@@ -47,7 +47,7 @@ def load_training_data(config: TrainConfig, tokenizer) -> TrainingData:
 
 
 def batch_settings(config: TrainConfig, model: torch.nn.Module) -> BatchSettings:
-    """How the run's examples become batches. A prefix that a batch's examples share is computed once when the
+    """How the run's examples become batches. Openings that a batch's examples share are computed once when the
     model attends per example (only that attention knows the layout), nothing drops out (dropout on a shared
     prefix would draw one mask for every example where separate rows draw one each), and on the CPU: on a GPU,
     sdpa has no fused kernel for grouped-query attention under a mask and would keep every score for the
