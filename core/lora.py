@@ -16,9 +16,10 @@ With no adapter active, or with the active ones merged into W, the layer returns
 so the output equals the base model's bit for bit. Two faster forms of the same sum:
 - training on a plain fp32 nn.Linear without dropout or DoRA: the whole layer is one autograd node
   (`core.lora_fused`), the same products with fewer passes over the data;
-- inference (no autograd, eval mode, fp32 without autocast, no DoRA): the updates are added into y_base in
-  place, the cheapest form for decoding a token at a time (`LoraAdapter.add_in_place`); a forward hook on
-  the base layer then sees the adapted output.
+- inference (no autograd, eval mode, fp32 in and out, no DoRA active): the updates are added into y_base in
+  place, the cheapest form for decoding a token at a time (`add_in_place`); a forward hook on the base layer
+  then sees the adapted output. A plain nn.Linear with no hooks of its own is not called as a module there:
+  its product runs directly, as in the fused training path.
 
 Merging is explicit and run-once: `merge()` folds the active adapters into W (checking the result is finite
 before writing), `unmerge()` takes them out again. With each DoRA factor f fixed at merge time the result is
@@ -89,17 +90,6 @@ class LoraAdapter(nn.Module):
                            self.lora_B.t(), alpha=gain * self.scaling)
         return flat.view(*out.shape[:-1], flat.shape[-1])
 
-    def add_in_place(self, out: torch.Tensor, x: torch.Tensor, gain: float = 1.0) -> None:
-        """`out += gain * s * B(A(x))` for inference, as two calls that make no new tensor of the output's size:
-        decoding pays per call (the base's weights have just pushed these out of cache), not per FLOP. One token
-        takes the matrix-vector products, the lightest calls there are."""
-        down, up = self.lora_A, self.lora_B  # module attribute lookups are not free at 210 layers a token
-        if x.numel() == down.shape[1]:
-            out.view(-1).addmv_(up, torch.mv(down, x.reshape(-1)), alpha=gain * self.scaling)
-        else:
-            hidden = F.linear(x, down).reshape(-1, self.r)
-            out.view(-1, out.shape[-1]).addmm_(hidden, up.t(), alpha=gain * self.scaling)
-
     def _math_dtype(self, x: torch.Tensor) -> torch.dtype:
         """fp32 (the adapter's dtype), or autocast's dtype inside an autocast region: autocast casts the
         products' inputs to it anyway, so an fp32 copy of x there would be a wasted pass each way."""
@@ -129,6 +119,20 @@ class LoraAdapter(nn.Module):
         return f"r={self.r}, alpha={self.alpha}, scaling={self.scaling:.4g}, dora={self.use_dora}"
 
 
+def add_in_place(out: torch.Tensor, x: torch.Tensor, terms: tuple) -> None:
+    """`out += scale * B(A(x))` for each (A, B, scale) in `terms`, for inference, as two calls per adapter that
+    make no new tensor of the output's size: decoding pays per call (the base's weights have just pushed the
+    adapters out of cache), not per FLOP. One token takes the matrix-vector products, the lightest calls there are."""
+    if x.numel() == x.shape[-1]:
+        flat_out, flat_x = out.view(-1), x.reshape(-1)
+        for down, up, scale in terms:
+            flat_out.addmv_(up, torch.mv(down, flat_x), alpha=scale)
+    else:
+        rows = out.view(-1, out.shape[-1])
+        for down, up, scale in terms:
+            rows.addmm_(F.linear(x, down).reshape(-1, down.shape[0]), up.t(), alpha=scale)
+
+
 class LoraLayer(nn.Module):
     """A frozen base layer plus named adapters; `active` says which adapters (and gains) the forward adds."""
 
@@ -143,23 +147,21 @@ class LoraLayer(nn.Module):
         self.path = path
         self.d_in, self.d_out = layer_shape(base_layer)
         self.adapters = nn.ModuleDict()
+        self._plain_linear = type(base_layer) is nn.Linear
         self.active: dict[str, float] = {}
         self.merged: dict[str, float] = {}
         self._merge_factors: dict[str, torch.Tensor] = {}
-        self._has_dora = False
 
     def add_adapter(self, name: str, adapter: LoraAdapter) -> None:
         """Attach a built adapter under `name` (inactive until `set_active`)."""
         if name in self.adapters:
             raise AdapterConfigError(f"Module {self.path} already has an adapter named {name!r}. Pick another name.")
         self.adapters[name] = adapter
-        self._has_dora = self._has_dora or adapter.use_dora
 
     def delete_adapter(self, name: str) -> None:
         self._require_unmerged("delete an adapter")
         del self.adapters[name]
-        self.active.pop(name, None)
-        self._has_dora = any(adapter.use_dora for adapter in self.adapters.values())
+        self.active = {active: gain for active, gain in self.active.items() if active != name}
 
     def set_active(self, gains: dict[str, float]) -> None:
         """Choose which adapters the forward adds, each with its gain; an empty dict means the plain base."""
@@ -172,6 +174,22 @@ class LoraLayer(nn.Module):
             )
         self.active = {name: float(gain) for name, gain in gains.items()}
 
+    @property
+    def active(self) -> dict[str, float]:
+        """The active adapters and their gains. Setting it also sets the low-rank terms, (A, B, gain * s) per
+        active adapter, that the fused and in-place paths read: a decode step runs them in every adapted layer,
+        where looking the adapters up again cost ~1% of the step. None while a DoRA adapter is active, since its
+        update reads the base output, so neither path applies."""
+        return self._active
+
+    @active.setter
+    def active(self, gains: dict[str, float]) -> None:
+        self._active = gains
+        adapters = [(self.adapters[name], gain) for name, gain in gains.items()]
+        self._low_rank_terms = None if any(adapter.use_dora for adapter, _ in adapters) else tuple(
+            (adapter.lora_A, adapter.lora_B, gain * adapter.scaling) for adapter, gain in adapters
+        )
+
     def base_weight(self) -> torch.Tensor:
         """The frozen weight as a dense (d_out, d_in) tensor, dequantized if needed."""
         return read_weight(self.base_layer)
@@ -180,13 +198,10 @@ class LoraLayer(nn.Module):
         if self.merged or not self.active:
             return self.base_layer(x)
         if self._trains_fused(x):
-            adapters = [self.adapters[name] for name in self.active]
-            scales = [gain * adapter.scaling for adapter, gain in zip(adapters, self.active.values())]
-            return lora_linear(x, self.base_layer, adapters, scales)
-        base_out = self.base_layer(x)
+            return lora_linear(x, self.base_layer, self._low_rank_terms)
+        base_out = self._base_forward(x)
         if self._adds_in_place(x, base_out):
-            for name, gain in self.active.items():
-                self.adapters[name].add_in_place(base_out, x, gain)
+            add_in_place(base_out, x, self._low_rank_terms)
             return base_out
         result = base_out
         for name, gain in self.active.items():
@@ -203,12 +218,12 @@ class LoraLayer(nn.Module):
         base = self.base_layer
         return (
             torch.is_grad_enabled()
-            and type(base) is nn.Linear
+            and self._plain_linear
             and x.dtype is torch.float32
             and base.weight.dtype is torch.float32
             and not base.weight.requires_grad
             and (base.bias is None or not base.bias.requires_grad)
-            and not self._has_dora
+            and self._low_rank_terms is not None
             and not torch.is_autocast_enabled(x.device.type)
             and all(
                 self.adapters[name].lora_A.dtype is torch.float32
@@ -218,18 +233,25 @@ class LoraLayer(nn.Module):
             )
         )
 
+    def _base_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """`base_layer(x)`; a plain nn.Linear without hooks of its own gets its product called directly, since
+        the module call costs ~2% of a decode step over 210 adapted layers."""
+        base = self.base_layer
+        if self._plain_linear and not (base._forward_hooks or base._forward_pre_hooks):
+            return F.linear(x, base.weight, base.bias)
+        return base(x)
+
     def _adds_in_place(self, x: torch.Tensor, base_out: torch.Tensor) -> bool:
         """Whether the forward may add the updates straight into the base output: inference (no autograd, no
-        dropout), fp32 in and out with no autocast, and no DoRA adapter (it reads the base output). Kept to a few
-        cheap tests: a decode step runs this in every adapted layer."""
+        dropout), no DoRA active, fp32 in and out (autocast would have made the output bf16 or fp16). Kept to a
+        few cheap tests: a decode step runs this in every adapted layer."""
         return not (
-            torch.is_grad_enabled()
+            self._low_rank_terms is None
+            or torch.is_grad_enabled()
             or self.training
-            or self._has_dora
             or x.dtype is not torch.float32
             or base_out.dtype is not torch.float32
             or not base_out.is_contiguous()
-            or torch.is_autocast_enabled("cuda" if x.is_cuda else "cpu")  # x.device.type alone cost 2% of a step
         )
 
     def _dora_update(self, adapter: LoraAdapter, x: torch.Tensor, base_out: torch.Tensor) -> torch.Tensor:

@@ -177,7 +177,7 @@ def test_in_place_updates_are_skipped_where_they_would_be_wrong(case):
         assert layer.adapters["a"].lora_A.grad is not None
 
 
-def test_deleting_the_last_dora_adapter_brings_the_in_place_path_back():
+def test_the_in_place_path_follows_the_active_set_not_the_loaded_adapters():
     torch.manual_seed(0)
     base = nn.Linear(24, 16)
     layer = layer_with(base).eval()
@@ -185,10 +185,47 @@ def test_deleting_the_last_dora_adapter_brings_the_in_place_path_back():
     x = torch.randn(1, 1, 24)
     with torch.inference_mode():
         out, base_out = forward_capturing_base_output(layer, x)
-        assert out is not base_out  # a DoRA adapter is loaded, though not active: the layer plays safe
+        assert out is base_out  # the DoRA adapter is loaded but not active
+        layer.set_active({"a": 1.0, "d": 1.0})
+        out, base_out = forward_capturing_base_output(layer, x)
+        assert out is not base_out  # DoRA's update reads the base output
         layer.delete_adapter("d")
+        assert layer.active == {"a": 1.0}
         out, base_out = forward_capturing_base_output(layer, x)
         assert out is base_out
+
+
+def aten_ops(layer: LoraLayer, x: torch.Tensor) -> list[str]:
+    """The aten operations a forward runs, in order."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Recorder(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(func.__name__)
+            return func(*args, **(kwargs or {}))
+
+    with Recorder() as recorder:
+        layer(x)
+    return recorder.names
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 24), (2, 5, 24)], ids=["one-token", "prompt"])
+def test_a_hookless_linear_adds_each_update_into_the_base_output_with_two_calls(shape):
+    torch.manual_seed(0)
+    base = nn.Linear(24, 16)
+    layer = two_adapter_layer(base).eval()
+    x = torch.randn(shape)
+    with torch.inference_mode():
+        ops = aten_ops(layer, x)
+        expected = base(x) + 0.5 * layer.adapters["a"].low_rank(x) - 2.0 * layer.adapters["b"].low_rank(x)
+        torch.testing.assert_close(layer(x), expected, atol=1e-6, rtol=1e-6)
+    in_place = "addmv_.default" if shape == (1, 1, 24) else "addmm_.default"
+    assert ops.count(in_place) == 2  # one per adapter, into the base output
+    assert not [op for op in ops if op.startswith(("add.", "addmm.default", "addmv.default", "mul", "copy", "clone"))]
 
 
 def two_adapter_layer(base: nn.Module, **options) -> LoraLayer:
