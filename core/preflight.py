@@ -3,7 +3,8 @@
 Data facts come from `core.data.data_preflight`; this adds the adapter's trainable parameters and
 estimates of peak memory and seconds per step on this machine. The estimates are rough on purpose:
     time   = 4 x (linear-layer parameters, the LM head only on trained tokens) FLOPs per token (forward + input
-             gradients; frozen W gets no weight gradient) / (measured matmul speed x efficiency seen in our benchmarks)
+             gradients; frozen W gets no weight gradient) / (measured matmul speed x efficiency seen in our benchmarks),
+             for the tokens a step computes (shared openings once: core.data.prefixes)
     memory = weights (in the run's dtype, linear layers in nf4/int8 when quantized)
              + 16 bytes per trainable parameter (value, gradient, two Adam moments)
              + activations kept for the backward pass (about 20 hidden + 4 intermediate values per token per layer;
@@ -29,7 +30,7 @@ from core.models import LoadedModel, load_base_model, resolve_device, resolve_dt
 from core.quantize import SKIPPED_MODULES
 from core.targets import resolve_targets
 from core.train import planned_steps
-from core.train_data import train_examples
+from core.train_data import batch_settings, train_examples
 from core.train_config import TrainConfig
 
 TRAINING_EFFICIENCY = 0.5  # share of the matmul peak our LoRA training loop reaches on CPU (bench/)
@@ -80,7 +81,7 @@ def preflight(config: TrainConfig) -> Preflight:
     config.check()
     loaded = load_base_model(config.base, config.dtype, config.quant, config.device)
     data = data_preflight(config.dataset, loaded.tokenizer, config.max_len, config.train_on,
-                          skip_invalid=config.skip_invalid)
+                          skip_invalid=config.skip_invalid, batches=batch_settings(config, loaded.model))
     trainable = count_trainable(loaded.model, config)
     head = loaded.model.get_output_embeddings()
     linear = sum(m.in_features * m.out_features for m in loaded.model.modules() if hasattr(m, "in_features"))
@@ -88,7 +89,8 @@ def preflight(config: TrainConfig) -> Preflight:
     mean_tokens = data.tokens / max(data.rows - data.invalid_rows, 1)
     tokens_per_step = mean_tokens * config.batch_size * config.grad_accum
     steps = planned_steps(config, train_examples(config, data.rows - data.invalid_rows))
-    seconds = 4 * linear * tokens_per_step / (matmul_flops(loaded.model.device) * TRAINING_EFFICIENCY)
+    computed_tokens = tokens_per_step * (1 - data.shared_token_share)
+    seconds = 4 * linear * computed_tokens / (matmul_flops(loaded.model.device) * TRAINING_EFFICIENCY)
     memory = estimate_memory(loaded, config, data, trainable)
     return Preflight(
         data=data,

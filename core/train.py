@@ -32,11 +32,11 @@ from core.data import BatchSettings, DataPosition, iterate_batches
 from core.errors import LoraForgeError
 from core.loss import trained_token_loss
 from core.models import LoadedModel, load_base_model
-from core.packed_attention import can_use_packed_attention, use_packed_attention
+from core.packed_attention import use_packed_attention
 from core.peft_format import save_adapter
 from core.run_logs import METRICS, SAMPLES, append_row, forget_rows_after
 from core.train_config import TrainConfig
-from core.train_data import TrainingData, batch_settings, load_training_data, sample_outputs
+from core.train_data import TrainingData, attends_per_example, batch_settings, load_training_data, sample_outputs
 
 ADAPTER = "default"
 Events = Callable[[str, dict], None]
@@ -170,7 +170,7 @@ def _prepare(config: TrainConfig, run_dir: Path) -> _Session:
     torch.manual_seed(config.seed)
     loaded = load_base_model(config.base, config.dtype, config.quant, config.device)
     data = load_training_data(config, loaded.tokenizer)
-    if config.packing and can_use_packed_attention(loaded.model, config.max_len):
+    if attends_per_example(config, loaded.model):
         use_packed_attention(loaded.model)
     report = add_adapter(loaded.model, ADAPTER, lora_settings(config))
     if config.gradient_checkpointing:

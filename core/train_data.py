@@ -10,7 +10,7 @@ import torch
 from core.data import BatchSettings, PreparedDataset, iterate_batches, prepare_dataset
 from core.generate import Message, greedy_answers
 from core.loss import trained_token_loss
-from core.packed_attention import is_packed_attention
+from core.packed_attention import can_use_packed_attention
 from core.train_config import TrainConfig
 
 SAMPLE_PROMPTS = 3
@@ -46,6 +46,11 @@ def load_training_data(config: TrainConfig, tokenizer) -> TrainingData:
     return TrainingData(train, held_out, [p for p in prompts if p], tokenizer.pad_token_id)
 
 
+def attends_per_example(config: TrainConfig, model: torch.nn.Module) -> bool:
+    """Whether the run packs its examples into rows and attends within each (core.packed_attention)."""
+    return config.packing and can_use_packed_attention(model, config.max_len)
+
+
 def batch_settings(config: TrainConfig, model: torch.nn.Module) -> BatchSettings:
     """How the run's examples become batches. Openings that a batch's examples share are computed once when the
     model attends per example (only that attention knows the layout), nothing drops out (dropout on a shared
@@ -53,7 +58,7 @@ def batch_settings(config: TrainConfig, model: torch.nn.Module) -> BatchSettings
     sdpa has no fused kernel for grouped-query attention under a mask and would keep every score for the
     backward pass, so it waits for a measurement there."""
     no_dropout = config.dropout == 0 and not getattr(model.config, "attention_dropout", 0)
-    share_prefix = is_packed_attention(model) and no_dropout and model.device.type == "cpu"
+    share_prefix = attends_per_example(config, model) and no_dropout and model.device.type == "cpu"
     return BatchSettings(packing=config.packing, batch_size=config.batch_size, seed=config.seed,
                          share_prefix=share_prefix)
 

@@ -1,18 +1,23 @@
 """Prefixes shared by a packed batch's examples are computed once, with the loss and gradients of separate examples."""
 
 import random
+from dataclasses import replace
 
+import pytest
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+import core.preflight
 
 from core.adapters import LoraSettings, add_adapter
-from core.data import BatchSettings, RenderedExample, iterate_batches
+from core.data import BatchSettings, RenderedExample, iterate_batches, prepare_dataset
 from core.data.prefixes import prefix_groups
 from core.data.render import IGNORE_INDEX
 from core.loss import trained_token_loss
 from core.packed_attention import use_packed_attention
 from core.train_config import TrainConfig
 from core.train_data import batch_settings
+from tests.job_helpers import DATES
 from tests.lora_helpers import randomize
 
 UNTRAINED = IGNORE_INDEX
@@ -125,13 +130,27 @@ def test_sharing_the_prefix_gives_the_loss_gradients_and_logits_of_separate_exam
                 torch.testing.assert_close(row[start : start + own], alone[group.prefix :], atol=1e-5, rtol=0)
 
 
-def test_runs_share_the_prefix_only_with_per_example_attention_and_no_dropout(tiny_llama_dir):
+def test_runs_share_the_prefix_only_when_they_attend_per_example_and_nothing_drops_out(tiny_llama_dir):
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, attn_implementation="sdpa")
-    assert not batch_settings(TrainConfig(dataset="d.jsonl"), model).share_prefix
-    use_packed_attention(model)
     settings = batch_settings(TrainConfig(dataset="d.jsonl", batch_size=4, seed=3), model)
     assert settings == BatchSettings(packing=True, batch_size=4, seed=3, share_prefix=True)
+    assert not batch_settings(TrainConfig(dataset="d.jsonl", packing=False), model).share_prefix
     assert not batch_settings(TrainConfig(dataset="d.jsonl", dropout=0.1), model).share_prefix
+    model.config.sliding_window = 16  # shorter than an example may be: the attention stays plain sdpa
+    assert not batch_settings(TrainConfig(dataset="d.jsonl"), model).share_prefix
+
+
+def test_preflight_counts_what_the_batches_share_and_estimates_time_for_the_rest(tiny_llama_dir, monkeypatch):
+    monkeypatch.setattr(core.preflight, "matmul_flops", lambda device: 1e11)  # the machine's speed is not on test
+    config = TrainConfig(base=str(tiny_llama_dir), dataset=str(DATES), batch_size=8, seed=5)
+    shared, separate = core.preflight.preflight(config), core.preflight.preflight(replace(config, dropout=0.05))
+
+    examples = prepare_dataset(DATES, AutoTokenizer.from_pretrained(tiny_llama_dir), max_length=config.max_len).examples
+    batches = list(iterate_batches(examples, BatchSettings(batch_size=8, seed=5, share_prefix=True), 0, epochs=1))
+    saved = sum(batch.saved_tokens for batch in batches) / sum(batch.tokens for batch in batches)
+    assert shared.data.shared_token_share == pytest.approx(saved) and saved > 0.3  # the dates' instructions
+    assert separate.data.shared_token_share == 0
+    assert shared.estimated_seconds_per_step == pytest.approx(separate.estimated_seconds_per_step * (1 - saved))
 
 
 def _find(row: list[int], part: list[int]) -> int:

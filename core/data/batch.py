@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-from core.data.prefixes import PrefixGroup, prefix_groups
+from core.data.prefixes import PrefixGroup, prefix_groups, saved_tokens
 from core.data.render import IGNORE_INDEX, RenderedExample
 
 GROUP_BATCHES = 16
@@ -169,7 +169,7 @@ def _collate_packed(chosen: list[RenderedExample], position: DataPosition, follo
         next_position=following,
         example_numbers=[example.number for group in groups for example in group.examples],
         segment_prefixes=tuple(prefixes) if max(prefixes) >= 0 else (),
-        saved_tokens=sum((len(group.examples) - 1) * group.prefix for group in groups),
+        saved_tokens=saved_tokens(groups),
     )
 
 

@@ -48,6 +48,18 @@ def prefix_groups(chosen: list[RenderedExample]) -> list[PrefixGroup]:
     return groups[::-1]
 
 
+def saved_tokens(groups: list[PrefixGroup]) -> int:
+    """Tokens the groups' rows leave out: every example of a group but one skips its prefix."""
+    return sum((len(group.examples) - 1) * group.prefix for group in groups)
+
+
+def shared_token_share(examples: list[RenderedExample], plan: list[list[int]]) -> float:
+    """Share of the examples' tokens that batches of this plan (example indices per batch) compute only once."""
+    tokens = sum(len(example.input_ids) for example in examples)
+    saved = sum(saved_tokens(prefix_groups([examples[i] for i in batch])) for batch in plan)
+    return saved / tokens if tokens else 0.0
+
+
 def _untrained_opening(example: RenderedExample) -> int:
     """The most tokens a prefix may take from this example: none trained, none predicting a trained token."""
     first_trained = next((i for i, label in enumerate(example.labels) if label != IGNORE_INDEX), len(example.labels))

@@ -10,7 +10,9 @@ from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase
 
+from core.data.batch import BatchSettings, epoch_plan
 from core.data.load import AUTO
+from core.data.prefixes import shared_token_share
 from core.data.prepare import prepare_dataset
 from core.data.render import IGNORE_INDEX, RenderedExample
 
@@ -45,6 +47,7 @@ class DataPreflight:
     truncated_share: float
     tokens: int  # after truncation
     trained_token_share: float
+    shared_token_share: float = 0.0  # computed once in shared openings, when batched as the run would
     example_text: str = ""  # the first example, as the model sees it
     example_trained_spans: list[tuple[int, int]] = field(default_factory=list)  # [start, end) in example_text
     example_marked: str = ""  # example_text with trained spans wrapped in ⟦ ⟧
@@ -58,8 +61,10 @@ def data_preflight(
     train_on: str = "assistant",
     format: str = AUTO,
     skip_invalid: bool = False,
+    batches: BatchSettings | None = None,
 ) -> DataPreflight:
-    """Validate and render the dataset as training would, and summarise it; see DataPreflight."""
+    """Validate and render the dataset as training would, and summarise it; see DataPreflight. With the run's
+    `batches`, also the share of tokens its first epoch's batches compute once in shared openings."""
     prepared = prepare_dataset(source, tokenizer, max_length, train_on, format, check=False)
     report, examples = prepared.report, prepared.examples
     full_lengths = sorted(example.full_length for example in examples)
@@ -83,11 +88,19 @@ def data_preflight(
         truncated_share=prepared.truncated_rows / len(examples) if examples else 0.0,
         tokens=tokens,
         trained_token_share=trained / tokens if tokens else 0.0,
+        shared_token_share=_shared_token_share(examples, batches),
         example_text=text,
         example_trained_spans=spans,
         example_marked=mark(text, spans),
         length_bins=length_histogram(full_lengths, max_length),
     )
+
+
+def _shared_token_share(examples: list[RenderedExample], batches: BatchSettings | None) -> float:
+    if batches is None or not batches.share_prefix or not examples:
+        return 0.0
+    plan = epoch_plan([len(example.input_ids) for example in examples], batches, epoch=0)
+    return shared_token_share(examples, plan)
 
 
 def marked_spans(example: RenderedExample, tokenizer: PreTrainedTokenizerBase) -> tuple[str, list[tuple[int, int]]]:
