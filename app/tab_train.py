@@ -122,7 +122,9 @@ def build_train_tab(loaded: LoadedModel, store: Store) -> TrainTab:
 
     def start_run(*values):
         try:
-            new_id = jobs.submit(store, to_config(values_of(values)))
+            config = to_config(values_of(values))
+            served = loaded.tokenizer if config.base == loaded.facts.source else None  # the run's own tokenizer
+            new_id = jobs.submit(store, config, tokenizer=served)
         except LoraForgeError as error:
             raise gr.Error(str(error), duration=None) from None
         return f"Run `{new_id}` is queued. Follow it in the **Runs** tab.", new_id

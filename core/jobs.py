@@ -36,10 +36,11 @@ class RunNotResumable(LoraForgeError):
     """The run is in a state that resuming makes no sense for (queued, running, completed)."""
 
 
-def submit(store: Store, config: TrainConfig) -> str:
-    """Check the config and data, queue the run and make sure a supervisor will start it; returns its id."""
+def submit(store: Store, config: TrainConfig, tokenizer=None) -> str:
+    """Check the config and data (rendered with `tokenizer` when the submitter has the run's), queue the run and
+    make sure a supervisor will start it; returns its id."""
     load_job_settings()  # a bad setting is the submitter's to see, not only the supervisor log's
-    run_id = create_run(store, config, status="queued")
+    run_id = create_run(store, config, status="queued", tokenizer=tokenizer)
     ensure_supervisor()
     return run_id
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from core import paths
 from core.checkpoint import resume_step
-from core.data import DatasetError, load_examples
+from core.data import DatasetError, load_examples, prepare_dataset
 from core.errors import LoraForgeError
 from core.preflight import check_targets
 from core.processes import process_start_time
@@ -29,13 +29,17 @@ from core.train_config import TrainConfig
 METRIC_FIELDS = ("step", "split", "loss", "lr", "grad_norm", "tokens_per_s", "memory_mb", "tokens", "time")
 
 
-def create_run(store: Store, config: TrainConfig, status: str = "queued") -> str:
+def create_run(store: Store, config: TrainConfig, status: str = "queued", tokenizer=None) -> str:
     """Check the config and the data, record the run and write its folder with the resolved config.
 
-    Every row of the dataset (and eval file) is validated first, so bad data starts nothing. Local paths
-    are stored absolute: a resume or a background job may run from another working directory."""
+    Every row of the dataset (and eval file) is validated first, so bad data starts nothing; given the run's
+    `tokenizer`, the rows are rendered too, so a max length that leaves rows nothing to train is refused here as
+    well. Local paths are stored absolute: a resume or a background job may run from another working directory."""
     config = absolute_paths(config.check())
     for source in filter(None, (config.dataset, config.eval_file)):
+        if tokenizer is not None:  # raises DatasetError naming every refused row, as load_examples' report does
+            prepare_dataset(source, tokenizer, config.max_len, config.train_on, skip_invalid=config.skip_invalid)
+            continue
         report = load_examples(source).report
         if blocker := report.blocker(config.skip_invalid):
             raise DatasetError(blocker, report)

@@ -78,6 +78,22 @@ def test_bad_upload_shows_line_numbered_problems_and_start_refuses(app_url, web_
     assert len(runs_in(web_home)) == before  # no run was created
 
 
+def test_start_refuses_a_max_length_that_leaves_the_rows_nothing_to_train(app_url, web_home):
+    with browser_page() as page:
+        open_tab(page, app_url, "Train")
+        page.locator("#sample-select input").click()
+        page.get_by_role("option", name="dates").click()
+        set_number(page, "max_len", 8)  # shorter than every prompt: truncation leaves no answer token
+        page.wait_for_function("() => document.querySelector('#preflight').innerText.includes('Not ready')",
+                               timeout=60_000)
+        page.locator("#start").click()
+        toast = page.get_by_test_id("toast-body").filter(has_text="no trained tokens left after truncation to 8")
+        toast.wait_for(timeout=60_000)
+        assert "raise max_length" in toast.inner_text()
+        screenshot(page, "train-max-length-too-short")
+    assert runs_in(web_home) == []  # refused before a run was recorded, not left behind as a failed one
+
+
 def test_person_trains_watches_across_a_reload_and_chats_side_by_side(app_url, web_home):
     with browser_page() as page:
         open_tab(page, app_url, "Train")
