@@ -13,6 +13,7 @@ import pandas as pd
 
 from app.chat_picker import Picker, build_picker, resolve
 from app.chat_stream import MODEL_QUEUE, SharedSettings, stream
+from app.refusal import refusal
 from core.errors import LoraForgeError
 from core.models import LoadedModel
 from core.store import Store
@@ -61,7 +62,7 @@ def build_blind(loaded: LoadedModel, store: Store, settings: SharedSettings) -> 
         sampling = settings.sampling(data, text)
         first, second = resolve(loaded, store, pickers, data)
         if first[0].key == second[0].key:
-            raise gr.Error(f"Both contenders are {first[0].label}; choose two different ones to compare.")
+            raise refusal(f"Both contenders are {first[0].label}; choose two different ones to compare.")
         sides = random.sample([first, second], 2)
         yield {prompt: "", pending: None, reveal: "A and B are answering…", **{chat: [] for chat in chats},
                **voting(False)}
@@ -74,11 +75,11 @@ def build_blind(loaded: LoadedModel, store: Store, settings: SharedSettings) -> 
     def voter(winner: str, verdict: str) -> Callable:
         def cast(round_: dict | None):
             if round_ is None:
-                raise gr.Error("Ask both contenders a prompt first; each pair of answers takes one vote.")
+                raise refusal("Ask both contenders a prompt first; each pair of answers takes one vote.")
             try:
                 store.add_vote(round_["prompt"], round_["left"], round_["right"], winner)
             except LoraForgeError as error:
-                raise gr.Error(str(error)) from None
+                raise refusal(str(error)) from None
             told = (f"**A** was **{round_['left']['label']}**, **B** was **{round_['right']['label']}**. "
                     f"You voted: {verdict}. Saved.")
             return {pending: None, reveal: told, table: render(), **voting(False)}

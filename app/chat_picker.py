@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 import gradio as gr
 
+from app.refusal import refusal
 from core.contenders import BASE_CHOICE, SET_CHOICE, SET_EXAMPLE, Contender, choose, model_gains
 from core.errors import LoraForgeError
 from core.models import LoadedModel
@@ -48,5 +49,5 @@ def resolve(loaded: LoadedModel, store: Store, pickers: list[Picker], data: dict
             contender = choose(data[picker.choice], data[picker.weights], adapters)
             resolved.append((contender, model_gains(loaded.model, contender, adapters)))
         except LoraForgeError as error:
-            raise gr.Error(f"{picker.label}: {error}") from None
+            raise refusal(f"{picker.label}: {error}") from None
     return resolved

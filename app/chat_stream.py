@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import gradio as gr
 
+from app.refusal import refusal
 from core.adapters import active_adapters
 from core.errors import LoraForgeError
 from core.generate import Sampling, conversation, stream_reply
@@ -37,7 +38,7 @@ class SharedSettings:
     def sampling(self, data: dict, text: str) -> Sampling:
         """The settings as the page shows them now; an empty prompt is refused before anything runs."""
         if not text.strip():
-            raise gr.Error("Type a message first.")
+            raise refusal("Type a message first.")
         seed = data[self.seed]
         return Sampling(int(data[self.max_new_tokens]), float(data[self.temperature]),
                         seed=None if seed is None else int(seed))
@@ -67,7 +68,7 @@ def stream(loaded: LoadedModel, gains: dict[str, float], text: str, history: lis
             for reply in stream_reply(loaded.model, loaded.tokenizer, messages, sampling):
                 yield [*shown, {"role": "assistant", "content": reply}]
     except LoraForgeError as error:
-        raise gr.Error(str(error)) from None
+        raise refusal(str(error)) from None
 
 
 def message_text(message: dict) -> str:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import gradio as gr
 import pandas as pd
 
+from app.refusal import refusal
 from core.errors import LoraForgeError
 from core.run_diff import config_differences, final_figures
 from core.store import Store
@@ -43,7 +44,7 @@ def build_compare(store: Store) -> CompareView:
         try:
             runs = [store.get_run(run_id) for run_id in chosen or []]
         except LoraForgeError as error:  # deleted meanwhile, e.g. from another tab
-            raise gr.Error(str(error)) from None
+            raise refusal(str(error)) from None
         if len(runs) < 2:
             return HINT, None, None
         labels = run_labels(runs)

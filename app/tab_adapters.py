@@ -16,6 +16,7 @@ import gradio as gr
 
 from app.export_report import (ADAPTER_COLUMNS, EXPORT_COLUMNS, adapters_frame, download_files, exports_frame,
                                report_markdown)
+from app.refusal import refusal
 from core import paths
 from core.composed_adapters import COMPOSED
 from core.errors import LoraForgeError
@@ -87,11 +88,11 @@ def build_adapters_tab(loaded: LoadedModel, store: Store) -> AdaptersTab:
 
     def import_folder(path: str, selected: list[str]):
         if not path.strip():
-            raise gr.Error("Type the path of an adapter folder first.")
+            raise refusal("Type the path of an adapter folder first.")
         try:
             adapter = store.import_adapter(path.strip())
         except LoraForgeError as error:
-            raise gr.Error(str(error)) from None
+            raise refusal(str(error)) from None
         gr.Info(f"Imported adapter {adapter['name']} (id {adapter['id']}).")
         return render([*(selected or []), str(adapter["id"])])
 
@@ -99,7 +100,7 @@ def build_adapters_tab(loaded: LoadedModel, store: Store) -> AdaptersTab:
         try:
             export_id = start(request)
         except LoraForgeError as error:
-            raise gr.Error(str(error)) from None
+            raise refusal(str(error)) from None
         gr.Info(f"Job {export_id} started in the background; it goes on if you close the page.")
         return render(selected)
 
@@ -143,7 +144,7 @@ def _chosen(store: Store, selected: list[str] | None) -> list[dict]:
     by_id = {str(a["id"]): a for a in store.adapters()}
     rows = [by_id[value] for value in selected or [] if value in by_id]
     if not rows:
-        raise gr.Error("Choose one or more adapters in the list first (train one, or import an adapter folder above).")
+        raise refusal("Choose one or more adapters in the list first (train one, or import an adapter folder above).")
     return rows
 
 
@@ -153,7 +154,7 @@ def _weights(text: str) -> list[float] | None:
     try:
         return [float(part) for part in text.split(",")]
     except ValueError:
-        raise gr.Error(f"Weights {text!r} are not comma-separated numbers, e.g. 1, 0.5.") from None
+        raise refusal(f"Weights {text!r} are not comma-separated numbers, e.g. 1, 0.5.") from None
 
 
 def _references(rows: list[dict]) -> list[str]:

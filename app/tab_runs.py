@@ -13,6 +13,7 @@ from pathlib import Path
 import gradio as gr
 
 from app import run_view
+from app.refusal import refusal
 from app.run_compare import CompareView, build_compare
 from core import jobs
 from core.checkpoint import resume_step
@@ -86,11 +87,11 @@ def build_runs_tab(store: Store) -> RunsTab:
     def act(action, run_id: str | None, done):
         """Run `action` on the chosen run, then tell the person `done(run_id)`."""
         if not run_id:
-            raise gr.Error("Choose a run first.")
+            raise refusal("Choose a run first.")
         try:
             action(store, run_id)
         except LoraForgeError as error:
-            raise gr.Error(str(error)) from None
+            raise refusal(str(error)) from None
         gr.Info(done(run_id))
         return render(run_id)
 

@@ -12,6 +12,7 @@ import gradio as gr
 import torch
 
 from app.model_facts import describe_model
+from app.refusal import refusal
 from app.train_form import PRESET_VALUES, build_form, form_values, to_config
 from app.train_preview import PREVIEW_COLUMNS, preflight_view, preview
 from core import jobs, paths
@@ -126,14 +127,14 @@ def build_train_tab(loaded: LoadedModel, store: Store) -> TrainTab:
             served = loaded.tokenizer if config.base == loaded.facts.source else None  # the run's own tokenizer
             new_id = jobs.submit(store, config, tokenizer=served)
         except LoraForgeError as error:
-            raise gr.Error(str(error), duration=None) from None
+            raise refusal(str(error), duration=None) from None
         return f"Run `{new_id}` is queued. Follow it in the **Runs** tab.", new_id
 
     def save_config(*values):
         try:
             config = to_config(values_of(values))
         except LoraForgeError as error:
-            raise gr.Error(str(error)) from None
+            raise refusal(str(error)) from None
         folder = paths.home() / "configs"
         folder.mkdir(exist_ok=True)
         path = folder / f"{config.name or Path(config.dataset).stem or 'train'}.yaml"
@@ -144,7 +145,7 @@ def build_train_tab(loaded: LoadedModel, store: Store) -> TrainTab:
         try:
             return fill(TrainConfig.from_yaml(Path(path)))
         except LoraForgeError as error:
-            raise gr.Error(str(error)) from None
+            raise refusal(str(error)) from None
 
     def apply_preset(name: str):
         return [PRESET_VALUES[name].get(n, gr.skip()) for n in names]
@@ -166,9 +167,8 @@ def build_train_tab(loaded: LoadedModel, store: Store) -> TrainTab:
 
 def copy_upload(path: Path) -> Path:
     """Keep an uploaded dataset under LORAFORGE_HOME/uploads (Gradio's temp copy may vanish before a resume)."""
-    folder = paths.home() / "uploads"
-    folder.mkdir(exist_ok=True)
-    target = folder / f"{file_sha256(path)[:12]}-{path.name}"
+    target = paths.home() / "uploads" / file_sha256(path)[:12] / path.name  # messages and run names keep its name
+    target.parent.mkdir(parents=True, exist_ok=True)
     if not target.exists():
         shutil.copyfile(path, target)
     return target

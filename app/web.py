@@ -3,7 +3,7 @@ device, memory and queue.
 
 Only UI code lives here: every action calls `core`, all state comes from the store and the run folders
 (so a reload or a second tab shows the same truth), and a user's mistake shows as a readable message
-(gr.Error), never as a stack trace.
+(app.refusal), never as a stack trace, in the page or in the server log.
 """
 
 from pathlib import Path

@@ -10,6 +10,7 @@ import time
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
 
@@ -33,6 +34,11 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def server_log(home: Path, url: str) -> str:
+    """What the server `served_app(home)` started at `url` has printed so far."""
+    return (home.parent / f"server-{urlparse(url).port}.log").read_text()
 
 
 @contextmanager

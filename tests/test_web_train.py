@@ -15,7 +15,7 @@ from transformers import AutoTokenizer
 from core.data import data_preflight
 from core.processes import process_start_time
 from core.store import Store
-from tests.browser import browser_page, screenshot, served_app
+from tests.browser import browser_page, screenshot, served_app, server_log
 from tests.job_helpers import DATES, supervisor_pid
 
 pytestmark = pytest.mark.browser
@@ -73,9 +73,11 @@ def test_bad_upload_shows_line_numbered_problems_and_start_refuses(app_url, web_
         toast = page.get_by_test_id("toast-body").filter(has_text="2 of 3 rows are invalid")
         toast.wait_for(timeout=60_000)  # Start refused with the problems, line by line
         assert "line 2: bad JSON" in toast.inner_text() and "line 3: missing field 'output'" in toast.inner_text()
+        assert "broken.jsonl: 2 of 3" in toast.inner_text() and "-broken.jsonl" not in toast.inner_text()  # as named
         screenshot(page, "train-bad-dataset")
         assert "Traceback" not in page.content()
     assert len(runs_in(web_home)) == before  # no run was created
+    assert "Traceback" not in server_log(web_home, app_url)  # a person's mistake is not a server fault
 
 
 def test_start_refuses_a_max_length_that_leaves_the_rows_nothing_to_train(app_url, web_home):
