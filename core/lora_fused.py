@@ -18,12 +18,13 @@ import torch
 from torch.autograd.function import once_differentiable
 
 
-def lora_linear(x: torch.Tensor, layer: torch.nn.Linear, terms: tuple) -> torch.Tensor:
-    """`layer(x) + sum_i scale_i * B_i(A_i(x))` for `terms` ((A_i, B_i, scale_i), ...), as one autograd node.
+def lora_linear(x: torch.Tensor, layer: torch.nn.Linear, scaled_adapters: tuple) -> torch.Tensor:
+    """`layer(x) + sum_i scale_i * B_i(A_i(x))` for `scaled_adapters` ((LoraAdapter_i, scale_i), ...), as one
+    autograd node.
 
     The node works on rows (2-D); the reshapes stay outside it, so the caller may change the output in place."""
-    scales = tuple(scale for _, _, scale in terms)
-    factors = [matrix for down, up, _ in terms for matrix in (down, up)]
+    scales = tuple(scale for _, scale in scaled_adapters)
+    factors = [matrix for adapter, _ in scaled_adapters for matrix in (adapter.lora_A, adapter.lora_B)]
     rows = _LoraLinear.apply(x.reshape(-1, x.shape[-1]), layer.weight, layer.bias, scales, *factors)
     return rows.view(*x.shape[:-1], rows.shape[-1])
 
