@@ -143,7 +143,7 @@ def build_train_tab(loaded: LoadedModel, store: Store) -> TrainTab:
 
     def load_config(path: str):
         try:
-            return fill(TrainConfig.from_yaml(Path(path)))
+            return fill(TrainConfig.from_yaml(Path(path), name=Path(path).name))
         except LoraForgeError as error:
             raise refusal(str(error)) from None
 

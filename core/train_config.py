@@ -111,16 +111,19 @@ class TrainConfig:
         path.write_text(yaml.safe_dump(dataclasses.asdict(self), sort_keys=False))
 
     @classmethod
-    def from_yaml(cls, path: Path) -> "TrainConfig":
+    def from_yaml(cls, path: Path, name: str | None = None) -> "TrainConfig":
+        """The config in a YAML file; messages call the file `name` (default: its path), e.g. an upload's own
+        name rather than the web server's temporary copy."""
+        name = name or str(path)
         try:
             values = yaml.safe_load(Path(path).read_text()) or {}
         except FileNotFoundError:
-            raise ConfigError(f"Config file {path} does not exist. Check the path.") from None
+            raise ConfigError(f"Config file {name} does not exist. Check the path.") from None
         except yaml.YAMLError as error:
-            raise ConfigError(f"Config file {path} is not valid YAML: {error}. Fix the line it names.") from None
+            raise ConfigError(f"Config file {name} is not valid YAML: {error}. Fix the line it names.") from None
         if not isinstance(values, dict):
-            raise ConfigError(f"Config file {path} must hold a mapping of setting: value.")
-        return cls.from_dict(values, where=str(path))
+            raise ConfigError(f"Config file {name} must hold a mapping of setting: value.")
+        return cls.from_dict(values, where=name)
 
     @classmethod
     def from_dict(cls, values: dict, where: str = "the config") -> "TrainConfig":
