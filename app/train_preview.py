@@ -13,9 +13,9 @@ from app.preflight_panels import length_chart, memory_gauge
 from core.data import data_preflight, load_examples
 from core.data.formats import Example
 from core.models import LoadedModel
-from core.preflight import count_trainable, estimate_memory
+from core.preflight import count_trainable, estimate_memory, estimate_seconds_per_step
 from core.train import planned_steps
-from core.train_data import train_examples
+from core.train_data import batch_settings, train_examples
 from core.train_config import TrainConfig
 
 PREVIEW_ROWS = 5
@@ -42,25 +42,38 @@ def preflight_view(config: TrainConfig, loaded: LoadedModel) -> tuple[str, str, 
     """The preflight figures (markdown), the length histogram and the memory estimate (HTML), and the first example
     with its trained tokens highlighted (HTML)."""
     data = data_preflight(config.dataset, loaded.tokenizer, config.max_len, config.train_on,
-                          skip_invalid=config.skip_invalid)
+                          skip_invalid=config.skip_invalid, batches=batch_settings(config, loaded.model))
     trainable = count_trainable(loaded.model, config)
     share = 100 * trainable / loaded.facts.parameters if loaded.facts.parameters else 0.0
-    training_rows = train_examples(config, data.rows - data.invalid_rows)
+    steps = planned_steps(config, max(train_examples(config, data.rows - data.invalid_rows), 1))
     lines = [
         f"**Rows:** {data.rows} ({data.invalid_rows} invalid) · **format** {data.format}",
         f"**Length (tokens):** p50 {data.length_p50} · p95 {data.length_p95} · max {data.length_max} · "
         f"**truncated** at {config.max_len}: {data.truncated_share:.0%} of rows",
         f"**Trained tokens:** {data.trained_token_share:.0%} of {data.tokens:,} tokens",
         f"**Trainable parameters:** {trainable:,} ({share:.2f}% of {loaded.facts.parameters:,})",
-        f"**Steps:** {planned_steps(config, max(training_rows, 1))}",
+        f"**Steps:** {steps}",
     ]
-    if config.base != loaded.facts.source:
-        lines.append(f"_Token figures use the served model's tokenizer ({loaded.facts.name}), not {config.base}._")
+    if config.base == loaded.facts.source:
+        seconds = estimate_seconds_per_step(loaded.model, config, data)
+        lines.append(f"**Estimated time:** {_duration(steps * seconds)} ({steps} steps x {seconds:.2g} s on "
+                     f"{loaded.model.device.type}; shared openings: {data.shared_token_share:.0%} of tokens)")
+    else:
+        lines.append(f"_Token figures use the served model's tokenizer ({loaded.facts.name}), not {config.base}; "
+                     f"`python launch.py preflight` estimates the time on {config.base} itself._")
     if not data.ready:
         lines.append(f"**Not ready:**\n```\n{data.message}\n```")
     memory = estimate_memory(loaded, config, data, trainable)
     return ("\n\n".join(lines), length_chart(data.length_bins, config.max_len, data.truncated_share),
             memory_gauge(memory), highlighted(data.example_text, data.example_trained_spans))
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 1:
+        return "under a second"
+    if seconds < 90:
+        return f"about {seconds:.0f} s"
+    return f"about {seconds / 60:.1f} min" if seconds < 5400 else f"about {seconds / 3600:.1f} h"
 
 
 def highlighted(text: str, spans: list[tuple[int, int]]) -> str:

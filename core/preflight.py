@@ -15,6 +15,7 @@ estimates of peak memory and seconds per step on this machine. The estimates are
 Every figure is computed from the already-loaded model without changing it, so the web page can show it live.
 """
 
+import functools
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -83,14 +84,9 @@ def preflight(config: TrainConfig) -> Preflight:
     data = data_preflight(config.dataset, loaded.tokenizer, config.max_len, config.train_on,
                           skip_invalid=config.skip_invalid, batches=batch_settings(config, loaded.model))
     trainable = count_trainable(loaded.model, config)
-    head = loaded.model.get_output_embeddings()
-    linear = sum(m.in_features * m.out_features for m in loaded.model.modules() if hasattr(m, "in_features"))
-    linear -= head.in_features * head.out_features * (1 - data.trained_token_share)  # head runs on trained tokens only
-    mean_tokens = data.tokens / max(data.rows - data.invalid_rows, 1)
-    tokens_per_step = mean_tokens * config.batch_size * config.grad_accum
+    tokens_per_step = mean_tokens_per_step(config, data)
     steps = planned_steps(config, train_examples(config, data.rows - data.invalid_rows))
-    computed_tokens = tokens_per_step * (1 - data.shared_token_share)
-    seconds = 4 * linear * computed_tokens / (matmul_flops(loaded.model.device) * TRAINING_EFFICIENCY)
+    seconds = estimate_seconds_per_step(loaded.model, config, data)
     memory = estimate_memory(loaded, config, data, trainable)
     return Preflight(
         data=data,
@@ -105,6 +101,26 @@ def preflight(config: TrainConfig) -> Preflight:
         machine_memory_mb=memory.device_total_mb,
         memory=memory,
     )
+
+
+def mean_tokens_per_step(config: TrainConfig, data: DataPreflight) -> float:
+    """The examples' tokens in an average optimizer step (all micro-batches)."""
+    return data.tokens / max(data.rows - data.invalid_rows, 1) * config.batch_size * config.grad_accum
+
+
+def estimate_seconds_per_step(model: nn.Module, config: TrainConfig, data: DataPreflight) -> float:
+    """Seconds per optimizer step on this machine, by the rough model in this module's docstring. The machine's
+    matmul speed is measured once per device and process: the web page asks again at every change of a setting."""
+    head = model.get_output_embeddings()
+    linear = sum(m.in_features * m.out_features for m in model.modules() if hasattr(m, "in_features"))
+    linear -= head.in_features * head.out_features * (1 - data.trained_token_share)  # head runs on trained tokens only
+    computed_tokens = mean_tokens_per_step(config, data) * (1 - data.shared_token_share)
+    return 4 * linear * computed_tokens / (_device_matmul_flops(model.device) * TRAINING_EFFICIENCY)
+
+
+@functools.cache
+def _device_matmul_flops(device: torch.device) -> float:
+    return matmul_flops(device)
 
 
 def count_trainable(model: nn.Module, config: TrainConfig) -> int:

@@ -110,6 +110,7 @@ def test_person_trains_watches_across_a_reload_and_chats_side_by_side(app_url, w
             set_number(page, setting, value)
         page.wait_for_function("() => document.querySelector('#preflight').innerText.includes('Steps: 3')",
                                timeout=60_000)
+        assert "Estimated time: " in text_of(page, "#preflight") and "(3 steps x" in text_of(page, "#preflight")
         screenshot(page, "train-preflight")
 
         page.locator("#start").click()

@@ -25,6 +25,7 @@ def run(args: argparse.Namespace) -> int:
         f"Lengths    p50 {data.length_p50}, p95 {data.length_p95}, max {data.length_max} tokens; "
         f"{data.truncated_share:.1%} truncated at {data.max_length}",
         f"Trained    {data.trained_token_share:.1%} of tokens (answers only)" if data.tokens else "Trained    nothing",
+        f"Shared     {data.shared_token_share:.1%} of tokens are openings that a batch's examples share, computed once",
         f"Adapter    {result.trainable_parameters:,} trainable parameters "
         f"({result.trainable_percent:.2f}% of {result.model['parameters']:,})",
         f"Estimate   {result.total_steps} steps x {result.estimated_seconds_per_step:.1f} s = "
