@@ -17,7 +17,7 @@ from app.train_form import PRESET_VALUES, build_form, form_values, to_config
 from app.train_preview import PREVIEW_COLUMNS, preflight_view, preview
 from core import jobs, paths
 from core.errors import LoraForgeError
-from core.models import LoadedModel
+from core.models import LoadedModel, load_tokenizer
 from core.runs import file_sha256
 from core.store import Store
 from core.train_config import TrainConfig
@@ -124,8 +124,9 @@ def build_train_tab(loaded: LoadedModel, store: Store) -> TrainTab:
     def start_run(*values):
         try:
             config = to_config(values_of(values))
-            served = loaded.tokenizer if config.base == loaded.facts.source else None  # the run's own tokenizer
-            new_id = jobs.submit(store, config, tokenizer=served)
+            # the rows are rendered with the run's own tokenizer: the served one when the run's base is served
+            tokenizer = loaded.tokenizer if config.base == loaded.facts.source else load_tokenizer(config.base)
+            new_id = jobs.submit(store, config, tokenizer=tokenizer)
         except LoraForgeError as error:
             raise refusal(str(error), duration=None) from None
         return f"Run `{new_id}` is queued. Follow it in the **Runs** tab.", new_id

@@ -113,6 +113,13 @@ def load_base_model(
     return LoadedModel(model=model, tokenizer=tokenizer, facts=facts)
 
 
+def load_tokenizer(source: str = DEFAULT_MODEL) -> PreTrainedTokenizerBase:
+    """A base model's tokenizer without its weights, set up as `load_base_model` sets it up: enough to render a
+    dataset exactly as its run will, e.g. to refuse bad data before the run is recorded."""
+    folder, _, _ = resolve_source(source)
+    return _load_tokenizer(folder, source)[0]
+
+
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

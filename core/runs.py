@@ -33,8 +33,8 @@ def create_run(store: Store, config: TrainConfig, status: str = "queued", tokeni
     """Check the config and the data, record the run and write its folder with the resolved config.
 
     Every row of the dataset (and eval file) is validated first, so bad data starts nothing; given the run's
-    `tokenizer`, the rows are rendered too, so a max length that leaves rows nothing to train is refused here as
-    well. Local paths are stored absolute: a resume or a background job may run from another working directory."""
+    `tokenizer` (the CLI and the web page pass it), the rows are rendered too, so a max length that leaves rows
+    nothing to train is refused here as well. Local paths are stored absolute: a resume or a background job may run from another working directory."""
     config = absolute_paths(config.check())
     for source in filter(None, (config.dataset, config.eval_file)):
         if tokenizer is not None:  # raises DatasetError naming every refused row, as load_examples' report does

@@ -110,6 +110,16 @@ def test_bad_dataset_gets_line_numbers_and_starts_nothing(tiny_llama_dir, tmp_pa
     assert preflight.returncode == 2 and "NOT READY" in preflight.stdout and "line 2" in preflight.stdout
 
 
+def test_rows_the_max_length_leaves_nothing_to_train_are_refused_before_a_run_is_recorded(tiny_llama_dir, tmp_path):
+    for background in ([], ["--background"]):
+        result = run_cli("train", "--base", str(tiny_llama_dir), "--dataset", DATES, "--max-len", "8", *background,
+                         home=tmp_path / "home")
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert "line 1: no trained tokens left after truncation to 8 tokens; raise max_length" in result.stderr
+    with Store(tmp_path / "home" / "loraforge.db") as store:
+        assert store.list_runs() == []
+
+
 def test_targets_that_match_no_layer_are_refused_before_a_run_is_recorded(tiny_llama_dir, tmp_path):
     for background in ([], ["--background"]):
         result = run_cli("train", "--base", str(tiny_llama_dir), "--dataset", DATES, "--targets", "foo_proj",

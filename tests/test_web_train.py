@@ -219,8 +219,8 @@ def test_form_mistakes_name_the_field_and_a_typed_path_is_read_as_the_preview_re
         with page.expect_file_chooser() as chooser:
             page.locator("#load-config").click()
         chooser.value.set_files(str(tmp_path / "typo.yaml"))
-        page.get_by_test_id("toast-body").filter(has_text="rank in typo.yaml is 'banana'; it must be a whole number.").wait_for(
-            timeout=60_000)  # the file as the person named it, not the server's temporary copy
+        refusal = "rank in typo.yaml is 'banana'; it must be a whole number."  # the file as the person named it
+        page.get_by_test_id("toast-body").filter(has_text=refusal).wait_for(timeout=60_000)
         assert page.locator("#cfg-dataset textarea").input_value() == f"  {own}  "  # the form kept what was typed
         assert page.locator("#cfg-rank input").input_value() == "0"
         assert "Traceback" not in page.content()

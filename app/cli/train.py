@@ -10,6 +10,7 @@ import json
 import sys
 
 from core import jobs
+from core.models import load_tokenizer
 from core.runs import create_run, execute_run
 from core.store import Store
 from core.train import TrainResult
@@ -86,11 +87,12 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def run_train(args: argparse.Namespace) -> int:
     config = config_from_args(args)
+    tokenizer = load_tokenizer(config.base)  # renders the rows as the run will, so none is left empty after the fact
     if getattr(args, "background", False):
         with Store() as store:
-            return print_queued(jobs.submit(store, config))
+            return print_queued(jobs.submit(store, config, tokenizer=tokenizer))
     with Store() as store:
-        run_id = create_run(store, config, status="running")
+        run_id = create_run(store, config, status="running", tokenizer=tokenizer)
         print(f"Run {run_id}: {store.get_run(run_id)['run_dir']}", file=sys.stderr)
         return report(store, run_id, execute_run(store, run_id, events=ProgressBar()))
 
