@@ -55,9 +55,10 @@ def preflight_view(config: TrainConfig, loaded: LoadedModel) -> tuple[str, str, 
         f"**Steps:** {steps}",
     ]
     if config.base == loaded.facts.source:
-        seconds = estimate_seconds_per_step(loaded.model, config, data)
-        lines.append(f"**Estimated time:** {_duration(steps * seconds)} ({steps} steps x {seconds:.2g} s on "
-                     f"{loaded.model.device.type}; shared openings: {data.shared_token_share:.0%} of tokens)")
+        if data.ready:  # no time for a run that would not start
+            seconds = estimate_seconds_per_step(loaded.model, config, data)
+            lines.append(f"**Estimated time:** {_duration(steps * seconds)} ({seconds:.2g} s a step on "
+                         f"{loaded.model.device.type}; shared openings: {data.shared_token_share:.0%} of tokens)")
     else:
         lines.append(f"_Token figures use the served model's tokenizer ({loaded.facts.name}), not {config.base}; "
                      f"`python launch.py preflight` estimates the time on {config.base} itself._")
