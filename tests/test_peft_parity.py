@@ -103,17 +103,25 @@ def test_kbit_merge_stays_within_peft_tolerance(tiny_llama_dir, tmp_path, quanti
         quantize_linears(model, quantization, compute_dtype=torch.float32, device=torch.device("cpu"))
         return model
 
-    ours = kbit_model()
-    load_adapter(ours, tmp_path)
-    peft_base = kbit_model()
-    # PEFT picks its bitsandbytes LoRA layer only when the model says so
-    setattr(peft_base, "is_loaded_in_4bit" if quantization == "nf4" else "is_loaded_in_8bit", True)
-    theirs = PeftModel.from_pretrained(peft_base, tmp_path).eval()
-    ours_unmerged, peft_unmerged = logits(ours), logits(theirs)
-    merge(ours)
+    def ours():
+        model = kbit_model()
+        load_adapter(model, tmp_path)
+        return model
+
+    def theirs():
+        model = kbit_model()
+        # PEFT picks its bitsandbytes LoRA layer only when the model says so
+        setattr(model, "is_loaded_in_4bit" if quantization == "nf4" else "is_loaded_in_8bit", True)
+        return PeftModel.from_pretrained(model, tmp_path).eval()
+
+    # Merged before any forward: on a CPU with AVX512-BF16, bitsandbytes repacks a 4-bit weight at its first
+    # inference (absmax in bf16), and PEFT's merge then dequantizes the repacked copy; ours undoes the repacking.
+    ours_merged_model, peft_merged_model = ours(), theirs()
+    merge(ours_merged_model)
     with pytest.warns(UserWarning):
-        theirs.merge_adapter()
-    ours_merged, peft_merged = logits(ours), logits(theirs)
+        peft_merged_model.merge_adapter()
+    ours_merged, peft_merged = logits(ours_merged_model), logits(peft_merged_model)
+    ours_unmerged, peft_unmerged = logits(ours()), logits(theirs())
 
     peft_merge_shift = (peft_merged - peft_unmerged).abs().max().item()
     assert (ours_unmerged - peft_unmerged).abs().max() < PARITY
