@@ -8,6 +8,8 @@ through transformers' quantization config: it is a dozen lines, works the same o
 import torch
 from torch import nn
 
+from core.base_weights import is_bnb_4bit
+
 QUANTIZATIONS = ("none", "nf4", "int8")
 SKIPPED_MODULES = ("lm_head",)
 
@@ -51,6 +53,15 @@ def quantize_linears(model: nn.Module, quantization: str, compute_dtype: torch.d
             replaced += 1
     return replaced
 
+
+
+def keep_4bit_layout_for_training(model: nn.Module) -> None:
+    """Stop bitsandbytes from repacking 4-bit weights for its AVX512-BF16 CPU kernel. It repacks a layer at its
+    first forward in eval mode without autograd (an eval pass, a sample), and the repacked layer has no
+    backward: every training step after it would lose the gradient through the frozen layers, silently."""
+    for module in model.modules():
+        if is_bnb_4bit(module):
+            module.support_avx512bf16_for_cpu = False
 
 def weight_bytes(model: nn.Module, quantizable_only: bool = False) -> int:
     """Bytes held by the model's parameters (tied ones once), k-bit statistics included.

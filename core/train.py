@@ -34,6 +34,7 @@ from core.loss import trained_token_loss
 from core.models import LoadedModel, load_base_model
 from core.packed_attention import use_packed_attention
 from core.peft_format import save_adapter
+from core.quantize import keep_4bit_layout_for_training
 from core.run_logs import METRICS, SAMPLES, append_row, forget_rows_after
 from core.train_config import TrainConfig
 from core.train_data import TrainingData, attends_per_example, batch_settings, load_training_data, sample_outputs
@@ -169,6 +170,7 @@ def _prepare(config: TrainConfig, run_dir: Path) -> _Session:
     config.to_yaml(run_dir / "config.yaml")
     torch.manual_seed(config.seed)
     loaded = load_base_model(config.base, config.dtype, config.quant, config.device)
+    keep_4bit_layout_for_training(loaded.model)
     data = load_training_data(config, loaded.tokenizer)
     if attends_per_example(config, loaded.model):
         use_packed_attention(loaded.model)

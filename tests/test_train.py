@@ -79,6 +79,22 @@ def test_qlora_trains_fp32_adapters_on_an_nf4_base(tiny_llama_dir, tmp_path):
     assert any(float(t.abs().max()) > 0 for key, t in tensors.items() if "lora_B" in key)  # B moved off zero
 
 
+
+def test_evaluating_during_a_qlora_run_leaves_its_training_unchanged(tiny_llama_dir, tmp_path):
+    """On a CPU with AVX512-BF16, bitsandbytes repacks a 4-bit weight at its first forward in eval mode, and the
+    repacked weight has no backward: the training steps after an eval would lose the gradient through every
+    frozen layer. Evaluating (and sampling) must not change the adapter a run trains."""
+    settings = dict(quant="nf4", eval_share=0.1, max_steps=4, save_every=4, dropout=0.0, sample_prompts=["hi"])
+    quiet = train(tiny_config(tiny_llama_dir, eval_every=1000, **settings), tmp_path / "quiet")
+    evaluated = train(tiny_config(tiny_llama_dir, eval_every=1, **settings), tmp_path / "evaluated")
+    assert quiet.status == evaluated.status == "completed"
+    metrics = (tmp_path / "evaluated" / "metrics.jsonl").read_text()
+    assert metrics.count('"split": "eval"') == 4
+    expected, got = adapter_tensors(quiet.adapter_dir), adapter_tensors(evaluated.adapter_dir)
+    assert expected.keys() == got.keys()
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], rtol=0, atol=0, msg=key)
+
 def logged_step(runs: Path, step: int) -> bool:
     """Whether the run's metrics.jsonl has logged training step `step`."""
     return any(f'"step": {step}, "split": "train"' in path.read_text() for path in runs.glob("*/metrics.jsonl"))
