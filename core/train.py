@@ -1,7 +1,7 @@
 """The training loop: a dataset and a base model in, a PEFT-format adapter out. Read it top to bottom.
 
     load base -> prepare data (refuse bad rows) -> per-example attention for packed rows -> inject LoRA
-    -> [resume from newest checkpoint]
+    -> [resume from newest checkpoint]  -> a fresh start evaluates the base first (step 0)
     -> for each optimizer step: grad_accum micro-batches -> clip -> AdamW -> metrics
        every eval_every: eval loss;  every save_every: samples + atomic checkpoint
     -> final adapter (PEFT format) in run_dir/adapter
@@ -115,7 +115,7 @@ def _train_once(config: TrainConfig, run_dir: Path, resume: bool, events: Events
     batches = iterate_batches(run.data.train.examples, run.batch_settings, run.loaded.tokenizer.pad_token_id,
                               start=position)
     stop = _StopFlag()
-    forget_rows_after(run.run_dir, step)
+    forget_rows_after(run.run_dir, step if step else -1)  # a fresh start logs its step-0 evaluation again
     metrics_file = open(run.run_dir / METRICS, "a")
 
     def checkpoint_state() -> dict:
@@ -123,6 +123,8 @@ def _train_once(config: TrainConfig, run_dir: Path, resume: bool, events: Events
                     eval_loss=last_eval, train_loss=train_loss, total_steps=run.total_steps)
 
     try:
+        if step == 0:  # where the run starts (B is zero: the base's own loss), so the eval curve has an origin
+            last_eval = _evaluate(run, 0, stop, metrics_file, emit, last_eval)
         run.model.train()
         while step < run.total_steps and not stop.requested:
             started = time.perf_counter()
@@ -147,14 +149,7 @@ def _train_once(config: TrainConfig, run_dir: Path, resume: bool, events: Events
 
             final = step == run.total_steps
             if step % config.eval_every == 0 or final:
-                try:
-                    with stop.abandonable():
-                        last_eval = run.data.eval_loss(run.model, run.batch_settings)
-                except _StepAbandoned:  # stopping: the checkpoint below matters more than this evaluation
-                    pass
-                else:
-                    if last_eval is not None:
-                        _log(metrics_file, emit, dict(step=step, split="eval", loss=last_eval, time=time.time()))
+                last_eval = _evaluate(run, step, stop, metrics_file, emit, last_eval)
             if step % config.save_every == 0 or final or stop.requested:
                 _save(run, step, checkpoint_state(), emit, samples=not stop.requested)
     finally:
@@ -221,6 +216,20 @@ def _optimizer_step(run: _Session, window: list, step: int, stop: "_StopFlag") -
     run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
     return train_loss, grad_norm, rate
+
+
+def _evaluate(run: _Session, step: int, stop: "_StopFlag", metrics_file, emit: Events, last_eval: float | None
+              ) -> float | None:
+    """Log the eval loss at `step` and return it; a stop cuts the evaluation short and keeps `last_eval`."""
+    try:
+        with stop.abandonable():
+            loss = run.data.eval_loss(run.model, run.batch_settings)
+    except _StepAbandoned:  # stopping: the checkpoint that follows matters more than this evaluation
+        return last_eval
+    if loss is None:
+        return last_eval
+    _log(metrics_file, emit, dict(step=step, split="eval", loss=loss, time=time.time()))
+    return loss
 
 
 def _save(run: _Session, step: int, state: dict, emit: Events, samples: bool = True) -> None:

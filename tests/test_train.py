@@ -57,7 +57,7 @@ def test_a_run_writes_metrics_checkpoints_samples_and_a_peft_adapter(tiny_llama_
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     train_rows = [r for r in rows if r["split"] == "train"]
     assert [r["step"] for r in train_rows] == [1, 2, 3, 4, 5, 6]
-    assert [r["step"] for r in rows if r["split"] == "eval"] == [3, 6]
+    assert [r["step"] for r in rows if r["split"] == "eval"] == [0, 3, 6]  # 0: the base, before training
     assert train_rows[-1]["loss"] < train_rows[0]["loss"]  # a random model learns the data's tokens fast
     assert result.tokens == train_rows[-1]["tokens"] > 0 and result.tokens_per_s > 0
     assert [p.name for p in checkpoints(run)] == ["step-000004", "step-000006"]  # only the newest two are kept
@@ -89,7 +89,7 @@ def test_evaluating_during_a_qlora_run_leaves_its_training_unchanged(tiny_llama_
     evaluated = train(tiny_config(tiny_llama_dir, eval_every=1, **settings), tmp_path / "evaluated")
     assert quiet.status == evaluated.status == "completed"
     metrics = (tmp_path / "evaluated" / "metrics.jsonl").read_text()
-    assert metrics.count('"split": "eval"') == 4
+    assert metrics.count('"split": "eval"') == 5  # step 0 (the base), then after every step
     expected, got = adapter_tensors(quiet.adapter_dir), adapter_tensors(evaluated.adapter_dir)
     assert expected.keys() == got.keys()
     for key in expected:
@@ -180,7 +180,7 @@ def test_a_stop_during_an_evaluation_cuts_it_short_and_checkpoints_the_step(tiny
     assert (stopped.status, stopped.steps) == ("interrupted", 2)
     assert [p.name for p in checkpoints(tmp_path / "run")] == ["step-000002"]
     logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [(row["step"], row["split"]) for row in logged] == [(1, "train"), (2, "train")]  # the eval was cut
+    assert [(row["step"], row["split"]) for row in logged] == [(0, "eval"), (1, "train"), (2, "train")]  # cut
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["cancel", "ctrl-c"])
@@ -209,7 +209,7 @@ def test_a_stop_during_a_step_abandons_it_checkpoints_the_last_one_and_resumes_e
         hook.remove()
     assert (stopped.status, stopped.steps, stopped.adapter_dir) == ("interrupted", 2, None)
     assert [p.name for p in checkpoints(tmp_path / "run")] == ["step-000002"]
-    assert [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    assert [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()] == [0, 1, 2]
 
     resumed = train(config, tmp_path / "run", resume=True)
     assert (resumed.status, resumed.steps) == ("completed", 6)

@@ -7,6 +7,7 @@ has its own LORAFORGE_HOME. Every wait polls the page with a generous deadline.
 """
 
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -153,7 +154,8 @@ def test_delete_asks_first_and_a_dismissed_dialog_keeps_the_run(app_url, web_hom
 def test_resume_says_a_run_stopped_before_its_first_checkpoint_starts_over_and_it_completes(
     app_url, web_home, tiny_llama_dir
 ):
-    config = tiny_config(tiny_llama_dir, web_home.parent, steps=3, name="stopped-early")
+    config = dataclasses.replace(tiny_config(tiny_llama_dir, web_home.parent, steps=3, name="stopped-early"),
+                                 eval_share=0.25)
     config.to_yaml(web_home.parent / "stopped-early.yaml")
     stopped = subprocess.run([sys.executable, "-c", STOPPED_EARLY, str(web_home.parent / "stopped-early.yaml")],
                              cwd=Path(__file__).resolve().parents[1], env={**os.environ, "LORAFORGE_HOME": str(web_home)},
@@ -175,4 +177,7 @@ def test_resume_says_a_run_stopped_before_its_first_checkpoint_starts_over_and_i
                                timeout=5_000)
         assert "Traceback" not in page.content()
     with Store(web_home / "loraforge.db") as store:
-        assert [row["step"] for row in store.metrics(run_id)] == [1, 2, 3]
+        logged = [(row["step"], row["split"]) for row in store.metrics(run_id)]
+        log_file = Path(store.get_run(run_id)["run_dir"]) / "metrics.jsonl"
+    assert [json.loads(line)["step"] for line in log_file.read_text().splitlines()] == [0, 1, 2, 3, 3]
+    assert logged == [(0, "eval"), (1, "train"), (2, "train"), (3, "eval"), (3, "train")]  # each once

@@ -125,8 +125,10 @@ def test_person_trains_watches_across_a_reload_and_chats_side_by_side(app_url, w
                                timeout=60_000)
         page.locator("#run-progress [data-status=completed]").wait_for(timeout=RUN_TIMEOUT_MS)
         page.locator("#loss-plot canvas, #loss-plot svg").first.wait_for(timeout=60_000)
-        legend = page.locator("#loss-plot .role-legend").text_content()  # eval came after the plot's first drawing
+        legend = page.locator("#loss-plot .role-legend").text_content()
         assert "train" in legend and "eval" in legend
+        with Store(web_home / "loraforge.db") as store:  # eval at steps 0 (the base) and 3: a line, not a lone point
+            assert [m["step"] for m in store.metrics(run["id"], "eval")] == [0, 3]
         assert "step 3 of 3 (100%)" in text_of(page, "#run-progress")
         assert "completed" in text_of(page, "#runs-table")
         assert "step 3" in text_of(page, "#run-samples")  # checkpoint samples by step
