@@ -146,7 +146,7 @@ def test_sigterm_saves_a_checkpoint_and_stops_cleanly(tiny_llama_dir, tmp_path):
     job = cli("train", "--config", short_samples(tmp_path), "--base", str(tiny_llama_dir), "--dataset", DATES, "--max-steps", "500", "--save-every", "1000",
               "--batch-size", "4", "--max-len", "128", home=home)
     deadline = time.monotonic() + 300
-    while not any(home.glob("runs/*/metrics.jsonl")) or not next(home.glob("runs/*/metrics.jsonl")).read_text():
+    while not logged_step(home / "runs", 1):  # a training step, not only the evaluation before it
         assert job.poll() is None and time.monotonic() < deadline
         time.sleep(0.05)
     job.send_signal(signal.SIGTERM)
