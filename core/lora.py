@@ -199,14 +199,22 @@ class LoraLayer(nn.Module):
         return read_weight(self.base_layer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.merged or not self.active:
+        if self.merged or not self._active:
             return self.base_layer(x)
-        if self._trains_fused(x):
-            return lora_linear(x, self.base_layer, self._scaled_adapters)
-        base_out = self._base_forward(x)
-        if self._adds_in_place(x, base_out):
-            add_in_place(base_out, x, self._scaled_adapters)
-            return base_out
+        if torch.is_grad_enabled():
+            if self._trains_fused(x):
+                return lora_linear(x, self.base_layer, self._scaled_adapters)
+        elif self._scaled_adapters is not None and x.dtype is torch.float32 and not self.training:
+            # inference with no DoRA or dropout in play: the decode hot path, so tested in the cheapest order
+            base_out = self._base_forward(x)
+            if base_out.dtype is torch.float32 and base_out.is_contiguous():  # autocast would have made it 16-bit
+                add_in_place(base_out, x, self._scaled_adapters)
+                return base_out
+            return self._add_updates(x, base_out)
+        return self._add_updates(x, self._base_forward(x))
+
+    def _add_updates(self, x: torch.Tensor, base_out: torch.Tensor) -> torch.Tensor:
+        """The general form: each active adapter's update added out of place (autograd, dropout, DoRA, autocast)."""
         result = base_out
         for name, gain in self.active.items():
             adapter = self.adapters[name]
@@ -217,10 +225,8 @@ class LoraLayer(nn.Module):
         return result.to(base_out.dtype)
 
     def _trains_fused(self, x: torch.Tensor) -> bool:
-        """Whether the forward may run as one autograd node (core.lora_fused): autograd on, a frozen fp32
-        nn.Linear and fp32 input without autocast, no DoRA, and no dropout in play."""
-        if not torch.is_grad_enabled():  # inference: answer before any lookup, a decode step asks in every layer
-            return False
+        """Whether the forward may run as one autograd node (core.lora_fused): a frozen fp32 nn.Linear and fp32
+        input without autocast, no DoRA, and no dropout in play."""
         base = self.base_layer
         return (
             self._plain_linear
@@ -247,19 +253,6 @@ class LoraLayer(nn.Module):
             weights = base._parameters
             return F.linear(x, weights["weight"], weights["bias"])
         return base(x)
-
-    def _adds_in_place(self, x: torch.Tensor, base_out: torch.Tensor) -> bool:
-        """Whether the forward may add the updates straight into the base output: inference (no autograd, no
-        dropout), no DoRA active, fp32 in and out (autocast would have made the output bf16 or fp16). Kept to a
-        few cheap tests: a decode step runs this in every adapted layer."""
-        return not (
-            self._scaled_adapters is None
-            or torch.is_grad_enabled()
-            or self.training
-            or x.dtype is not torch.float32
-            or base_out.dtype is not torch.float32
-            or not base_out.is_contiguous()
-        )
 
     def _dora_update(self, adapter: LoraAdapter, x: torch.Tensor, base_out: torch.Tensor) -> torch.Tensor:
         x = x.to(adapter.lora_A.dtype)
