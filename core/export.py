@@ -249,7 +249,7 @@ def _write_peft_folder(loaded: LoadedModel, choices: list[AdapterChoice], folder
             shutil.copyfile(choices[0].folder / name, folder / name)
         return
     combine_adapters(loaded.model, active_gains(loaded.model), "combined")
-    save_adapter(loaded.model, "combined", folder, base_model_name=loaded.facts.name)
+    save_adapter(loaded.model, "combined", folder, base_model_name=loaded.facts.base_model_id)
 
 
 def _adapter_id(store: Store, sources: list[tuple[Path, str | None]]) -> int | None:

