@@ -161,17 +161,18 @@ def test_inference_adds_the_updates_into_the_base_output_and_matches_the_autogra
     torch.testing.assert_close(out, expected.detach(), atol=1e-6, rtol=1e-6)
 
 
-@pytest.mark.parametrize("case", ["training mode", "autograd on", "dora", "bf16 base"])
+@pytest.mark.parametrize("case", ["training mode", "autograd on", "dora", "bf16 base", "autocast"])
 def test_in_place_updates_are_skipped_where_they_would_be_wrong(case):
     torch.manual_seed(0)
     base = nn.Linear(24, 16).to(torch.bfloat16 if case == "bf16 base" else torch.float32)
     layer = layer_with(base, use_dora=case == "dora", dropout=0.5 if case == "training mode" else 0.0)
     layer.train(case == "training mode")
     x = torch.randn(3, 24, dtype=base.weight.dtype)
-    with torch.enable_grad() if case == "autograd on" else torch.inference_mode():
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=case == "autocast")
+    with torch.enable_grad() if case == "autograd on" else torch.inference_mode(), autocast:
         out, base_out = forward_capturing_base_output(layer, x)
     assert out is not base_out
-    assert out.dtype == base_out.dtype
+    assert out.dtype == base_out.dtype == (torch.bfloat16 if case in ("bf16 base", "autocast") else torch.float32)
     if case == "autograd on":
         out.sum().backward()
         assert layer.adapters["a"].lora_A.grad is not None
