@@ -194,6 +194,7 @@ def test_form_mistakes_name_the_field_and_a_typed_path_is_read_as_the_preview_re
     own = tmp_path / "my dates.jsonl"
     own.write_text(DATES.read_text())
     (tmp_path / "typo.yaml").write_text(f"dataset: {DATES}\nrank: banana\n")
+    (tmp_path / "broken.yaml").write_text("rank: [unclosed\n  lr: 0.1\n")
     before = len(runs_in(web_home))
     with browser_page() as page:
         open_tab(page, app_url, "Train")
@@ -226,5 +227,16 @@ def test_form_mistakes_name_the_field_and_a_typed_path_is_read_as_the_preview_re
         page.get_by_test_id("toast-body").filter(has_text=refusal).wait_for(timeout=60_000)
         assert page.locator("#cfg-dataset textarea").input_value() == f"  {own}  "  # the form kept what was typed
         assert page.locator("#cfg-rank input").input_value() == "0"
+        # and shows it: no "Error" badge covers the fields once the refusal is told in the toast
+        assert page.locator('[data-testid="status-tracker"] .error:visible').count() == 0
+        assert page.locator("#cfg-dataset textarea").is_visible()
+
+        with page.expect_file_chooser() as chooser:  # not YAML at all: yaml's message quotes "<unicode string>"
+            page.locator("#load-config").click()
+        chooser.value.set_files(str(tmp_path / "broken.yaml"))
+        page.get_by_test_id("toast-body").filter(has_text="line 2, column 5").filter(
+            has_text="Fix the line it names.").wait_for(timeout=60_000)  # the whole message, not cut at the "<"
+        screenshot(page, "train-broken-config")
+        assert page.locator('[data-testid="status-tracker"] .error:visible').count() == 0
         assert "Traceback" not in page.content()
     assert len(runs_in(web_home)) == before
