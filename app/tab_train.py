@@ -26,9 +26,9 @@ SAMPLES = Path(__file__).resolve().parents[1] / "assets" / "samples"
 DATASET_TYPES = [".jsonl", ".json", ".csv", ".parquet"]
 NO_DATASET = "Choose a dataset to see what the run would train on."
 # Settings whose change alters the preflight figures (steps, lengths, memory).
-PREFLIGHT_INPUTS = ("base", "rank", "targets", "custom_targets", "max_len", "train_on", "skip_invalid", "epochs",
-                    "max_steps", "batch_size", "grad_accum", "eval_file", "eval_share", "use_dora", "quant",
-                    "dtype", "device", "gradient_checkpointing")
+# Every setting re-runs the preflight as it is typed (its checks are Start's, its estimates depend on most of
+# them), except these: the dataset has its own change event, and a run's name and sample prompts change neither.
+NOT_PREFLIGHT_INPUTS = ("dataset", "name", "sample_prompts")
 
 
 @dataclass
@@ -156,7 +156,7 @@ def build_train_tab(loaded: LoadedModel, store: Store) -> TrainTab:
     fields["dataset"].input(forget_sample_eval, fields["eval_file"], fields["eval_file"])
     fields["dataset"].change(show_dataset, fields["dataset"], [table, summary]).then(
         run_preflight, inputs, preflight_outputs)
-    for name in PREFLIGHT_INPUTS:
+    for name in (name for name in fields if name not in NOT_PREFLIGHT_INPUTS):
         fields[name].input(run_preflight, inputs, preflight_outputs, trigger_mode="always_last")
     for button in presets:
         button.click(apply_preset, button, inputs).then(run_preflight, inputs, preflight_outputs)

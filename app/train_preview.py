@@ -40,7 +40,8 @@ def preview(source: str) -> tuple[pd.DataFrame, str]:
 
 def preflight_view(config: TrainConfig, loaded: LoadedModel) -> tuple[str, str, str, str]:
     """The preflight figures (markdown), the length histogram and the memory estimate (HTML), and the first example
-    with its trained tokens highlighted (HTML)."""
+    with its trained tokens highlighted (HTML). A bad setting raises here, as it would at Start."""
+    config.check()
     data = data_preflight(config.dataset, loaded.tokenizer, config.max_len, config.train_on,
                           skip_invalid=config.skip_invalid, batches=batch_settings(config, loaded.model))
     trainable = count_trainable(loaded.model, config)

@@ -211,6 +211,13 @@ def test_form_mistakes_name_the_field_and_a_typed_path_is_read_as_the_preview_re
         page.wait_for_function("() => document.querySelector('#cfg-eval_file textarea').value === ''",
                                timeout=60_000)  # the sample's eval file went with the sample
 
+        set_number(page, "lr", 10)  # refused live, as at Start, not only when the run is started
+        page.wait_for_function("() => document.querySelector('#preflight').innerText.includes('lr is 10.0')",
+                               timeout=60_000)
+        set_number(page, "lr", 0.001)
+        page.wait_for_function("() => document.querySelector('#preflight').innerText.includes('Trainable parameters')",
+                               timeout=60_000)
+
         for rank, message in (("2.5", "rank in the form is 2.5; it must be a whole number."),
                               ("0", "rank is 0; it must be 1 or more.")):
             set_number(page, "rank", rank)
