@@ -6,6 +6,7 @@ Pure functions (no Gradio components), so a reload or a second tab renders the s
 import html
 import json
 import math
+import statistics
 import time
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from core.supervisor import LOG_FILE
 
 RUN_COLUMNS = ["Run", "Name", "Status", "Steps", "Train loss", "Created"]
 LOG_LINES = 40
+RECENT_STEPS, PAUSE_FACTOR = 20, 10  # the time left follows the last 20 steps; a gap 10x the usual one is a pause
 
 
 def runs_table(runs: list[dict], store: Store) -> pd.DataFrame:
@@ -62,14 +64,24 @@ def progress_html(run: dict, store: Store) -> str:
     share = min(done / total, 1.0) if total else 0.0
     eta = ""
     if run["status"] == "running" and total and len(train) >= 2 and done < total:
-        per_step = (train[-1]["time"] - train[0]["time"]) / (train[-1]["step"] - train[0]["step"])
-        eta = f" · about {_duration(per_step * (total - done))} left"
+        eta = f" · about {_duration(seconds_per_step(train) * (total - done))} left"
     label = f"{run['status']} · step {done} of {total or '?'} ({share:.0%}){eta}"
     return (  # styled by assets/web.css
         f'<div id="progress-track" class="lf-progress" data-status="{run["status"]}" data-step="{done}">'
         f'<div style="width:{share * 100:.1f}%"></div></div>'
         f'<div class="lf-progress-label">{html.escape(label)}</div>'
     )
+
+
+def seconds_per_step(train: list[dict]) -> float:
+    """The recent pace of a run from its train rows' times (two or more rows): the mean of its last steps, leaving
+    out any gap ten times the usual one, which is a stop and a resume (or a sleeping laptop), not a step's cost. The
+    whole run's average would carry every pause into the time left and miss a pace that changed."""
+    paces = [(later["time"] - earlier["time"]) / (later["step"] - earlier["step"])
+             for earlier, later in zip(train, train[1:]) if later["step"] > earlier["step"]][-RECENT_STEPS:]
+    usual = statistics.median(paces)
+    kept = [pace for pace in paces if pace <= PAUSE_FACTOR * usual]
+    return sum(kept) / len(kept)
 
 
 def loss_frame(store: Store, run_id: str) -> pd.DataFrame | None:
