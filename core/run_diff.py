@@ -20,9 +20,11 @@ def config_differences(configs: list[dict]) -> dict[str, list]:
 
 def final_figures(store: Store, run: dict) -> dict[str, float | None]:
     """The run's final train loss, eval loss and training throughput: its summary once it has one, else the newest
-    metrics (a run still going, or one that failed before writing a summary)."""
+    metrics (a run still going, or one that failed before writing a summary). The step-0 evaluation is the base's
+    own loss, not the run's, so it is never the run's eval loss."""
     summary = run["summary"] or {}
-    train, evals = store.metrics(run["id"], "train"), store.metrics(run["id"], "eval")
+    train = store.metrics(run["id"], "train")
+    evals = [row for row in store.metrics(run["id"], "eval") if row["step"] > 0]
     return {
         "train_loss": summary.get("train_loss", train[-1]["loss"] if train else None),
         "eval_loss": summary.get("eval_loss", evals[-1]["loss"] if evals else None),

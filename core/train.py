@@ -123,8 +123,8 @@ def _train_once(config: TrainConfig, run_dir: Path, resume: bool, events: Events
                     eval_loss=last_eval, train_loss=train_loss, total_steps=run.total_steps)
 
     try:
-        if step == 0:  # where the run starts (B is zero: the base's own loss), so the eval curve has an origin
-            last_eval = _evaluate(run, 0, stop, metrics_file, emit, last_eval)
+        if step == 0:  # where the run starts (B is zero: the base's own loss), so the eval curve has an origin;
+            _evaluate(run, 0, stop, metrics_file, emit, None)  # not the run's eval loss, which is the adapter's
         run.model.train()
         while step < run.total_steps and not stop.requested:
             started = time.perf_counter()

@@ -29,6 +29,10 @@ def test_final_figures_from_the_summary_else_the_newest_metrics(loraforge_home):
         assert final_figures(store, store.get_run(done)) == {"train_loss": 1.5, "eval_loss": 1.7, "tokens_per_s": 99.0}
         assert final_figures(store, store.get_run(going)) == {"train_loss": 2.5, "eval_loss": 2.75,
                                                               "tokens_per_s": 12.0}
+        starting = store.create_run("starting", {}, "tiny", None, None)  # evaluated at step 0 only: the base's loss
+        store.add_metrics(starting, [{"step": 0, "split": "eval", "loss": 2.9},
+                                     {"step": 1, "loss": 2.8, "tokens_per_s": 11.0}])
+        assert final_figures(store, store.get_run(starting))["eval_loss"] is None
 
         runs = [{**store.get_run(done), "config": {"lr": 1e-3, "rank": 8}},
                 {**store.get_run(going), "config": {"lr": 5e-2, "rank": 8}}]

@@ -178,6 +178,7 @@ def test_a_stop_during_an_evaluation_cuts_it_short_and_checkpoints_the_step(tiny
     finally:
         hook.remove()
     assert (stopped.status, stopped.steps) == ("interrupted", 2)
+    assert stopped.eval_loss is None  # its one evaluation, at step 0, is the base's loss and not the run's
     assert [p.name for p in checkpoints(tmp_path / "run")] == ["step-000002"]
     logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [(row["step"], row["split"]) for row in logged] == [(0, "eval"), (1, "train"), (2, "train")]  # cut
