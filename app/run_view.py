@@ -110,8 +110,9 @@ def stats_markdown(run: dict, store: Store) -> str:
             figures.append(f"{last['tokens_per_s']:,.0f} tokens/s")
         if last["memory_mb"]:
             figures.append(f"{last['memory_mb']:,.0f} MB peak memory")
-        if evals:
-            figures.append(f"eval loss {evals[-1]['loss']:.4f}")
+        if evals:  # the step-0 evaluation is the base's loss: said so, not passed off as the adapter's
+            step = evals[-1]["step"]
+            figures.append(f"eval loss {evals[-1]['loss']:.4f} at step {step}{' (the base)' if step == 0 else ''}")
         lines.append(" · ".join(figures))
     if run["adapter_dir"]:
         lines.append(f"Adapter: `{run['adapter_dir']}`")
