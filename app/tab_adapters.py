@@ -76,7 +76,8 @@ def build_adapters_tab(loaded: LoadedModel, store: Store) -> AdaptersTab:
         exports = refresh(store)
         adapters = store.adapters()
         ids = [str(a["id"]) for a in adapters]
-        keep = [value for value in selected or [] if value in ids] or ids[:1]
+        keep = [value for value in selected or [] if value in ids]  # none chosen for the person: picking one
+        # more in a list with a preset choice made a blend of both, exported without a second look
         choice = gr.Dropdown(choices=[(f"{a['name']} · {a['id']}", str(a["id"])) for a in adapters], value=keep)
         latest = exports[0] if exports else None
         files = download_files(latest)

@@ -75,7 +75,12 @@ def test_person_imports_exports_and_composes_adapters_with_parity(web_home, tiny
         wait_for_text(page, "#exports-table", "gguf-f16")
         screenshot(page, "adapters-export")
 
-        import_in_page(page, second)  # now both are chosen
+        # after the reload nothing is chosen: picking one adapter in a list with a preset choice made a blend
+        assert page.locator("#export-adapters .token").count() == 0
+        page.locator("#export-adapters input").click()
+        page.get_by_role("option", name="my-adapter").click()
+        import_in_page(page, second)  # now both are chosen: the one picked and the one imported
+        assert page.locator("#export-adapters .token").count() == 2
         page.locator("#export-weights textarea, #export-weights input").first.fill("1, 0.5")
         page.locator("#compose-name textarea, #compose-name input").first.fill("pirate-dates-mix")
         page.locator("#compose").click()
