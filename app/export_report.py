@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from core.parity import greedy_verdict
+
 ADAPTER_COLUMNS = ["Id", "Name", "Run", "Base", "Rank", "Alpha", "Targets", "Parameters", "Size"]
 EXPORT_COLUMNS = ["Id", "Format", "Adapter", "Status", "Largest logit diff", "Greedy", "Template", "Path", "Created"]
 WARNING_STYLE = "color:#c2410c;font-weight:600"
@@ -24,16 +26,9 @@ def exports_frame(exports: list[dict], adapters: list[dict]) -> pd.DataFrame:
         check = ((e["parity"] or {}).get("checks") or [{}])[0]
         status = f"running · {e['progress']}" if e["status"] == "running" and e["progress"] else e["status"]
         rows.append([e["id"], e["format"], _subject(e, names), status,
-                     _figure(check.get("max_logit_diff")), _greedy(check),
+                     _figure(check.get("max_logit_diff")), greedy_verdict(check),
                      _yes(check.get("template_same"), "kept", "CHANGED"), e["path"], e["created"]])
     return pd.DataFrame(rows, columns=EXPORT_COLUMNS)
-
-
-def _greedy(check: dict) -> str:
-    """Whether greedy answers agree; a quantized export (q8_0) may differ without failing its check."""
-    if check.get("greedy_agree") is False and check.get("greedy_required") is False:
-        return "differ (allowed when quantized)"
-    return _yes(check.get("greedy_agree"), "agree", "DIFFER")
 
 
 def _subject(export: dict, names: dict[int, str]) -> str:
@@ -60,7 +55,7 @@ def report_markdown(export: dict | None) -> str:
     checks = export["parity"]["checks"]
     for check in checks:
         lines.append(f"| {check['target']} | {_figure(check['max_logit_diff'])} ({_figure(check['tolerance'])}) | "
-                     f"{_greedy(check)} ({check['greedy_matches']}/{check['prompts']}"
+                     f"{greedy_verdict(check)} ({check['greedy_matches']}/{check['prompts']}"
                      f" prompts) | {_yes(check['template_same'], 'kept', 'CHANGED')} |")
     problems = [problem for check in checks for problem in check.get("problems", [])]
     lines += ["", *(f'<p style="{WARNING_STYLE}">⚠ parity check failed: {problem}</p>' for problem in problems)]

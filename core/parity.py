@@ -89,6 +89,17 @@ class ParityReport:
         return {"passed": self.passed, "checks": [asdict(check) for check in self.checks]}
 
 
+def greedy_verdict(check: dict) -> str:
+    """How one check's greedy answers compared, in the words the CLI and the page both use ("" if not checked): a
+    quantized export may answer differently without failing, which "DIFFER" alone would not tell."""
+    agree = check.get("greedy_agree")
+    if agree is None:
+        return ""
+    if agree:
+        return "agree"
+    return "differ (allowed when quantized)" if check.get("greedy_required") is False else "DIFFER"
+
+
 @torch.inference_mode()
 def model_outputs(
     model: PreTrainedModel,

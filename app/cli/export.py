@@ -15,6 +15,7 @@ import sys
 from core.export import FORMATS, STATUS_PARITY_FAILED, ExportResult, export_adapters
 from core.export_gguf import GGUF_TYPES
 from core.export_merged import AUTO_DTYPE, MERGED_DTYPES
+from core.parity import greedy_verdict
 
 PARITY_FAILED_EXIT = 4
 
@@ -72,7 +73,7 @@ def _report(result: ExportResult) -> int:
         print(f"WARNING: {warning}", file=sys.stderr)
     parity = result.parity["checks"][0]
     print(f"Exported {result.format} to {result.path}: max logit difference {parity['max_logit_diff']}, "
-          f"greedy answers {'agree' if parity['greedy_agree'] else 'DIFFER'}, chat template "
+          f"greedy answers {greedy_verdict(parity)}, chat template "
           f"{'kept' if parity['template_same'] else 'CHANGED'}.")
     print(json.dumps(result.to_json()))
     return PARITY_FAILED_EXIT if result.status == STATUS_PARITY_FAILED else 0
