@@ -75,6 +75,7 @@ def test_cli_chat_answers_from_the_default_model(default_model, default_model_ho
     [
         (["chat", "--model", "/no/such/folder", "--prompt", "hi"], "Model path /no/such/folder does not exist"),
         (["chat", "--prompt", "hi", "--max-new-tokens", "0"], "max_new_tokens is 0"),
+        (["chat", "--prompt", "  "], "--prompt is empty"),
         (["serve", "--host", "0.0.0.0"], "Add --auth user:password"),
         (["serve", "--host", "127.0.0.1", "--auth", "nopassword"], "--auth must look like user:password"),
     ],

@@ -4,7 +4,7 @@ import argparse
 import sys
 
 from app.cli.options import add_model_options, load_model
-from core.generate import Sampling, conversation, stream_reply
+from core.generate import GenerationSettingsError, Sampling, conversation, stream_reply
 
 
 def register(verbs) -> None:
@@ -22,6 +22,9 @@ def register(verbs) -> None:
 def run(args: argparse.Namespace) -> int:
     sampling = Sampling(args.max_new_tokens, args.temperature, args.top_p, args.seed)
     sampling.check()
+    if args.prompt is not None and not args.prompt.strip():
+        raise GenerationSettingsError("--prompt is empty. Give the message to answer, e.g. --prompt 'Hello', or "
+                                      "leave --prompt out to chat interactively.")
     loaded, _ = load_model(args)
     if args.prompt is not None:
         _print_streamed(loaded, conversation(args.prompt, system=args.system), sampling)
