@@ -111,11 +111,11 @@ def adapter_source(store: Store, reference: str) -> tuple[Path, str | None]:
     """An adapter folder and the base model it was trained on (None when unknown), from a PEFT folder path, a
     run id, or a registered adapter's id or name (a composed or imported adapter has no run)."""
     folder = Path(reference).expanduser()
-    if folder.is_dir():
+    if folder.exists():  # a folder, or a file whose reader says what it is (a zip to unpack, say)
         return folder, None
     if "/" in reference or reference.startswith("."):
-        raise LoraForgeError(f"Adapter folder {reference} does not exist. Pass a folder with adapter_config.json, "
-                             "or a run id from `python launch.py runs`.")
+        raise LoraForgeError(f"Adapter folder {reference} does not exist. Check the path, or pass a run id from "
+                             "`python launch.py runs` or an adapter's name from `python launch.py adapters list`.")
     try:
         run = store.get_run(reference)
     except RunNotFound:

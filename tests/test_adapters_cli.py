@@ -1,4 +1,5 @@
-"""`launch.py adapters inspect DIR`: a summary read from the files alone, and a clear error for a bad folder."""
+"""`launch.py adapters inspect ADAPTER`: a summary read from the files alone (of a folder, or of a registered adapter
+named as `adapters list` shows it), and a clear error for a bad folder."""
 
 import transformers
 
@@ -25,6 +26,11 @@ def test_inspect_prints_base_rank_alpha_targets_count_and_size(tiny_gpt2_dir, tm
     assert lines["targets"] == "attn.c_attn, attn.c_proj (4 modules)"
     assert lines["parameters"] == f"{2 * (4 * (64 + 192) + 2 * (64 + 64)):,}"
     assert lines["size"].endswith("KB")
+
+    main(["adapters", "import", str(tmp_path)])
+    capsys.readouterr()
+    assert main(["adapters", "inspect", tmp_path.name]) == 0  # by its registered name, as other verbs take it
+    assert f"adapter     {tmp_path}" in capsys.readouterr().out
 
 
 def test_inspect_of_a_folder_without_adapter_exits_2_with_the_fix(tmp_path, capsys):

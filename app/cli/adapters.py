@@ -11,6 +11,7 @@ from app.cli.export import PARITY_FAILED_EXIT, parse_weights
 from core.composed_adapters import compose_adapter
 from core.export import STATUS_PARITY_FAILED
 from core.peft_format import inspect_adapter
+from core.runs import adapter_source
 from core.store import Store
 
 
@@ -18,7 +19,8 @@ def register(verbs) -> None:
     parser = verbs.add_parser("adapters", help="list, import and inspect LoRA adapters (PEFT format)")
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     inspect = actions.add_parser("inspect", help="show an adapter's base model, rank, alpha, targets and size")
-    inspect.add_argument("folder", metavar="DIR", help="a folder with adapter_config.json and adapter_model.safetensors")
+    inspect.add_argument("folder", metavar="ADAPTER", help="an adapter folder (adapter_config.json and "
+                         "adapter_model.safetensors), a run id, or a registered adapter's name or id")
     inspect.set_defaults(handler=run_inspect)
     listing = actions.add_parser("list", help="list the adapters LoRA Forge knows, newest first")
     listing.add_argument("--json", action="store_true", help="print a JSON array instead of a table")
@@ -36,7 +38,9 @@ def register(verbs) -> None:
 
 
 def run_inspect(args: argparse.Namespace) -> int:
-    info = inspect_adapter(args.folder)
+    with Store() as store:  # names and run ids as `adapters list` and `runs` show them, as other verbs take them
+        folder, _ = adapter_source(store, args.folder)
+    info = inspect_adapter(folder)
     targets = info.targets if isinstance(info.targets, str) else ", ".join(info.targets)
     variants = [name for name, on in (("DoRA", info.use_dora), ("rsLoRA", info.use_rslora)) if on]
     rows = [
