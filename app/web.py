@@ -54,7 +54,8 @@ def build_page(loaded: LoadedModel) -> gr.Blocks:
         runs_tab.select(runs.compare.refresh, runs.compare.select, runs.compare.select)
         for other in (chat_tab, train_tab, adapters_tab):
             other.select(lambda: gr.Timer(active=False), None, runs.timer)
-        chat_tab.select(chat.adapter_choices, None, chat.choices)
+        chat_tab.select(chat.adapter_choices, chat.choices, chat.choices)
+        page.load(chat.adapter_choices, chat.choices, chat.choices)  # the page opens on the Chat tab
         adapters_tab.select(adapters.render, None, adapters.outputs)
         train.started.success(lambda run_id: (gr.Tabs(selected="runs"), run_id, gr.Timer(active=True)),
                               train.run_id, [tabs, runs.selected, runs.timer]).then(

@@ -1,5 +1,6 @@
-"""The Chat tab's comparisons driven in Chromium: three columns (base, an adapter, a typed weighted set) answer
-one prompt; a blind A/B round hides who is who until the vote, stores the vote and shows the win rates.
+"""The Chat tab driven in Chromium: one model answers as the chosen adapter; three columns (base, an adapter, a
+typed weighted set) answer one prompt; a blind A/B round hides who is who until the vote, stores the vote and shows
+the win rates.
 
 One real server (tiny random Llama, two registered adapters, its own LORAFORGE_HOME) serves the module.
 """
@@ -91,6 +92,22 @@ def test_a_person_who_never_opens_the_sampling_settings_gets_answers(app_url):
         assert "Traceback" not in page.content() and page.locator(".toast-body.error").count() == 0
 
 
+def test_one_model_chat_answers_as_the_chosen_adapter(app_url):
+    """The One model tab is not only the base: a person chats with the adapter they just trained."""
+    with browser_page() as page:
+        open_chat(page, app_url, "One model")
+        answers = []
+        for contender in ("Base model", "pirate"):
+            choose(page, "single", contender)
+            page.locator("#clear").click()
+            page.locator("#prompt textarea").fill("What is the capital of France?")
+            page.locator("#send").click()
+            answers += wait_for_answers(page, ["#chat"], "#send")
+        base, adapter = answers
+        assert base and adapter and adapter != base
+        assert "Traceback" not in page.content()
+
+
 def test_three_columns_base_adapter_and_weighted_set_answer_one_prompt(app_url):
     with browser_page() as page:
         open_chat(page, app_url, "Side by side")
@@ -122,6 +139,10 @@ def test_three_columns_base_adapter_and_weighted_set_answer_one_prompt(app_url):
 def test_blind_ab_hides_who_is_who_until_the_vote_then_stores_it_and_shows_win_rates(app_url, web_home):
     with browser_page() as page:
         open_chat(page, app_url, "Blind A/B")
+        # two base models cannot be compared, so the second contender starts on the newest adapter
+        page.wait_for_function("() => document.querySelector('#blind-2-model input').value.startsWith('dates')",
+                               timeout=30_000)
+        choose(page, "blind-2", "Base model")
         page.locator("#blind-prompt textarea").fill("Say hello.")
         page.locator("#blind-send").click()  # both contenders are the base model
         expect_error(page, "Both contenders are base model; choose two different ones to compare.")
