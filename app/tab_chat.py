@@ -39,9 +39,9 @@ def build_chat_tab(loaded: LoadedModel, store: Store) -> ChatTab:
             columns = build_columns(loaded, store, settings)
         with gr.Tab("Blind A/B", id="blind") as blind_tab:
             blind = build_blind(loaded, store, settings)
+    clear = gr.Button("Clear conversations", elem_id="clear", size="sm")  # not in the closed accordion below
     with gr.Accordion("Sampling settings", open=False):
         settings.render()
-        clear = gr.Button("Clear conversations", elem_id="clear")
     choices = [picker.choice for picker in (single_picker, *columns.pickers, *blind.pickers)]
 
     def adapter_choices(*values: str):

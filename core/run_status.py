@@ -43,9 +43,10 @@ def status_change(run_id: str, current: str | None, status: str, fields: dict) -
     """
     allowed = TRANSITIONS[current]
     if check_status(status) not in allowed:
+        why = f"is already {status}" if current == status else f"is {current}, so it cannot become {status}"
         raise InvalidTransition(
-            f"Run {run_id} is {current}, so it cannot become {status}. A {current} run can become: "
-            f"{', '.join(allowed) or 'nothing, it is final'}. See its state with `python launch.py runs`."
+            f"Run {run_id} {why}. A {current} run can become: {', '.join(allowed) or 'nothing, it is final'}. "
+            "See its state with `python launch.py runs`."
         )
     now = now_iso()
     if status == "queued":

@@ -107,6 +107,8 @@ def test_forbidden_transitions_change_nothing(store):
     store.set_status(run_id, "cancelled")
     with pytest.raises(InvalidTransition, match="cancelled, so it cannot become completed"):
         store.set_status(run_id, "completed")  # a job finishing after its cancel must not look completed
+    with pytest.raises(InvalidTransition, match=f"Run {run_id} is already cancelled. A cancelled run can become"):
+        store.set_status(run_id, "cancelled")
     assert store.get_run(run_id)["status"] == "cancelled"
     store.set_status(run_id, "queued")
     store.set_status(run_id, "running")
