@@ -94,9 +94,9 @@ def refresh(store: Store) -> list[dict]:
     return store.list_runs()
 
 
-def run_claimed_job(store: Store, run_id: str) -> TrainResult | None:
-    """Train `run_id` in this job process if the supervisor claimed it for this process; None if it was
-    cancelled (or taken) before the job got going."""
+def run_claimed_job(store: Store, run_id: str, events=None) -> TrainResult | None:
+    """Train `run_id` in this job process if the supervisor claimed it for this process (telling `events` what
+    happens, as `execute_run` does); None if it was cancelled (or taken) before the job got going."""
     run = store.get_run(run_id)
     if run["status"] != "running" or run["pid"] != os.getpid():
         return None
@@ -105,7 +105,7 @@ def run_claimed_job(store: Store, run_id: str) -> TrainResult | None:
     except RunFolderMissing as error:
         store.set_status(run_id, "failed", error=str(error))
         raise
-    return execute_run(store, run_id)
+    return execute_run(store, run_id, events)
 
 
 def _check_folder(run: dict) -> None:

@@ -54,6 +54,9 @@ def test_job_completes_after_the_process_that_queued_it_is_killed(tiny_llama_dir
     assert (Path(run["adapter_dir"]) / "adapter_model.safetensors").is_file()
     assert Path(run["run_dir"]) == Path(os.environ["LORAFORGE_HOME"]) / "runs" / run_id
     assert {"id", "name", "status", "run_dir", "adapter_dir", "created"} <= set(run)
+    log = (Path(run["run_dir"]) / "job.log").read_text()  # what the Runs tab's log tail shows: a line per event
+    assert "step 1 of 48: loss " in log and "step 48 of 48: loss " in log
+    assert "checkpoint saved at step 48: " in log and json.loads(log.splitlines()[-1])["status"] == "completed"
 
 
 def test_killed_job_is_interrupted_on_the_next_read_and_resume_continues_from_its_checkpoint(

@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from app.cli.train import report
+from app.cli.train import log_events, report
 from core.export_jobs import run_export_job
 from core.jobs import run_claimed_job
 from core.store import Store
@@ -34,7 +34,7 @@ def run_job(args: argparse.Namespace) -> int:
         log = Path(store.get_run(run_id)["run_dir"]) / "job.log"
         if log.parent.is_dir():
             _send_output_to(log)
-        result = run_claimed_job(store, run_id)
+        result = run_claimed_job(store, run_id, events=log_events)
         return 0 if result is None else report(store, run_id, result)
 
 

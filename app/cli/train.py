@@ -8,6 +8,7 @@ Flags override `--config run.yaml`, which overrides the defaults.
 import argparse
 import json
 import sys
+import time
 
 from core import jobs
 from core.models import load_tokenizer
@@ -121,7 +122,8 @@ def report(store: Store, run_id: str, result: TrainResult) -> int:
 
 
 class ProgressBar:
-    """Training progress on stderr: a live bar in a terminal, a line every few steps in a log."""
+    """Training progress on stderr: a live bar in a terminal, a line every few steps in a log; the other events
+    as lines (`event_line`)."""
 
     def __init__(self) -> None:
         self.bar = None
@@ -137,10 +139,29 @@ class ProgressBar:
             self.bar.update(1)
             if payload["step"] == payload["total_steps"]:
                 self.bar.close()
-        elif kind == "metrics":
-            print(f"\neval loss at step {payload['step']}: {payload['loss']:.4f}", file=sys.stderr)
-        elif kind == "oom_retry":
-            print(f"\nThe GPU ran out of memory; retrying with --batch-size {payload['batch_size']} and "
-                  f"--grad-accum {payload['grad_accum']} (the same effective batch).", file=sys.stderr)
-        elif kind == "resumed":
-            print(f"Resuming at step {payload['step']} from {payload['checkpoint']}", file=sys.stderr)
+        elif kind != "checkpoint" and (line := event_line(kind, payload)):  # the bar's saves would only be noise
+            print(f"\n{line}", file=sys.stderr)
+
+
+def log_events(kind: str, payload: dict) -> None:
+    """Training progress as plain lines on stderr, one per step and event: what a background job writes to its
+    job.log, which the Runs tab's log tail shows."""
+    if line := event_line(kind, payload):
+        print(f"{time.strftime('%H:%M:%S')} {line}", file=sys.stderr, flush=True)
+
+
+def event_line(kind: str, payload: dict) -> str | None:
+    """One line about a training event (None for the ones not worth a line, such as samples)."""
+    if kind == "metrics" and payload["split"] == "train":
+        return (f"step {payload['step']} of {payload['total_steps']}: loss {payload['loss']:.4f}, lr {payload['lr']:.2e}, "
+                f"{payload['tokens_per_s']:,.0f} tokens/s")
+    if kind == "metrics":
+        return f"eval loss at step {payload['step']}: {payload['loss']:.4f}"
+    if kind == "checkpoint":
+        return f"checkpoint saved at step {payload['step']}: {payload['path']}"
+    if kind == "oom_retry":
+        return (f"The GPU ran out of memory; retrying with --batch-size {payload['batch_size']} and "
+                f"--grad-accum {payload['grad_accum']} (the same effective batch).")
+    if kind == "resumed":
+        return f"Resuming at step {payload['step']} from {payload['checkpoint']}"
+    return None
