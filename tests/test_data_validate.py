@@ -87,6 +87,15 @@ def test_csv_problems_carry_file_line_numbers(tmp_path):
     assert (report.unit, report.total_rows, report.valid_rows) == ("line", 5, 2)
 
 
+def test_a_csv_quote_never_closed_is_named_not_taken_for_a_missing_column(tmp_path):
+    path = tmp_path / "q.csv"
+    path.write_text('instruction,output\nhello,world\n"unterminated,foo\nnext,row\n')
+    problems, report = problems_of(str(path))
+    [(number, problem)] = problems
+    assert number == 3 and "a quote opened here is never closed; check the quoting" in problem
+    assert "output" not in problem and report.valid_rows == 1
+
+
 def test_json_document_errors_name_the_line(tmp_path):
     path = tmp_path / "d.json"
     path.write_text('[\n  {"text": "a"},\n  {"text": "b"}\n  {"text": "c"}\n]\n')

@@ -121,10 +121,21 @@ def _read_csv(path: Path) -> Iterator[RawRow]:
         number, last_line = last_line + 1, reader.line_num
         if None in row:
             yield RawRow(number, problem=f"has {len(header) + len(row[None])} fields but the header has {len(header)}; check the quoting")
+        elif _swallowed_by_a_quote(row):
+            filled = sum(value is not None for value in row.values())
+            yield RawRow(number, problem=f"has {filled} of the header's {len(header)} fields, the last running on past "
+                                         "the end of its line: a quote opened here is never closed; check the quoting")
         elif any(_has_bad_bytes(value) for value in row.values() if isinstance(value, str)):
             yield RawRow(number, problem=f"not valid UTF-8; {_FIX_ENCODING}")
         else:
             yield RawRow(number, record={key: value for key, value in row.items() if value is not None})
+
+
+def _swallowed_by_a_quote(row: dict) -> bool:
+    """A row short of fields whose last value holds a line break: an unclosed quote read the following lines (to
+    the end of the file) as part of one field, which would otherwise be reported as a missing column."""
+    values = list(row.values())
+    return None in values and "\n" in next((value for value in reversed(values) if value is not None), "")
 
 
 def _read_parquet(path: Path) -> Iterator[RawRow]:
