@@ -105,5 +105,8 @@ def test_missing_file_and_unknown_suffix(tmp_path):
     with pytest.raises(DatasetError, match="not found"):  # looks like org/name, but is a mistyped file
         load_examples("data/train.jsonl")
     (tmp_path / "data.txt").write_text("hello")
-    with pytest.raises(DatasetError, match=r"unsupported file type '\.txt'"):
+    with pytest.raises(DatasetError, match=r"^data.txt: unsupported file type '\.txt'"):
         load_examples(tmp_path / "data.txt")
+    (tmp_path / "empty.jsonl").write_text("")  # an upload's stored path (uploads/<hash>/) is not the person's name
+    with pytest.raises(DatasetError, match=r"^empty.jsonl is empty. Add at least one example row."):
+        load_examples(tmp_path / "empty.jsonl")

@@ -50,9 +50,9 @@ def read_rows(source: str) -> Iterator[RawRow]:
     suffix = path.suffix.lower()
     readers = {".jsonl": _read_jsonl, ".ndjson": _read_jsonl, ".json": _read_json, ".csv": _read_csv, ".parquet": _read_parquet}
     if suffix not in readers:
-        raise DatasetError(f"{source}: unsupported file type '{suffix}'. Convert it to .jsonl, .json, .csv or .parquet.")
+        raise DatasetError(f"{path.name}: unsupported file type '{suffix}'. Convert it to .jsonl, .json, .csv or .parquet.")
     if path.stat().st_size == 0:
-        raise DatasetError(f"{source} is empty. Add at least one example row.")
+        raise DatasetError(f"{path.name} is empty. Add at least one example row.")  # named as the person named it
     yield from readers[suffix](path)
 
 
