@@ -44,11 +44,14 @@ def preflight_view(config: TrainConfig, loaded: LoadedModel) -> tuple[str, str, 
     config.check()
     data = data_preflight(config.dataset, loaded.tokenizer, config.max_len, config.train_on,
                           skip_invalid=config.skip_invalid, batches=batch_settings(config, loaded.model))
+    lines = [f"**Rows:** {data.rows} ({data.invalid_rows} invalid) · **format** {data.format}"]
+    if data.invalid_rows == data.rows:  # the figures below would all be of no rows: 0 tokens, p50 0, 1 step
+        return ("\n\n".join([*lines, f"**Not ready:**\n```\n{data.message}\n```"]), "", "",
+                highlighted(data.example_text, data.example_trained_spans))
     trainable = count_trainable(loaded.model, config)
     share = 100 * trainable / loaded.facts.parameters if loaded.facts.parameters else 0.0
     steps = planned_steps(config, max(train_examples(config, data.rows - data.invalid_rows), 1))
-    lines = [
-        f"**Rows:** {data.rows} ({data.invalid_rows} invalid) · **format** {data.format}",
+    lines += [
         f"**Length (tokens):** p50 {data.length_p50} · p95 {data.length_p95} · max {data.length_max} · "
         f"**truncated** at {config.max_len}: {data.truncated_share:.0%} of rows",
         f"**Trained tokens:** {data.trained_token_share:.0%} of {data.tokens:,} tokens",

@@ -88,7 +88,9 @@ def test_start_refuses_a_max_length_that_leaves_the_rows_nothing_to_train(app_ur
         set_number(page, "max_len", 8)  # shorter than every prompt: truncation leaves no answer token
         page.wait_for_function("() => document.querySelector('#preflight').innerText.includes('Not ready')",
                                timeout=60_000)
-        assert "Estimated time" not in text_of(page, "#preflight")  # no time for a run that would not start
+        shown = text_of(page, "#preflight")
+        assert "Estimated time" not in shown  # no time for a run that would not start
+        assert "400 invalid" in shown and "p50" not in shown and "Steps" not in shown  # no figures of no rows
         page.locator("#start").click()
         toast = page.get_by_test_id("toast-body").filter(has_text="no trained tokens left after truncation to 8")
         toast.wait_for(timeout=60_000)
