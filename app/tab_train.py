@@ -133,7 +133,7 @@ def build_train_tab(loaded: LoadedModel, store: Store) -> TrainTab:
 
     def save_config(*values):
         try:
-            config = to_config(values_of(values))
+            config = to_config(values_of(values), need_dataset=False)  # settings alone make a template
         except LoraForgeError as error:
             raise refusal(str(error)) from None
         folder = paths.home() / "configs"

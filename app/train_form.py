@@ -110,8 +110,9 @@ def form_values(config: TrainConfig) -> dict:
     return values
 
 
-def to_config(values: dict) -> TrainConfig:
-    """A checked TrainConfig from the form's values (plus base and dataset); ConfigError names a bad field."""
+def to_config(values: dict, need_dataset: bool = True) -> TrainConfig:
+    """A checked TrainConfig from the form's values (plus base and dataset); ConfigError names a bad field.
+    `need_dataset=False` for a settings template saved before any dataset is chosen."""
     values = dict(values)
     empty = [name for name, value in values.items() if value is None]
     if empty:
@@ -128,7 +129,7 @@ def to_config(values: dict) -> TrainConfig:
     values["dataset"] = _path(values["dataset"])
     values["eval_file"] = _path(values["eval_file"]) or None
     values["sample_prompts"] = [line.strip() for line in values["sample_prompts"].splitlines() if line.strip()]
-    return TrainConfig.from_dict(values, where="the form").check()
+    return TrainConfig.from_dict(values, where="the form").check(need_dataset)
 
 
 def _path(typed: str) -> str:

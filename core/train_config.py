@@ -69,9 +69,10 @@ class TrainConfig:
     sample_prompts: list[str] = field(default_factory=list)  # empty: the first eval prompts
     sample_max_new_tokens: int = 64
 
-    def check(self) -> "TrainConfig":
-        """Raise ConfigError naming the first bad setting and its allowed values."""
-        if not self.dataset:
+    def check(self, need_dataset: bool = True) -> "TrainConfig":
+        """Raise ConfigError naming the first bad setting and its allowed values; `need_dataset=False` for a
+        settings template, which a dataset joins later."""
+        if need_dataset and not self.dataset:
             raise ConfigError("No dataset given. Choose a dataset file: JSONL, JSON, CSV or Parquet (--dataset PATH "
                               "on the command line).")
         _choice("quant", self.quant, QUANTIZATIONS)

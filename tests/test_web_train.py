@@ -10,6 +10,7 @@ import os
 import signal
 
 import pytest
+import yaml
 from transformers import AutoTokenizer
 
 from core.data import data_preflight
@@ -249,3 +250,25 @@ def test_form_mistakes_name_the_field_and_a_typed_path_is_read_as_the_preview_re
         assert page.locator('[data-testid="status-tracker"] .error:visible').count() == 0
         assert "Traceback" not in page.content()
     assert len(runs_in(web_home)) == before
+
+
+def test_settings_save_as_a_template_without_a_dataset_and_load_back(app_url, web_home):
+    """A person keeps their favourite settings before choosing any data: Save needs no dataset, Load brings the
+    settings back."""
+    with browser_page() as page:
+        open_tab(page, app_url, "Train")
+        set_number(page, "rank", 32)
+        set_number(page, "lr", 0.0005)
+        page.locator("#save-config").click()
+        page.locator("#config-file").wait_for(state="visible", timeout=60_000)
+        saved = web_home / "configs" / "train.yaml"
+        values = yaml.safe_load(saved.read_text())
+        assert (values["rank"], values["lr"], values["dataset"]) == (32, 0.0005, "")
+
+        set_number(page, "rank", 4)
+        with page.expect_file_chooser() as chooser:
+            page.locator("#load-config").click()
+        chooser.value.set_files(str(saved))
+        page.wait_for_function("() => document.querySelector('#cfg-rank input').value === '32'", timeout=60_000)
+        assert page.locator("#cfg-lr input").input_value() == "0.0005"
+        assert page.get_by_test_id("toast-body").count() == 0  # nothing was refused
