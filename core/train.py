@@ -15,11 +15,10 @@ import dataclasses
 import json
 import math
 import resource
-import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -38,6 +37,7 @@ from core.quantize import keep_4bit_layout_for_training
 from core.run_logs import METRICS, SAMPLES, append_row, forget_rows_after
 from core.train_config import TrainConfig
 from core.train_data import TrainingData, attends_per_example, batch_settings, load_training_data, sample_outputs
+from core.train_stop import StepAbandoned, StopFlag
 
 ADAPTER = "default"
 Events = Callable[[str, dict], None]
@@ -114,7 +114,7 @@ def _train_once(config: TrainConfig, run_dir: Path, resume: bool, events: Events
 
     batches = iterate_batches(run.data.train.examples, run.batch_settings, run.loaded.tokenizer.pad_token_id,
                               start=position)
-    stop = _StopFlag()
+    stop = StopFlag()
     forget_rows_after(run.run_dir, step if step else -1)  # a fresh start logs its step-0 evaluation again
     metrics_file = open(run.run_dir / METRICS, "a")
 
@@ -132,7 +132,7 @@ def _train_once(config: TrainConfig, run_dir: Path, resume: bool, events: Events
             random_state = rng_states()
             try:
                 train_loss, grad_norm, rate = _optimizer_step(run, window, step, stop)
-            except _StepAbandoned:  # nothing of the step was applied: checkpoint the last finished one
+            except StepAbandoned:  # nothing of the step was applied: checkpoint the last finished one
                 run.optimizer.zero_grad(set_to_none=True)
                 restore_rng_states(random_state)
                 if step and step != resume_step(run.run_dir):
@@ -186,12 +186,12 @@ def _prepare(config: TrainConfig, run_dir: Path) -> _Session:
     )
 
 
-def _optimizer_step(run: _Session, window: list, step: int, stop: "_StopFlag") -> tuple[float, float, float]:
+def _optimizer_step(run: _Session, window: list, step: int, stop: StopFlag) -> tuple[float, float, float]:
     """Accumulate gradients over the window's micro-batches, clip, and step; return loss, grad norm and lr.
 
     Each micro-batch's summed loss is divided by the trained tokens of the whole window, so every trained
     token weighs the same however the window is split (which keeps the out-of-memory retry exact). A stop
-    request during the forward and backward passes abandons the step (`_StepAbandoned`); the update itself
+    request during the forward and backward passes abandons the step (`StepAbandoned`); the update itself
     is never cut short."""
     model = run.model
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if model.device.type == "cuda" else nullcontext()
@@ -218,13 +218,13 @@ def _optimizer_step(run: _Session, window: list, step: int, stop: "_StopFlag") -
     return train_loss, grad_norm, rate
 
 
-def _evaluate(run: _Session, step: int, stop: "_StopFlag", metrics_file, emit: Events, last_eval: float | None
+def _evaluate(run: _Session, step: int, stop: StopFlag, metrics_file, emit: Events, last_eval: float | None
               ) -> float | None:
     """Log the eval loss at `step` and return it; a stop cuts the evaluation short and keeps `last_eval`."""
     try:
         with stop.abandonable():
             loss = run.data.eval_loss(run.model, run.batch_settings)
-    except _StepAbandoned:  # stopping: the checkpoint that follows matters more than this evaluation
+    except StepAbandoned:  # stopping: the checkpoint that follows matters more than this evaluation
         return last_eval
     if loss is None:
         return last_eval
@@ -349,52 +349,6 @@ def peak_memory_mb(device: torch.device) -> float:
         return torch.cuda.max_memory_allocated(device) / 2**20
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
-
-
-class _StepAbandoned(Exception):
-    """A stop request arrived during a step's forward and backward passes."""
-
-
-class _StopFlag:
-    """SIGTERM (a cancel) or Ctrl-C asks the loop to save a checkpoint and stop; a second Ctrl-C stops at once.
-    Between steps the loop stops after the current one; during a step's forward and backward passes (minutes
-    for a large batch on a CPU, longer than a cancel waits before SIGKILL) the step is abandoned at once, since
-    nothing of it has been applied yet, and so is an evaluation in progress."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._abandonable = False
-        self._previous = {sig: signal.signal(sig, self._request) for sig in self.SIGNALS} if _main_thread() else {}
-
-    def _request(self, signum, frame) -> None:
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.requested = True
-        if self._abandonable:
-            raise _StepAbandoned
-
-    @contextmanager
-    def abandonable(self) -> Iterator[None]:
-        """The region a stop request may cut short by raising _StepAbandoned where the program is."""
-        if self.requested:
-            raise _StepAbandoned
-        self._abandonable = True
-        try:
-            yield
-        finally:
-            self._abandonable = False
-
-    def restore(self) -> None:
-        for sig, previous in self._previous.items():
-            signal.signal(sig, previous)
-
-
-def _main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
 
 
 def _log(handle, emit: Events, row: dict) -> None:
