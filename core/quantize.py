@@ -5,6 +5,8 @@ through transformers' quantization config: it is a dozen lines, works the same o
 (bitsandbytes >= 0.48 runs k-bit kernels on the CPU), and keeps the LoRA layers in charge of what wraps what.
 """
 
+import logging
+
 import torch
 from torch import nn
 
@@ -12,6 +14,23 @@ from core.base_weights import is_bnb_4bit
 
 QUANTIZATIONS = ("none", "nf4", "int8")
 SKIPPED_MODULES = ("lm_head",)
+# bitsandbytes notices that say nothing a person can act on, by logger: int8 logs the fp32 -> fp16 cast of its
+# inputs at every layer's every forward (5,670 lines in a 3-step run), and on an AVX512-BF16 CPU its import asks
+# for `pip install kernels`, an optional kernel fetched from the hub, while its built-in one runs.
+QUIET_NOTICES = {
+    "bitsandbytes.autograd._functions": "MatMul8bitLt: inputs will be cast",
+    "bitsandbytes.backends.cpu.ops": "Failed to load CPU gemm_4bit_forward from kernels-community",
+}
+
+
+def _quiet_notices() -> None:
+    """Drop those notices (and only those): the loggers are set up before bitsandbytes is imported, so even its
+    import-time notice is filtered."""
+    for logger_name, start in QUIET_NOTICES.items():
+        logging.getLogger(logger_name).addFilter(lambda record, start=start: not record.getMessage().startswith(start))
+
+
+_quiet_notices()
 
 
 def quantize_linears(model: nn.Module, quantization: str, compute_dtype: torch.dtype, device: torch.device) -> int:

@@ -80,6 +80,13 @@ def test_qlora_trains_fp32_adapters_on_an_nf4_base(tiny_llama_dir, tmp_path):
 
 
 
+def test_an_int8_run_trains_without_flooding_the_log(tiny_llama_dir, tmp_path, caplog):
+    """bitsandbytes logs its int8 input cast at every layer's every forward; a job.log would fill with it."""
+    result = train(tiny_config(tiny_llama_dir, quant="int8", eval_share=0, max_steps=2, save_every=2), tmp_path / "run")
+    assert result.status == "completed"
+    assert "MatMul8bitLt" not in caplog.text and "pip install kernels" not in caplog.text
+
+
 def test_evaluating_during_a_qlora_run_leaves_its_training_unchanged(tiny_llama_dir, tmp_path):
     """On a CPU with AVX512-BF16, bitsandbytes repacks a 4-bit weight at its first forward in eval mode, and the
     repacked weight has no backward: the training steps after an eval would lose the gradient through every
