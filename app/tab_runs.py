@@ -62,15 +62,21 @@ def build_runs_tab(store: Store) -> RunsTab:
         log = gr.Code(language=None, elem_id="run-log", interactive=False)
     compare = build_compare(store)
 
-    def render(run_id: str | None):
+    def render(run_id: str | None, newest_if_none: bool = True):
+        """The tab for `run_id`. None opens the newest run (`newest_if_none`: on opening the tab, not on the
+        timer's refreshes); a run that is gone (deleted, here or in another tab) leaves no run chosen, since
+        jumping to another one would put its Delete button under the person's pointer."""
         runs = jobs.refresh(store)
         ids = [run["id"] for run in runs]
-        run_id = run_id if run_id in ids else (ids[0] if ids else None)
+        if run_id is None and newest_if_none:
+            run_id = ids[0] if ids else None
+        elif run_id not in ids:
+            run_id = None
         choice = gr.Dropdown(choices=[(f"{r['id']} · {r['name']} · {r['status']}", r["id"]) for r in runs],
                              value=run_id)
         frame = run_view.runs_table(runs, store)
         if run_id is None:
-            empty = "No runs yet. Start one in the Train tab."
+            empty = "Choose a run in the table." if runs else "No runs yet. Start one in the Train tab."
             off = gr.Button(interactive=False)
             return frame, choice, "", empty, None, None, "", off, off, off
         run = next(r for r in runs if r["id"] == run_id)
@@ -109,7 +115,7 @@ def build_runs_tab(store: Store) -> RunsTab:
     def pick(frame, event: gr.SelectData):
         return render(frame.iloc[event.index[0], 0])
 
-    timer.tick(render, selected, outputs, show_progress="hidden")
+    timer.tick(lambda run_id: render(run_id, newest_if_none=False), selected, outputs, show_progress="hidden")
     selected.input(render, selected, outputs)
     table.select(pick, table, outputs)
     stop.click(lambda r: act(jobs.cancel, r, lambda r: f"Run {r} stopped."), selected, outputs)

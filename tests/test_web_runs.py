@@ -148,6 +148,11 @@ def test_delete_asks_first_and_a_dismissed_dialog_keeps_the_run(app_url, web_hom
                                timeout=60_000)
         assert len(messages) == 2 and scratch not in run_ids(web_home).values() and not run_dir.exists()
         assert set(run_ids(web_home)) == {"slow-r4", "fast-r8"}  # only the confirmed run went
+        # no other run is chosen in its place: its Delete button would be right under the pointer
+        page.wait_for_function("() => document.querySelector('#run-stats').innerText.includes('Choose a run')",
+                               timeout=60_000)
+        page.wait_for_timeout(3_000)  # a refresh of the timer chooses nothing either
+        assert page.locator("#run-delete").is_disabled() and page.locator("#run-select input").input_value() == ""
         screenshot(page, "runs-after-delete")
 
 
