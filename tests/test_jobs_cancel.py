@@ -39,6 +39,8 @@ def test_cancel_stops_the_running_job_and_the_queued_one_never_starts(
         wait_for(lambda: not supervisor_running(), what="the supervisor to exit with nothing left to do")
 
         assert store.get_run(running)["status"] == "cancelled"  # the stopped job did not overwrite it
+        said = json.loads((Path(job["run_dir"]) / "job.log").read_text().splitlines()[-1])
+        assert said["status"] == "cancelled"  # its log's last word agrees with the store
         never = store.get_run(waiting)
         assert never["status"] == "cancelled" and never["started"] is None and never["pid"] is None
         assert not (Path(never["run_dir"]) / "job.log").exists()

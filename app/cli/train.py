@@ -114,11 +114,12 @@ def print_queued(run_id: str) -> int:
 
 
 def report(store: Store, run_id: str, result: TrainResult) -> int:
-    """Print the final JSON line; exit 0 when the run completed, 3 when it stopped early (resumable)."""
-    fields = ("run_dir", "adapter_dir", "status", "steps", "train_loss", "eval_loss", "tokens", "tokens_per_s",
-              "peak_mem_mb")
-    print(json.dumps({"run_id": run_id, **{key: getattr(result, key) for key in fields}}))
-    return 0 if result.status == "completed" else 3
+    """Print the final JSON line; exit 0 when the run completed, 3 when it stopped early (resumable). The status is
+    the store's: a stop the loop saw as a signal is `cancelled` there when it came from a cancel."""
+    fields = ("run_dir", "adapter_dir", "steps", "train_loss", "eval_loss", "tokens", "tokens_per_s", "peak_mem_mb")
+    status = store.get_run(run_id)["status"]
+    print(json.dumps({"run_id": run_id, "status": status, **{key: getattr(result, key) for key in fields}}))
+    return 0 if status == "completed" else 3
 
 
 class ProgressBar:
