@@ -46,10 +46,12 @@ def compose_adapter(
     """Write sum_i weight_i * adapter_i as the adapter `name` and register it; returns (the parity-checked
     write, the new adapter's store row). `export_id` is the background job's row, as for export_adapters."""
     folder = check_composition(adapters, weights, name)
+    adapter = {}
+
+    def register(store: Store) -> dict:
+        adapter.update(store.register_adapter(folder, source=COMPOSED, name=name.strip()))
+        return {"format": COMPOSED, "adapter_id": adapter["id"]}
+
     result = export_adapters(adapters, "peft", folder, weights=weights, base=base, progress=progress,
-                             export_id=export_id)
-    with Store() as store:
-        adapter = store.register_adapter(folder, source=COMPOSED, name=name.strip())
-        store.update_export(result.export_id, format=COMPOSED, adapter_id=adapter["id"])
-    result.format = COMPOSED
+                             export_id=export_id, on_written=register)
     return result, adapter

@@ -74,6 +74,7 @@ def export_adapters(
     max_shard_bytes: int = DEFAULT_SHARD_BYTES,
     export_id: int | None = None,
     merged_dtype: str = AUTO_DTYPE,
+    on_written: Callable[[Store], dict] | None = None,
 ) -> ExportResult:
     """Export one adapter, or the weighted sum of several, and check the export against the live model.
 
@@ -89,6 +90,9 @@ def export_adapters(
         max_shard_bytes: largest safetensors file of a merged folder; bigger models are sharded with an index.
         export_id: the store's row for this export when a background job made it beforehand; else one is added.
         merged_dtype: "auto" (the precision the base is stored in), "fp32", "bf16" or "fp16" (format "merged" only).
+        on_written: called with the store once the files are in place, before the export is recorded as
+            finished; the fields it returns join that record (a composition registers its adapter here, so no
+            reader sees the job done before the adapter exists).
     """
     say = progress or (lambda _line: None)
     out, weights, sources = check_export(adapters, format, out, weights, gguf_type, force, merged_dtype)
@@ -115,12 +119,14 @@ def export_adapters(
     with Store() as store:
         record = dict(format=label, path=str(out), adapter_id=_adapter_id(store, sources), run_id=_run_id(store, adapters),
                       parity=report.to_json(), status=status, size_bytes=size)
+        if on_written is not None:
+            record.update(on_written(store))
         if export_id is None:
             export_id = store.add_export(**record)
         else:
             store.update_export(export_id, **record, progress=None)
     warnings = [f"parity check failed: {problem}" for problem in report.problems]
-    return ExportResult(label, str(out), status, report.to_json(), export_id, size, warnings)
+    return ExportResult(record["format"], str(out), status, report.to_json(), export_id, size, warnings)
 
 
 def export_label(format: str, gguf_type: str) -> str:
