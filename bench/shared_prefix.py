@@ -16,13 +16,12 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-LORAS = {"r16-all": (16, "all-linear"), "r8-qv": (8, "qv")}
+from bench.training_steps import LORAS, first_batches, prepared_model, timed_step  # noqa: E402  (after the path)
 
 
 def main() -> None:
@@ -35,33 +34,14 @@ def main() -> None:
 
     import torch
 
-    from core.adapters import add_adapter
-    from core.data import BatchSettings, iterate_batches, prepare_dataset
-    from core.loss import trained_token_loss
-    from core.models import load_base_model
-    from core.packed_attention import use_packed_attention
-    from core.train import lora_settings
-    from core.train_config import TrainConfig
-
-    rank, targets = LORAS[args.lora]
-    config = TrainConfig(dataset=args.dataset, rank=rank, alpha=2 * rank, targets=targets, dtype="fp32")
-    loaded = load_base_model("default", dtype="fp32")
-    model = loaded.model
-    use_packed_attention(model)
-    add_adapter(model, "bench", lora_settings(config))
-    model.train()
-    data = prepare_dataset(args.dataset, loaded.tokenizer, max_length=config.max_len)
-    ways = {share: list(iterate_batches(data.examples, BatchSettings(batch_size=config.batch_size, share_prefix=share),
-                                        0, epochs=1))[: args.pairs] for share in (False, True)}
+    model, data, config = prepared_model(Path(args.dataset), args.lora)
+    ways = {share: first_batches(data, config, args.pairs, share) for share in (False, True)}
 
     def step(batch) -> tuple[float, float, list]:
-        started = time.perf_counter()
-        loss, _ = trained_token_loss(model, batch.model_inputs())
-        (loss / batch.trained_tokens).backward()
-        seconds = time.perf_counter() - started
+        seconds, loss = timed_step(model, batch)
         grads = [p.grad.flatten().clone() for p in model.parameters() if p.grad is not None]
         model.zero_grad(set_to_none=True)
-        return seconds, loss.item(), grads
+        return seconds, loss, grads
 
     seconds, loss_gap, grad_gap = {False: [], True: []}, 0.0, 0.0
     step(ways[False][0])  # warm-up

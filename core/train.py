@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from core.adapters import LoraSettings, add_adapter
+from core.allocator import keep_freed_memory
 from core.checkpoint import (load_checkpoint, newest_checkpoint, restore_rng_states, resume_step, rng_states,
                              save_checkpoint)
 from core.data import BatchSettings, DataPosition, iterate_batches
@@ -68,6 +69,7 @@ def train(config: TrainConfig, run_dir: Path, resume: bool = False, events: Even
     On CUDA out-of-memory it retries once, from the newest checkpoint, with half the micro-batch and twice
     the accumulation: the same effective batch, so the run continues as it would have.
     """
+    keep_freed_memory()  # activations reuse freed heap memory instead of faulting in fresh pages every step
     try:
         return _train_once(config, run_dir, resume, events)
     except torch.cuda.OutOfMemoryError:
