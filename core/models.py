@@ -148,6 +148,20 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return DTYPES[dtype]
 
 
+def training_dtype(dtype: str, quantization: str, device: str) -> str:
+    """The dtype a training run loads its base in: `dtype`, except that "auto" on a CPU with bf16 dot-product
+    instructions (AVX512-BF16 or AMX) trains a full-precision base in bf16. There its matrix products run about
+    4x as fast as fp32's (886 against 197 GFLOP/s on a 2-core AMD EPYC); the adapter, its optimizer, RMSNorm,
+    attention and the loss stay in fp32. Elsewhere bf16 products are emulated and slower, so "auto" stays fp32."""
+    if dtype != "auto" or quantization != "none" or resolve_device(device).type != "cpu":
+        return dtype
+    return "bf16" if cpu_has_bf16_products() else dtype
+
+
+def cpu_has_bf16_products() -> bool:
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
 def resolve_source(source: str) -> tuple[Path | str, str, bool]:
     """Turn a source into something `from_pretrained` reads: (folder or hub id, display name, converted now)."""
     if source == DEFAULT_MODEL:

@@ -7,6 +7,8 @@ most of it masked away, and no causal fast path. This attention cuts the row at 
 passes them) and runs causal sdpa per example: sum(l_i^2) / 2 work instead of L^2. Without boundaries
 (generation, padded batches) it is plain sdpa with the usual mask.
 
+On the CPU the examples attend in fp32 whatever the model's dtype (a bf16 model is cast there and back).
+
 A row whose examples share opening tokens holds each shared prefix once (`segment_prefixes`, see
 `core.data.batch`): a prefix attends to itself like an example, and each example's own tokens attend to their
 prefix and then causally to themselves, with a mask aligned to the bottom right (query i of the example sits at
@@ -39,6 +41,9 @@ def packed_attention(
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
     lengths = _example_lengths(cu_seq_lens_q)
+    dtype = query.dtype
+    if query.device.type == "cpu":  # the CPU's 16-bit flash attention runs its backward at about half fp32's speed
+        query, key, value = query.float(), key.float(), value.float()
     options = dict(dropout_p=dropout if module.training else 0.0, scale=scaling,
                    enable_gqa=getattr(module, "num_key_value_groups", 1) > 1)
     # split (not slicing): its backward joins the examples' gradients in one pass instead of one full-size
@@ -53,7 +58,7 @@ def packed_attention(
         mask = _after_prefix_mask(q.shape[2], prefix_k.shape[2], q.device)
         parts.append(F.scaled_dot_product_attention(q, torch.cat([prefix_k, k], 2), torch.cat([prefix_v, v], 2),
                                                     attn_mask=mask, **options))
-    return torch.cat(parts, dim=2).transpose(1, 2).contiguous(), None
+    return torch.cat(parts, dim=2).transpose(1, 2).to(dtype, memory_format=torch.contiguous_format), None
 
 
 _last_lengths: list = [None, None, {}]  # (boundaries, their example lengths, masks): every layer of a forward shares them

@@ -27,14 +27,16 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from core.base_weights import layer_shape
 from core.data import DataPreflight, data_preflight
-from core.models import LoadedModel, load_base_model, resolve_device, resolve_dtype, resolve_source
+from core.models import LoadedModel, load_base_model, resolve_device, resolve_dtype, resolve_source, training_dtype
 from core.quantize import SKIPPED_MODULES
 from core.targets import resolve_targets
 from core.train import planned_steps
 from core.train_data import batch_settings, train_examples
 from core.train_config import TrainConfig
 
-TRAINING_EFFICIENCY = 0.5  # share of the matmul peak our LoRA training loop reaches on CPU (bench/)
+TRAINING_EFFICIENCY = 0.5  # share of the matmul peak our LoRA training loop reaches (bench/)
+# A bf16 base on a CPU with bf16 products: those run about 4x as fast as fp32's, the rest of a step does not
+CPU_BF16_EFFICIENCY = 0.25
 QUANTIZED_BYTES = {"nf4": 4.127 / 8, "int8": 1.0}  # per weight: NF4 with double-quantized scales; int8 + row scales
 RUNTIME_MB = 400.0  # Python, torch and transformers themselves, before any model (measured: about 400 MB)
 MB = 2**20
@@ -80,7 +82,8 @@ class Preflight:
 def preflight(config: TrainConfig) -> Preflight:
     """Validate data and settings as `train` would (without training) and estimate the cost."""
     config.check()
-    loaded = load_base_model(config.base, config.dtype, config.quant, config.device)
+    dtype = training_dtype(config.dtype, config.quant, config.device)
+    loaded = load_base_model(config.base, dtype, config.quant, config.device)
     data = data_preflight(config.dataset, loaded.tokenizer, config.max_len, config.train_on,
                           skip_invalid=config.skip_invalid, batches=batch_settings(config, loaded.model))
     trainable = count_trainable(loaded.model, config)
@@ -115,12 +118,23 @@ def estimate_seconds_per_step(model: nn.Module, config: TrainConfig, data: DataP
     linear = sum(m.in_features * m.out_features for m in model.modules() if hasattr(m, "in_features"))
     linear -= head.in_features * head.out_features * (1 - data.trained_token_share)  # head runs on trained tokens only
     computed_tokens = mean_tokens_per_step(config, data) * (1 - data.shared_token_share)
-    return 4 * linear * computed_tokens / (_device_matmul_flops(model.device) * TRAINING_EFFICIENCY)
+    dtype = resolve_dtype(training_dtype(config.dtype, config.quant, config.device), model.device)
+    return 4 * linear * computed_tokens / _training_flops(model.device, dtype)
+
+
+def _training_flops(device: torch.device, dtype: torch.dtype) -> float:
+    """FLOP/s our loop reaches: a share of the matmul peak in the dtype its products run in (bf16 on CUDA, where
+    training autocasts to it)."""
+    if device.type == "cuda":
+        return _device_matmul_flops(device, torch.bfloat16) * TRAINING_EFFICIENCY
+    if dtype is torch.bfloat16:
+        return _device_matmul_flops(device, torch.bfloat16) * CPU_BF16_EFFICIENCY
+    return _device_matmul_flops(device, torch.float32) * TRAINING_EFFICIENCY
 
 
 @functools.cache
-def _device_matmul_flops(device: torch.device) -> float:
-    return matmul_flops(device)
+def _device_matmul_flops(device: torch.device, dtype: torch.dtype) -> float:
+    return matmul_flops(device, dtype)
 
 
 def count_trainable(model: nn.Module, config: TrainConfig) -> int:
@@ -138,7 +152,7 @@ def estimate_memory(loaded: LoadedModel, config: TrainConfig, data: DataPrefligh
     """Peak memory of training `config` (see the module docstring), from `loaded` whatever its own dtype and
     quantization: the web page estimates any settings against the one model it serves."""
     device = resolve_device(config.device)
-    value_bytes = resolve_dtype(config.dtype, device).itemsize
+    value_bytes = resolve_dtype(training_dtype(config.dtype, config.quant, config.device), device).itemsize
     facts, settings = loaded.facts, loaded.model.config
     served_bytes = getattr(torch, facts.dtype).itemsize
     other_weights = (facts.weight_bytes - facts.linear_weight_bytes) * value_bytes / served_bytes
@@ -181,9 +195,8 @@ def machine_memory_mb(device: torch.device) -> tuple[float, float]:
     return total, total
 
 
-def matmul_flops(device: torch.device, size: int = 1024, repeats: int = 8) -> float:
-    """This machine's fp32 (CPU) or bf16 (CUDA) matmul speed in FLOP/s, measured in about a tenth of a second."""
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+def matmul_flops(device: torch.device, dtype: torch.dtype, size: int = 1024, repeats: int = 8) -> float:
+    """This machine's matmul speed in `dtype` in FLOP/s, measured in about a tenth of a second."""
     a, b = torch.randn(size, size, device=device, dtype=dtype), torch.randn(size, size, device=device, dtype=dtype)
     a @ b
     _sync(device)

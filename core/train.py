@@ -31,7 +31,7 @@ from core.checkpoint import (load_checkpoint, newest_checkpoint, restore_rng_sta
 from core.data import BatchSettings, DataPosition, iterate_batches
 from core.errors import LoraForgeError
 from core.loss import trained_token_loss
-from core.models import LoadedModel, load_base_model
+from core.models import LoadedModel, load_base_model, training_dtype
 from core.packed_attention import use_packed_attention
 from core.peft_format import save_adapter
 from core.quantize import keep_4bit_layout_for_training
@@ -166,7 +166,8 @@ def _prepare(config: TrainConfig, run_dir: Path) -> _Session:
     run_dir.mkdir(parents=True, exist_ok=True)
     config.to_yaml(run_dir / "config.yaml")
     torch.manual_seed(config.seed)
-    loaded = load_base_model(config.base, config.dtype, config.quant, config.device)
+    dtype = training_dtype(config.dtype, config.quant, config.device)
+    loaded = load_base_model(config.base, dtype, config.quant, config.device)
     keep_4bit_layout_for_training(loaded.model)
     data = load_training_data(config, loaded.tokenizer)
     if attends_per_example(config, loaded.model):

@@ -14,7 +14,7 @@ from core.data import BatchSettings, RenderedExample, iterate_batches, prepare_d
 from core.data.prefixes import prefix_groups
 from core.data.render import IGNORE_INDEX
 from core.loss import trained_token_loss
-from core.packed_attention import use_packed_attention
+from core.packed_attention import packed_attention, use_packed_attention
 from core.train_config import TrainConfig
 from core.train_data import batch_settings
 from tests.job_helpers import DATES
@@ -128,6 +128,27 @@ def test_sharing_the_prefix_gives_the_loss_gradients_and_logits_of_separate_exam
                 start = _find(batch.input_ids[0].tolist(), e.input_ids[group.prefix :])
                 alone = model(input_ids=torch.tensor([e.input_ids])).logits[0]
                 torch.testing.assert_close(row[start : start + own], alone[group.prefix :], atol=1e-5, rtol=0)
+
+
+def test_a_bf16_model_attends_in_fp32_on_the_cpu():
+    """The CPU's bf16 flash attention is slower than its fp32 one: packed rows attend in fp32 and return bf16."""
+    lengths = [5, 9, 3]
+    module = torch.nn.Module()
+    module.num_key_value_groups = 2
+    torch.manual_seed(0)
+    query, key, value = (torch.randn(1, heads, sum(lengths), 8, dtype=torch.bfloat16, requires_grad=True)
+                         for heads in (4, 2, 2))
+    bounds = torch.tensor([0, 5, 14, 17])
+    out, _ = packed_attention(module, query, key, value, None, cu_seq_lens_q=bounds)
+    assert out.dtype is torch.bfloat16 and out.shape == (1, sum(lengths), 4, 8) and out.is_contiguous()
+    expected = torch.cat([
+        torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=True,
+                                                         enable_gqa=True)
+        for q, k, v in zip(query.split(lengths, 2), key.split(lengths, 2), value.split(lengths, 2))
+    ], 2).transpose(1, 2).to(torch.bfloat16)
+    assert torch.equal(out, expected)
+    out.float().square().sum().backward()
+    assert query.grad.dtype is torch.bfloat16 and key.grad.abs().max() > 0
 
 
 def test_runs_share_the_prefix_only_when_they_attend_per_example_and_nothing_drops_out(tiny_llama_dir):

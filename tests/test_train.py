@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 import core.checkpoint
 import core.train
 from core.checkpoint import CheckpointError, checkpoints, newest_checkpoint
+from core.models import cpu_has_bf16_products, training_dtype
 from core.store import Store
 from core.train import TrainingError, learning_rate, train
 from core.train_config import ConfigError, TrainConfig
@@ -78,6 +79,29 @@ def test_qlora_trains_fp32_adapters_on_an_nf4_base(tiny_llama_dir, tmp_path):
     assert {t.dtype for t in tensors.values()} == {torch.float32}
     assert any(float(t.abs().max()) > 0 for key, t in tensors.items() if "lora_B" in key)  # B moved off zero
 
+
+
+def test_a_bf16_base_trains_fp32_adapters_to_the_fp32_runs_losses(tiny_llama_dir, tmp_path):
+    """What "auto" picks on a CPU with bf16 products: the base in bf16, the adapter, attention and the loss in fp32."""
+    losses = {}
+    for dtype in ("fp32", "bf16"):
+        result = train(tiny_config(tiny_llama_dir, dtype=dtype, eval_share=0, max_steps=4, save_every=4, dropout=0.0),
+                       tmp_path / dtype)
+        assert result.status == "completed"
+        rows = [json.loads(line) for line in (tmp_path / dtype / "metrics.jsonl").read_text().splitlines()]
+        losses[dtype] = [row["loss"] for row in rows if row["split"] == "train"]
+        assert {t.dtype for t in adapter_tensors(result.adapter_dir).values()} == {torch.float32}
+    assert losses["bf16"][-1] < losses["bf16"][0]
+    assert losses["bf16"] == pytest.approx(losses["fp32"], rel=0.01)
+
+
+def test_auto_trains_in_bf16_exactly_on_cpus_with_bf16_products():
+    flags = set(Path("/proc/cpuinfo").read_text().split()) if Path("/proc/cpuinfo").exists() else set()
+    bf16_products = bool(flags & {"avx512_bf16", "amx_bf16"})
+    assert cpu_has_bf16_products() == bf16_products or not flags
+    assert training_dtype("auto", "none", "cpu") == ("bf16" if cpu_has_bf16_products() else "auto")
+    assert training_dtype("fp32", "none", "cpu") == "fp32"  # asked for: kept
+    assert training_dtype("auto", "nf4", "cpu") == "auto"  # a quantized base computes as it always did
 
 
 def test_an_int8_run_trains_without_flooding_the_log(tiny_llama_dir, tmp_path, caplog):
@@ -265,7 +289,8 @@ def test_out_of_memory_retries_with_half_the_batch_and_the_same_effective_batch(
     tiny_llama_dir, tmp_path, monkeypatch, fail_from_step
 ):
     """Simulated CUDA OOM for micro-batches of 4 examples: the run retries with 2 x 2 and ends as a 4 x 1 run would."""
-    config = tiny_config(tiny_llama_dir, eval_share=0, dropout=0.0, max_steps=6)
+    # fp32: a bf16 base rounds each product's output, so rows split differently differ by more than the summation
+    config = tiny_config(tiny_llama_dir, eval_share=0, dropout=0.0, max_steps=6, dtype="fp32")
     expected = adapter_tensors(train(config, tmp_path / "reference").adapter_dir)
     real_loss, calls, events = core.train.trained_token_loss, [], []
 
