@@ -225,13 +225,13 @@ class LoraLayer(nn.Module):
         return result.to(base_out.dtype)
 
     def _trains_fused(self, x: torch.Tensor) -> bool:
-        """Whether the forward may run as one autograd node (core.lora_fused): a frozen fp32 nn.Linear and fp32
-        input without autocast, no DoRA, and no dropout in play."""
+        """Whether the forward may run as one autograd node (core.lora_fused): a frozen fp32 or bf16 nn.Linear and
+        input of its dtype without autocast, no DoRA, and no dropout in play."""
         base = self.base_layer
         return (
             self._plain_linear
-            and x.dtype is torch.float32
-            and base.weight.dtype is torch.float32
+            and x.dtype in (torch.float32, torch.bfloat16)
+            and base.weight.dtype is x.dtype
             and not base.weight.requires_grad
             and (base.bias is None or not base.bias.requires_grad)
             and self._scaled_adapters is not None

@@ -279,11 +279,33 @@ def test_training_runs_as_one_fused_node_with_plain_autograds_output_and_gradien
         assert x.grad is None
 
 
-@pytest.mark.parametrize("case", ["dropout", "dora", "bf16 base", "trainable base", "autocast", "conv1d"])
+def test_a_bf16_base_trains_fused_with_bf16_products_and_fp32_gradients():
+    torch.manual_seed(0)
+    base = nn.Linear(24, 16).requires_grad_(False)
+    layer = two_adapter_layer(base)
+    reference = {name: m.detach().clone().requires_grad_() for name, m in layer.named_parameters() if "lora" in name}
+    x, upstream = torch.randn(2, 5, 24), torch.randn(2, 5, 16)
+    base.to(torch.bfloat16)
+    out = layer(x.to(torch.bfloat16))
+    assert ran_fused(out) and out.dtype is torch.bfloat16
+    (out.float() * upstream).sum().backward()
+
+    first, second = (layer.adapters[name].scaling for name in ("a", "b"))
+    a1, b1, a2, b2 = (reference[f"adapters.{n}.lora_{m}"] for n in ("a", "b") for m in ("A", "B"))
+    expected = base.float()(x) + 0.5 * first * (x @ a1.T) @ b1.T - 2.0 * second * (x @ a2.T) @ b2.T
+    (expected * upstream).sum().backward()
+    torch.testing.assert_close(out.float(), expected, atol=0.05, rtol=0.02)  # bf16 rounding, no more
+    for name, want in reference.items():
+        got = layer.get_parameter(name).grad
+        assert got.dtype is torch.float32
+        torch.testing.assert_close(got, want.grad, atol=0.05, rtol=0.02, msg=name)
+
+
+@pytest.mark.parametrize("case", ["dropout", "dora", "fp16 base", "trainable base", "autocast", "conv1d"])
 def test_training_keeps_plain_autograd_where_the_fused_node_does_not_apply(case):
     torch.manual_seed(0)
     base = Conv1D(16, 24) if case == "conv1d" else nn.Linear(24, 16)
-    base.requires_grad_(case == "trainable base").to(torch.bfloat16 if case == "bf16 base" else torch.float32)
+    base.requires_grad_(case == "trainable base").to(torch.float16 if case == "fp16 base" else torch.float32)
     layer = layer_with(base, use_dora=case == "dora", dropout=0.5 if case == "dropout" else 0.0)
     x = torch.randn(3, 24, dtype=base.weight.dtype)
     with torch.autocast("cpu", dtype=torch.bfloat16) if case == "autocast" else torch.enable_grad():
