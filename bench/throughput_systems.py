@@ -1,6 +1,8 @@
 """The three systems `train_throughput.py` compares, each run on exactly the same batches of the same examples.
 
-    forge        LoRA Forge's own loop (`core.train.train`), default settings apart from the LoRA shape
+    forge        LoRA Forge's own loop (`core.train.train`), default settings apart from the LoRA shape (so on a
+                 CPU with bf16 products, a bf16 base: see core.models.training_dtype)
+    forge-fp32   the same with an fp32 base, as the baselines have
     peft-padded  PEFT + transformers Trainer, DataCollatorForSeq2Seq (the usual dynamic padding)
     peft-flat    PEFT + transformers Trainer, DataCollatorWithFlattening (padding-free rows)
 
@@ -28,12 +30,13 @@ from bench.flops import lora_step_flops, prefix_flops_saved
 from core.data import BatchSettings, PreparedDataset, epoch_plan, prepare_dataset
 from core.data.prefixes import prefix_groups
 from core.data.render import IGNORE_INDEX
-from core.models import load_base_model
+from core.models import load_base_model, resolve_device, resolve_dtype, training_dtype
 from core.peft_format import load_adapter
 from core.train import train
 from core.train_config import TrainConfig
 
-SYSTEMS = ("forge", "peft-padded", "peft-flat")
+SYSTEMS = ("forge", "forge-fp32", "peft-padded", "peft-flat")
+FORGE_DTYPES = {"forge": "auto", "forge-fp32": "fp32"}
 LORAS = {"r16-all": (16, "all-linear"), "r8-qv": (8, "qv")}
 PEFT_TARGETS = {"all-linear": "all-linear", "qv": ["q_proj", "v_proj"]}
 BATCH_SIZE, MAX_LEN, LR, WARMUP, CLIP = 8, 512, 1e-3, 0.05, 1.0
@@ -51,13 +54,15 @@ class Case:
 
 def run_case(case: Case) -> dict:
     """Train one system on one case; return its figures (tokens, seconds, losses, peak RSS, FLOPs)."""
-    trainer = _train_forge if case.system == "forge" else _train_peft
+    trainer = _train_forge if case.system in FORGE_DTYPES else _train_peft
     model, tokenizer, seconds, losses, peak_rss_mb = trainer(case)
+    dtype = training_dtype(FORGE_DTYPES.get(case.system, "fp32"), "none", "auto")
     chosen, epoch_tokens = planned_examples(case, tokenizer)
     useful = useful_flops(model, chosen, lora_parameters(model))
-    saved = shared_prefix_flops(model, chosen, lora_parameters(model)) if case.system == "forge" else 0
+    saved = shared_prefix_flops(model, chosen, lora_parameters(model)) if case.system in FORGE_DTYPES else 0
     return {
         "system": case.system,
+        "dtype": str(resolve_dtype(dtype, resolve_device("auto"))).removeprefix("torch."),  # the base's, in training
         "lora": case.lora,
         "steps": case.steps,
         "tokens": sum(len(example.input_ids) for example in chosen),
@@ -82,11 +87,11 @@ def planned_examples(case: Case, tokenizer) -> tuple[list, int]:
 
 
 def _train_forge(case: Case) -> tuple:
-    """Peak RSS is read right after training, before a fresh model is loaded with the adapter to be scored."""
+    """Peak RSS is read right after training, before a fresh fp32 model is loaded with the adapter to be scored."""
     rank, targets = LORAS[case.lora]
     config = TrainConfig(dataset=case.train_file, eval_share=0, rank=rank, alpha=2 * rank, targets=targets,
                          max_steps=case.steps, batch_size=BATCH_SIZE, max_len=MAX_LEN, lr=LR, warmup_ratio=WARMUP,
-                         max_grad_norm=CLIP, dtype="fp32", sample_prompts=["Hello"], sample_max_new_tokens=4)
+                         max_grad_norm=CLIP, dtype=FORGE_DTYPES[case.system], sample_prompts=["Hello"], sample_max_new_tokens=4)
     result = train(config, case.run_dir)
     peak_rss_mb = _peak_rss_mb()
     rows = [json.loads(line) for line in (case.run_dir / "metrics.jsonl").read_text().splitlines()]
