@@ -22,7 +22,8 @@ from core.composed_adapters import COMPOSED
 from core.errors import LoraForgeError
 from core.export_gguf import GGUF_TYPES
 from core.export_jobs import RUNNING, ExportRequest, refresh, start
-from core.export_merged import AUTO_DTYPE, MERGED_DTYPES
+from core.devices import DTYPES
+from core.export_merged import AUTO_DTYPE
 from core.models import LoadedModel
 from core.store import Store
 
@@ -58,7 +59,7 @@ def build_adapters_tab(loaded: LoadedModel, store: Store) -> AdaptersTab:
     with gr.Row():
         fmt = gr.Radio(FORMATS, value="merged", label="Format", elem_id="export-format")
         gguf_type = gr.Radio(list(GGUF_TYPES), value="f16", label="GGUF type", elem_id="export-gguf-type")
-        merged_dtype = gr.Radio([AUTO_DTYPE, *MERGED_DTYPES], value=AUTO_DTYPE, elem_id="export-merged-dtype",
+        merged_dtype = gr.Radio([AUTO_DTYPE, *DTYPES], value=AUTO_DTYPE, elem_id="export-merged-dtype",
                                 label="Merged weights (auto: as the base is stored)")
     with gr.Row(equal_height=True):
         out = gr.Textbox(label="Output folder", elem_id="export-out", scale=6)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from core.models import DTYPES
+from core.devices import DTYPES
 from core.quantize import QUANTIZATIONS
 from core.targets import PRESETS
 from core.train_config import OPTIMIZERS, SCHEDULES, ConfigError, TrainConfig

@@ -1,7 +1,7 @@
 """The three systems `train_throughput.py` compares, each run on exactly the same batches of the same examples.
 
     forge        LoRA Forge's own loop (`core.train.train`), default settings apart from the LoRA shape (so on a
-                 CPU with bf16 products, a bf16 base: see core.models.training_dtype)
+                 CPU with bf16 products, a bf16 base: see core.devices.training_dtype)
     forge-fp32   the same with an fp32 base, as the baselines have
     peft-padded  PEFT + transformers Trainer, DataCollatorForSeq2Seq (the usual dynamic padding)
     peft-flat    PEFT + transformers Trainer, DataCollatorWithFlattening (padding-free rows)
@@ -30,7 +30,8 @@ from bench.flops import lora_step_flops, prefix_flops_saved
 from core.data import BatchSettings, PreparedDataset, epoch_plan, prepare_dataset
 from core.data.prefixes import prefix_groups
 from core.data.render import IGNORE_INDEX
-from core.models import load_base_model, resolve_device, resolve_dtype, training_dtype
+from core.devices import resolve_device, resolve_dtype, training_dtype
+from core.models import load_base_model
 from core.peft_format import load_adapter
 from core.train import train
 from core.train_config import TrainConfig

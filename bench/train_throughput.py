@@ -14,7 +14,7 @@ square matmuls before and after the systems run); useful FLOPs, the same for eve
 bench/flops.py says. LoRA Forge computes a prefix its batch's examples share once, so it does less than the
 useful FLOPs: "MFU done" counts only the FLOPs it did (the baselines do at least the useful ones).
 
-On a CPU with bf16 products LoRA Forge's default trains a bf16 base (core.models.training_dtype): `forge` is
+On a CPU with bf16 products LoRA Forge's default trains a bf16 base (core.devices.training_dtype): `forge` is
 then that, `forge-fp32` the same loop on an fp32 base like the baselines', and the bf16 matmul peak is measured
 too: "MFU done, own peak" divides by the peak of the dtype the system trained in.
 
@@ -58,7 +58,8 @@ def main() -> None:
         return _worker(json.loads(args.worker))
 
     from bench.chat_set import write_chat_set
-    from core.models import load_base_model, training_dtype
+    from core.devices import training_dtype
+    from core.models import load_base_model
 
     bf16 = training_dtype("auto", "none", "auto") == "bf16"
     systems = args.systems.split(",") if args.systems else [name for name in SYSTEMS if bf16 or name != "forge-fp32"]

@@ -28,8 +28,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from core.adapters import active_adapters, active_gains, merge_and_unload
 from core.compose import combine_adapters
+from core.devices import DTYPES
 from core.export_gguf import GGUF_TYPES, gguf_pre_tokenizer, write_gguf
-from core.export_merged import (AUTO_DTYPE, DEFAULT_SHARD_BYTES, MERGED_DTYPES, AdapterChoice, load_with_adapters,
+from core.export_merged import (AUTO_DTYPE, DEFAULT_SHARD_BYTES, AdapterChoice, load_with_adapters,
                                  save_merged, stored_dtype)
 from core.export_output import ExportError, check_target, commit, folder_bytes, staging
 from core.modelfile import write_modelfile
@@ -161,9 +162,9 @@ def _check_request(
         raise ExportError(f"Unknown export format {format!r}. Choose one of: {', '.join(FORMATS)}.")
     if gguf_type not in GGUF_TYPES:
         raise ExportError(f"Unknown GGUF type {gguf_type!r}. Choose one of: {', '.join(GGUF_TYPES)}.")
-    if merged_dtype not in (AUTO_DTYPE, *MERGED_DTYPES):
+    if merged_dtype not in (AUTO_DTYPE, *DTYPES):
         raise ExportError(f"Unknown precision {merged_dtype!r} for a merged export. Choose one of: "
-                          f"{', '.join((AUTO_DTYPE, *MERGED_DTYPES))}.")
+                          f"{', '.join((AUTO_DTYPE, *DTYPES))}.")
     if merged_dtype != AUTO_DTYPE and format != "merged":
         raise ExportError(f"A precision ({merged_dtype}) applies to merged exports only. A GGUF export's precision "
                           "is its GGUF type (--gguf-type f16 or q8_0); a PEFT export keeps the adapter's fp32.")

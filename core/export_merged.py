@@ -21,13 +21,13 @@ import torch
 from transformers import AutoConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from core.adapters import set_active
+from core.devices import DTYPES
 from core.export_output import ExportError
 from core.models import LoadedModel, load_base_model, unshared_state_dict
 from core.peft_format import load_adapter
 from core.safetensors_file import save_tensors
 
 DEFAULT_SHARD_BYTES = 2 * 1024**3
-MERGED_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 AUTO_DTYPE = "auto"
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
@@ -55,13 +55,13 @@ def load_with_adapters(base: str, adapters: list[AdapterChoice], device: str = "
 
 
 def stored_dtype(source: str | Path) -> str:
-    """The MERGED_DTYPES name of the precision a model's config says its weights are stored in, for a folder or
+    """The DTYPES name of the precision a model's config says its weights are stored in, for a folder or
     a hub id alike ("fp32" when it names none of them)."""
     try:
         stored = AutoConfig.from_pretrained(source).dtype
     except (OSError, ValueError):
         return "fp32"
-    return next((name for name, dtype in MERGED_DTYPES.items() if dtype in (stored, str(stored))), "fp32")
+    return next((name for name, dtype in DTYPES.items() if dtype in (stored, str(stored))), "fp32")
 
 
 def save_merged(
@@ -69,14 +69,14 @@ def save_merged(
     dtype: str = "fp32",
 ) -> list[Path]:
     """Write config, generation config, tokenizer (with chat template) and safetensors weights (in `dtype`, a
-    MERGED_DTYPES name) into `folder`."""
+    DTYPES name) into `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
     config = copy.deepcopy(model.config)
-    config.dtype = MERGED_DTYPES[dtype]
+    config.dtype = DTYPES[dtype]
     if hasattr(config, "quantization_config"):  # a quantized source's marker; the merged weights are dense
         del config.quantization_config
     config.architectures = [type(model).__name__]
-    state = unshared_state_dict(model, MERGED_DTYPES[dtype])
+    state = unshared_state_dict(model, DTYPES[dtype])
     overflowing = [key for key, tensor in state.items() if tensor.is_floating_point() and not tensor.isfinite().all()]
     if overflowing:
         raise ExportError(f"The merged weight {overflowing[0]} does not fit in {dtype} (fp16 stops at 65504), so "

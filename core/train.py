@@ -31,7 +31,8 @@ from core.checkpoint import (load_checkpoint, newest_checkpoint, restore_rng_sta
 from core.data import BatchSettings, DataPosition, iterate_batches
 from core.errors import LoraForgeError
 from core.loss import trained_token_loss
-from core.models import LoadedModel, load_base_model, training_dtype
+from core.devices import training_dtype
+from core.models import LoadedModel, load_base_model
 from core.packed_attention import use_packed_attention
 from core.peft_format import save_adapter
 from core.quantize import keep_4bit_layout_for_training

@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from core.errors import LoraForgeError
-from core.models import DTYPES
+from core.devices import DTYPES
 from core.quantize import QUANTIZATIONS
 
 SCHEDULES = ("cosine", "linear", "constant")

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 import core.checkpoint
 import core.train
 from core.checkpoint import CheckpointError, checkpoints, newest_checkpoint
-from core.models import cpu_has_bf16_products, training_dtype
+from core.devices import cpu_has_bf16_products, training_dtype
 from core.store import Store
 from core.train import TrainingError, learning_rate, train
 from core.train_config import ConfigError, TrainConfig

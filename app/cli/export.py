@@ -14,7 +14,8 @@ import sys
 
 from core.export import FORMATS, STATUS_PARITY_FAILED, ExportResult, export_adapters
 from core.export_gguf import GGUF_TYPES
-from core.export_merged import AUTO_DTYPE, MERGED_DTYPES
+from core.devices import DTYPES
+from core.export_merged import AUTO_DTYPE
 from core.parity import greedy_verdict
 
 PARITY_FAILED_EXIT = 4
@@ -50,7 +51,7 @@ def _add_common(parser: argparse.ArgumentParser, several: bool) -> None:
         parser.add_argument("--adapter", required=True, help=help_text)
     parser.add_argument("--out", required=True, help="output folder (for a zipped PEFT adapter: a path ending in .zip)")
     parser.add_argument("--force", action="store_true", help="replace an existing non-empty output")
-    parser.add_argument("--dtype", default=AUTO_DTYPE, choices=[AUTO_DTYPE, *MERGED_DTYPES],
+    parser.add_argument("--dtype", default=AUTO_DTYPE, choices=[AUTO_DTYPE, *DTYPES],
                         help="precision of a merged folder's weights, merged exports only (default auto: the one "
                              "the base is stored in)")
     parser.add_argument("--model", "--base", dest="model",

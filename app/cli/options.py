@@ -2,7 +2,8 @@
 
 import argparse
 
-from core.models import DEFAULT_MODEL, DTYPES, LoadedModel, load_base_model
+from core.devices import DTYPES
+from core.models import DEFAULT_MODEL, LoadedModel, load_base_model
 from core.quantize import QUANTIZATIONS
 
 
