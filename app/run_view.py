@@ -13,9 +13,10 @@ from pathlib import Path
 import pandas as pd
 
 from core import paths
-from core.run_logs import METRICS
+from core.run_logs import JOB_LOG, METRICS
 from core.store import Store
 from core.supervisor import LOG_FILE
+from core.train_data import SKIPPED_ROWS
 
 RUN_COLUMNS = ["Run", "Name", "Status", "Steps", "Train loss", "Created"]
 LOG_LINES = 40
@@ -116,6 +117,9 @@ def stats_markdown(run: dict, store: Store) -> str:
         lines.append(" · ".join(figures))
     if run["adapter_dir"]:
         lines.append(f"Adapter: `{run['adapter_dir']}`")
+    skipped = Path(run["run_dir"] or "") / SKIPPED_ROWS
+    if skipped.is_file():  # the run trained on part of its data: which part is said where its figures are
+        lines.append(f"**Skipped rows** ({SKIPPED_ROWS} in the run folder):\n```\n{skipped.read_text(errors='replace')}```")
     if run["error"]:
         lines.append(f"**Note:** {html.escape(run['error'])}")
     return "\n\n".join(lines)
@@ -133,7 +137,7 @@ def samples_frame(store: Store, run_id: str) -> pd.DataFrame:
 
 def log_tail(run: dict) -> str:
     """The last lines of the run's job.log, else what the job supervisor logged about this run."""
-    own = Path(run["run_dir"] or "") / "job.log"
+    own = Path(run["run_dir"] or "") / JOB_LOG
     if own.is_file():
         return "".join(_tail(own))
     shared = paths.home() / LOG_FILE

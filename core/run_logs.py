@@ -1,6 +1,6 @@
 """A run folder's JSON-lines logs, one row per line: metrics.jsonl (every step, and every evaluation) and
 samples.jsonl (the sample answers at each checkpoint). They are the job's own record, readable with the run
-folder alone; the store holds the same rows for the UI."""
+folder alone; the store holds the same rows for the UI. Beside them, job.log holds plain progress lines."""
 
 import json
 import os
@@ -8,6 +8,7 @@ from pathlib import Path
 
 METRICS = "metrics.jsonl"
 SAMPLES = "samples.jsonl"
+JOB_LOG = "job.log"  # plain progress lines, from a background job or a terminal's run: the Runs tab shows them
 
 
 def append_row(path: Path, row: dict) -> None:

@@ -87,7 +87,8 @@ def execute_run(store: Store, run_id: str, events=None) -> TrainResult:
         _finish(store, run_id, "failed" if not isinstance(error, KeyboardInterrupt) else "interrupted", error=detail)
         raise
     summary = {key: getattr(result, key) for key in ("steps", "total_steps", "train_loss", "eval_loss", "tokens",
-                                                     "tokens_per_s", "peak_mem_mb", "trainable_parameters")}
+                                                     "tokens_per_s", "peak_mem_mb", "trainable_parameters",
+                                                     "skipped_rows")}
     if result.status == "completed":
         _finish(store, run_id, "completed", summary=summary, adapter_dir=result.adapter_dir)
         store.register_adapter(result.adapter_dir, run_id=run_id, source="trained")

@@ -38,7 +38,8 @@ from core.peft_format import save_adapter
 from core.quantize import keep_4bit_layout_for_training
 from core.run_logs import METRICS, SAMPLES, append_row, forget_rows_after
 from core.train_config import TrainConfig
-from core.train_data import TrainingData, attends_per_example, batch_settings, load_training_data, sample_outputs
+from core.train_data import (SKIPPED_ROWS, TrainingData, attends_per_example, batch_settings, load_training_data,
+                             sample_outputs)
 from core.train_stop import StepAbandoned, StopFlag
 
 ADAPTER = "default"
@@ -62,6 +63,7 @@ class TrainResult:
     tokens_per_s: float  # over the training loop's wall time, model loading excluded
     peak_mem_mb: float
     trainable_parameters: int
+    skipped_rows: int  # invalid rows left out (skip_invalid), listed in the run folder's skipped_rows.txt
 
 
 def train(config: TrainConfig, run_dir: Path, resume: bool = False, events: Events | None = None) -> TrainResult:
@@ -98,6 +100,7 @@ class _Session:
     batch_settings: BatchSettings
     total_steps: int
     trainable_parameters: int
+    skipped_rows: int
 
     @property
     def model(self) -> torch.nn.Module:
@@ -107,6 +110,8 @@ class _Session:
 def _train_once(config: TrainConfig, run_dir: Path, resume: bool, events: Events | None) -> TrainResult:
     emit = events or _ignore
     run = _prepare(config, Path(run_dir))
+    if run.skipped_rows:
+        emit("skipped", {"rows": run.skipped_rows, "file": str(run.run_dir / SKIPPED_ROWS)})
     step, position, tokens, elapsed, last_eval, train_loss = 0, DataPosition(), 0, 0.0, None, None
     checkpoint = newest_checkpoint(run.run_dir) if resume else None
     if checkpoint is not None:
@@ -187,6 +192,7 @@ def _prepare(config: TrainConfig, run_dir: Path) -> _Session:
         batch_settings=batch_settings(config, loaded.model),
         total_steps=planned_steps(config, len(data.train.examples)),
         trainable_parameters=report.trainable,
+        skipped_rows=data.record_skipped_rows(run_dir),
     )
 
 
@@ -266,6 +272,7 @@ def _finish(run: _Session, step: int, train_loss, last_eval, tokens: int, elapse
         tokens_per_s=tokens / elapsed if elapsed else 0.0,
         peak_mem_mb=peak_memory_mb(run.model.device),
         trainable_parameters=run.trainable_parameters,
+        skipped_rows=run.skipped_rows,
     )
     (run.run_dir / "result.json").write_text(json.dumps(asdict(result), indent=1))
     return result

@@ -4,16 +4,19 @@ the fixed prompts whose answers are sampled at every checkpoint."""
 import math
 import random
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from core.data import BatchSettings, PreparedDataset, iterate_batches, prepare_dataset
+from core.data.problems import MAX_LISTED
 from core.generate import Message, greedy_answers
 from core.loss import trained_token_loss
 from core.packed_attention import can_use_packed_attention
 from core.train_config import TrainConfig
 
 SAMPLE_PROMPTS = 3
+SKIPPED_ROWS = "skipped_rows.txt"  # in the run folder: the rows skip_invalid left out
 
 
 @dataclass
@@ -28,6 +31,16 @@ class TrainingData:
         if self.eval is None:
             return None
         return mean_loss(model, self.eval, settings, self.pad_token_id)
+
+    def record_skipped_rows(self, run_dir: Path) -> int:
+        """Write the invalid rows the run leaves out (skip_invalid) to its folder, each with its line and problem,
+        so a run that trained on part of a file says which part; return their count (0 writes nothing)."""
+        reports = {id(data.report): data.report for data in (self.train, self.eval) if data and not data.report.ok}
+        if not reports:  # a held-out share shares the training file's report, hence one entry per file
+            return 0
+        listings = [report.listing(MAX_LISTED) for report in reports.values()]
+        (run_dir / SKIPPED_ROWS).write_text("\n\n".join(listings) + "\n")
+        return sum(report.invalid_rows for report in reports.values())
 
 
 def load_training_data(config: TrainConfig, tokenizer) -> TrainingData:

@@ -40,6 +40,9 @@ def test_train_prints_the_final_json_and_records_the_run(trained_run, tiny_llama
     assert {"run_id", "run_dir", "adapter_dir", "steps", "train_loss", "eval_loss", "tokens", "tokens_per_s",
             "peak_mem_mb"} <= set(final)
     assert final["steps"] == 4 and final["tokens"] > 0 and final["peak_mem_mb"] > 100
+    assert final["skipped_rows"] == 0 and not (Path(final["run_dir"]) / "skipped_rows.txt").exists()
+    log = (Path(final["run_dir"]) / "job.log").read_text()  # the Runs tab's log of a run started in a terminal
+    assert "step 4 of 4: loss" in log and "checkpoint saved at step 4" in log
     assert "4/4" in result.stderr  # the progress bar reached the end
     with Store(home / "loraforge.db") as store:
         run = store.get_run(final["run_id"])
@@ -108,6 +111,25 @@ def test_bad_dataset_gets_line_numbers_and_starts_nothing(tiny_llama_dir, tmp_pa
         assert store.list_runs() == []
     preflight = run_cli("preflight", "--base", str(tiny_llama_dir), "--dataset", str(bad), home=tmp_path / "home")
     assert preflight.returncode == 2 and "NOT READY" in preflight.stdout and "line 2" in preflight.stdout
+
+
+def test_a_run_that_skips_invalid_rows_names_them_in_its_folder_its_json_and_the_runs_tab(tiny_llama_dir, tmp_path):
+    from app.run_view import stats_markdown
+
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text(Path(DATES).read_text() + '{"instruction": "a"}\n{"messages": [{"role": "robot", "content": "x"}]}\n')
+    result = run_cli("train", "--base", str(tiny_llama_dir), "--dataset", str(mixed), "--skip-invalid", "--max-steps",
+                     "2", "--batch-size", "4", "--rank", "4", "--targets", "q_proj,v_proj", home=tmp_path / "home")
+    final = last_json(result)
+    assert final["skipped_rows"] == 2 and final["steps"] == 2
+    listing = (Path(final["run_dir"]) / "skipped_rows.txt").read_text()
+    assert "2 of 402 rows are invalid" in listing
+    assert "line 401: missing field 'output'" in listing and "line 402: " in listing
+    assert f"2 invalid row(s) skipped, as asked; each with its line and problem in {final['run_dir']}" in result.stderr
+    with Store(tmp_path / "home" / "loraforge.db") as store:
+        run = store.get_run(final["run_id"])
+        assert run["summary"]["skipped_rows"] == 2
+        assert "**Skipped rows**" in stats_markdown(run, store) and "line 401: missing field 'output'" in stats_markdown(run, store)
 
 
 def test_rows_the_max_length_leaves_nothing_to_train_are_refused_before_a_run_is_recorded(tiny_llama_dir, tmp_path):

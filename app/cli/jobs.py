@@ -14,6 +14,7 @@ from pathlib import Path
 from app.cli.train import log_events, report
 from core.export_jobs import run_export_job
 from core.jobs import run_claimed_job
+from core.run_logs import JOB_LOG
 from core.store import Store
 from core.supervisor import serve
 
@@ -31,7 +32,7 @@ def run_job(args: argparse.Namespace) -> int:
     if not run_id:
         return 0  # the supervisor claimed nothing for this process
     with Store() as store:
-        log = Path(store.get_run(run_id)["run_dir"]) / "job.log"
+        log = Path(store.get_run(run_id)["run_dir"]) / JOB_LOG
         if log.parent.is_dir():
             _send_output_to(log)
         result = run_claimed_job(store, run_id, events=log_events)

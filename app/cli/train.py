@@ -1,7 +1,7 @@
 """`launch.py train` and `launch.py resume`: run training in this terminal with a progress bar.
 
 The last line of stdout is one JSON object (run_id, run_dir, adapter_dir, steps, losses, tokens,
-tokens_per_s, peak_mem_mb), so scripts can read the outcome without parsing the progress output.
+tokens_per_s, peak_mem_mb, skipped_rows), so scripts can read the outcome without parsing the progress output.
 Flags override `--config run.yaml`, which overrides the defaults.
 """
 
@@ -9,9 +9,11 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 from core import jobs
 from core.models import load_tokenizer
+from core.run_logs import JOB_LOG
 from core.runs import create_run, execute_run
 from core.store import Store
 from core.train import TrainResult
@@ -94,16 +96,17 @@ def run_train(args: argparse.Namespace) -> int:
             return print_queued(jobs.submit(store, config, tokenizer=tokenizer))
     with Store() as store:
         run_id = create_run(store, config, status="running", tokenizer=tokenizer)
-        print(f"Run {run_id}: {store.get_run(run_id)['run_dir']}", file=sys.stderr)
-        return report(store, run_id, execute_run(store, run_id, events=ProgressBar()))
+        run_dir = Path(store.get_run(run_id)["run_dir"])
+        print(f"Run {run_id}: {run_dir}", file=sys.stderr)
+        return report(store, run_id, execute_run(store, run_id, events=ProgressBar(run_dir / JOB_LOG)))
 
 
 def run_resume(args: argparse.Namespace) -> int:
     with Store() as store:
         if args.background:
             return print_queued(jobs.resume_in_background(store, args.run_id)["id"])
-        jobs.resumable_run(store, args.run_id)
-        return report(store, args.run_id, execute_run(store, args.run_id, events=ProgressBar()))
+        run_dir = Path(jobs.resumable_run(store, args.run_id)["run_dir"])
+        return report(store, args.run_id, execute_run(store, args.run_id, events=ProgressBar(run_dir / JOB_LOG)))
 
 
 def print_queued(run_id: str) -> int:
@@ -116,7 +119,8 @@ def print_queued(run_id: str) -> int:
 def report(store: Store, run_id: str, result: TrainResult) -> int:
     """Print the final JSON line; exit 0 when the run completed, 3 when it stopped early (resumable). The status is
     the store's: a stop the loop saw as a signal is `cancelled` there when it came from a cancel."""
-    fields = ("run_dir", "adapter_dir", "steps", "train_loss", "eval_loss", "tokens", "tokens_per_s", "peak_mem_mb")
+    fields = ("run_dir", "adapter_dir", "steps", "train_loss", "eval_loss", "tokens", "tokens_per_s", "peak_mem_mb",
+              "skipped_rows")
     status = store.get_run(run_id)["status"]
     print(json.dumps({"run_id": run_id, "status": status, **{key: getattr(result, key) for key in fields}}))
     return 0 if status == "completed" else 3
@@ -124,14 +128,19 @@ def report(store: Store, run_id: str, result: TrainResult) -> int:
 
 class ProgressBar:
     """Training progress on stderr: a live bar in a terminal, a line every few steps in a log; the other events
-    as lines (`event_line`)."""
+    as lines (`event_line`). Every line also goes to the run's job.log, so the Runs tab shows a run started in a
+    terminal as it shows a background one."""
 
-    def __init__(self) -> None:
+    def __init__(self, log: Path) -> None:
         self.bar = None
+        self.log = log
 
     def __call__(self, kind: str, payload: dict) -> None:
         from tqdm import tqdm
 
+        if line := event_line(kind, payload):
+            with open(self.log, "a") as handle:
+                handle.write(timestamped(line) + "\n")
         if kind == "metrics" and payload["split"] == "train":
             if self.bar is None:
                 self.bar = tqdm(total=payload["total_steps"], initial=payload["step"] - 1, unit="step",
@@ -148,7 +157,11 @@ def log_events(kind: str, payload: dict) -> None:
     """Training progress as plain lines on stderr, one per step and event: what a background job writes to its
     job.log, which the Runs tab's log tail shows."""
     if line := event_line(kind, payload):
-        print(f"{time.strftime('%H:%M:%S')} {line}", file=sys.stderr, flush=True)
+        print(timestamped(line), file=sys.stderr, flush=True)
+
+
+def timestamped(line: str) -> str:
+    return f"{time.strftime('%H:%M:%S')} {line}"
 
 
 def event_line(kind: str, payload: dict) -> str | None:
@@ -165,4 +178,6 @@ def event_line(kind: str, payload: dict) -> str | None:
                 f"--grad-accum {payload['grad_accum']} (the same effective batch).")
     if kind == "resumed":
         return f"Resuming at step {payload['step']} from {payload['checkpoint']}"
+    if kind == "skipped":
+        return f"{payload['rows']} invalid row(s) skipped, as asked; each with its line and problem in {payload['file']}"
     return None

@@ -63,16 +63,17 @@ class ValidationReport:
     def blocker(self, skip_invalid: bool) -> str:
         """Why this dataset may not be used ("" when it may): invalid rows not skipped, or no valid row."""
         if self.valid_rows == 0:
-            return self._listing() + "\nNo valid rows are left: fix the file."
+            return self.listing() + "\nNo valid rows are left: fix the file."
         if not self.ok and not skip_invalid:
             return (
-                self._listing() + "\nFix these rows, or skip invalid rows ('Skip invalid rows' in the page, "
+                self.listing() + "\nFix these rows, or skip invalid rows ('Skip invalid rows' in the page, "
                 f"--skip-invalid on the command line) to use the {self.valid_rows} valid row(s)."
             )
         return ""
 
-    def _listing(self) -> str:
-        shown = "\n".join(f"  {problem}" for problem in self.problems[:MAX_IN_MESSAGE])
-        more = self.invalid_rows - min(len(self.problems), MAX_IN_MESSAGE)
+    def listing(self, limit: int = MAX_IN_MESSAGE) -> str:
+        """The count of invalid rows and the first `limit` of them (at most MAX_LISTED are kept)."""
+        shown = "\n".join(f"  {problem}" for problem in self.problems[:limit])
+        more = self.invalid_rows - min(len(self.problems), limit)
         more_line = f"\n  ... and {more} more" if more > 0 else ""
         return f"{self.source}: {self.invalid_rows} of {self.total_rows} rows are invalid:\n{shown}{more_line}"
