@@ -101,8 +101,8 @@ def build_adapters_tab(loaded: LoadedModel, store: Store) -> AdaptersTab:
     def start_job(selected: list[str], request: ExportRequest):
         try:
             export_id = start(request)
-        except LoraForgeError as error:
-            raise refusal(str(error)) from None
+        except LoraForgeError as error:  # kept on screen: it names the fix (another output, Force overwrite, ...)
+            raise refusal(str(error), duration=None) from None
         gr.Info(f"Job {export_id} started in the background; it goes on if you close the page.")
         return render(selected)
 

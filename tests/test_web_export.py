@@ -1,5 +1,6 @@
 """The Adapters & Export tab driven in Chromium: import an adapter folder, export it as a merged folder and as a
-GGUF f16 file (background jobs: a reload meanwhile finds the export again), compose two adapters into a new one,
+GGUF f16 file (background jobs: a reload meanwhile finds the export again; a second export onto the first is
+refused, and the refusal stays on screen), compose two adapters into a new one,
 and see the parity reports in the page; the files are on disk and the store records every job.
 
 One real server serves the tiny random Llama with its own LORAFORGE_HOME; every wait polls with a generous deadline.
@@ -62,6 +63,13 @@ def test_person_imports_exports_and_composes_adapters_with_parity(web_home, tiny
         start_export(page, "Merged model folder", "my-adapter-merged")
         merged = wait_for_report(page, "my-adapter-merged")
         assert "status done" in merged and "agree" in merged and "kept" in merged
+        page.locator("#export").click()  # the same export again, onto the finished one: refused, naming the fix
+        refused = page.get_by_test_id("toast-body").filter(has_text="already exists and is not empty")
+        refused.wait_for(timeout=60_000)
+        assert "Force overwrite" in refused.inner_text()
+        page.wait_for_timeout(11_000)  # past a toast's usual 10 s: a refusal that names the fix stays until closed
+        assert refused.is_visible()
+        page.locator(".toast-close").first.click()
         start_export(page, "GGUF file", "my-adapter-gguf")
         wait_for_text(page, "#exports-table", "running")
         screenshot(page, "adapters-export-running")
