@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+import core.quantize  # noqa: F401  (first: its log filter quiets the notice bitsandbytes prints when peft imports it)
 from peft import LoraConfig, get_peft_model
 from transformers import (DataCollatorForSeq2Seq, DataCollatorWithFlattening, Trainer, TrainerCallback,
                           TrainingArguments)
