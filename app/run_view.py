@@ -119,7 +119,8 @@ def stats_markdown(run: dict, store: Store) -> str:
         lines.append(f"Adapter: `{run['adapter_dir']}`")
     skipped = Path(run["run_dir"] or "") / SKIPPED_ROWS
     if skipped.is_file():  # the run trained on part of its data: which part is said where its figures are
-        lines.append(f"**Skipped rows** ({SKIPPED_ROWS} in the run folder):\n```\n{skipped.read_text(errors='replace')}```")
+        listing = html.escape(skipped.read_text(errors="replace"), quote=False)  # it quotes the rows: no markup of theirs runs
+        lines.append(f"**Skipped rows** ({SKIPPED_ROWS} in the run folder):<pre>{listing}</pre>")
     if run["error"]:
         lines.append(f"**Note:** {html.escape(run['error'])}")
     return "\n\n".join(lines)

@@ -116,7 +116,7 @@ def test_bad_dataset_gets_line_numbers_and_starts_nothing(tiny_llama_dir, tmp_pa
 def test_a_run_that_skips_invalid_rows_names_them_in_its_folder_its_json_and_the_runs_tab(tiny_llama_dir, tmp_path):
     from app.run_view import stats_markdown
 
-    mixed = tmp_path / "mixed.jsonl"
+    mixed = tmp_path / "mixed<b>.jsonl"  # markup in a name the listing quotes
     mixed.write_text(Path(DATES).read_text() + '{"instruction": "a"}\n{"messages": [{"role": "robot", "content": "x"}]}\n')
     result = run_cli("train", "--base", str(tiny_llama_dir), "--dataset", str(mixed), "--skip-invalid", "--max-steps",
                      "2", "--batch-size", "4", "--rank", "4", "--targets", "q_proj,v_proj", home=tmp_path / "home")
@@ -129,7 +129,9 @@ def test_a_run_that_skips_invalid_rows_names_them_in_its_folder_its_json_and_the
     with Store(tmp_path / "home" / "loraforge.db") as store:
         run = store.get_run(final["run_id"])
         assert run["summary"]["skipped_rows"] == 2
-        assert "**Skipped rows**" in stats_markdown(run, store) and "line 401: missing field 'output'" in stats_markdown(run, store)
+        shown = stats_markdown(run, store)
+        assert "**Skipped rows**" in shown and "line 401: missing field 'output'" in shown
+        assert "<pre>mixed&lt;b&gt;.jsonl: 2 of 402" in shown  # the name is shown, never run as markup
 
 
 def test_rows_the_max_length_leaves_nothing_to_train_are_refused_before_a_run_is_recorded(tiny_llama_dir, tmp_path):
