@@ -99,7 +99,7 @@ def loss_frame(store: Store, run_id: str) -> pd.DataFrame | None:
 
 
 def stats_markdown(run: dict, store: Store) -> str:
-    """The newest learning rate, throughput and memory, and the run's error if it has one."""
+    """The newest learning rate, throughput and memory, the rows the run skipped, and its error if it has one."""
     train = store.metrics(run["id"], "train")
     evals = store.metrics(run["id"], "eval")
     lines = [f"**{html.escape(run['name'])}** · `{run['id']}` · base `{run['base_model']}` · "
@@ -120,7 +120,8 @@ def stats_markdown(run: dict, store: Store) -> str:
     skipped = Path(run["run_dir"] or "") / SKIPPED_ROWS
     if skipped.is_file():  # the run trained on part of its data: which part is said where its figures are
         listing = html.escape(skipped.read_text(errors="replace"), quote=False)  # it quotes the rows: no markup of theirs runs
-        lines.append(f"**Skipped rows** ({SKIPPED_ROWS} in the run folder):<pre>{listing}</pre>")
+        lines += [f"**Skipped rows** ({SKIPPED_ROWS} in the run folder):", f"<pre>{listing}</pre>"]  # a block of its
+        # own: markdown leaves a <pre> that starts a block as it is, and would read `*` or `_` inside one within a line
     if run["error"]:
         lines.append(f"**Note:** {html.escape(run['error'])}")
     return "\n\n".join(lines)

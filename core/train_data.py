@@ -33,14 +33,17 @@ class TrainingData:
         return mean_loss(model, self.eval, settings, self.pad_token_id)
 
     def record_skipped_rows(self, run_dir: Path) -> int:
-        """Write the invalid rows the run leaves out (skip_invalid) to its folder, each with its line and problem,
-        so a run that trained on part of a file says which part; return their count (0 writes nothing)."""
-        reports = {id(data.report): data.report for data in (self.train, self.eval) if data and not data.report.ok}
-        if not reports:  # a held-out share shares the training file's report, hence one entry per file
+        """Write the invalid rows the run leaves out (skip_invalid) to its folder, the first MAX_LISTED of each file
+        with their line and problem, so a run that trained on part of a file says which part; return their count.
+        With none, a list an earlier start of the run wrote is removed (its data was fixed before a resume)."""
+        reports = [data.report for data in (self.train, self.eval) if data and not data.report.ok]
+        # keyed by what each says: a held-out share, or an eval file that is the dataset, is one file, listed once
+        listed = {report.listing(MAX_LISTED): report.invalid_rows for report in reports}
+        if not listed:
+            (run_dir / SKIPPED_ROWS).unlink(missing_ok=True)
             return 0
-        listings = [report.listing(MAX_LISTED) for report in reports.values()]
-        (run_dir / SKIPPED_ROWS).write_text("\n\n".join(listings) + "\n")
-        return sum(report.invalid_rows for report in reports.values())
+        (run_dir / SKIPPED_ROWS).write_text("\n\n".join(listed) + "\n")
+        return sum(listed.values())
 
 
 def load_training_data(config: TrainConfig, tokenizer) -> TrainingData:

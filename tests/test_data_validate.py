@@ -6,6 +6,7 @@ import pytest
 
 from core.data import DatasetError, load_examples, prepare_dataset
 from core.data.problems import MAX_LISTED
+from core.train_data import SKIPPED_ROWS, TrainingData, split
 from tests.tiny_models import make_tokenizer
 
 GOOD = {"instruction": "Add the numbers.", "input": "2 + 3", "output": "5"}
@@ -133,6 +134,22 @@ def test_invalid_rows_refuse_unless_skipped(tmp_path):
     assert [example.number for example in prepared.examples] == [1, 4]
     assert prepared.report.invalid_rows == 2
 
+
+
+def test_a_run_lists_the_rows_it_skips_once_per_file_and_drops_the_list_once_they_are_fixed(tmp_path):
+    tokenizer = make_tokenizer()
+    source = write_lines(tmp_path / "d.jsonl", [good_line(), "{oops", good_line(output=3), good_line()])
+    prepared = prepare_dataset(source, tokenizer, max_length=64, skip_invalid=True)
+    kept, held_out = split(prepared, 0.25, seed=0)  # a held-out share: the same file's report
+    again = prepare_dataset(source, tokenizer, max_length=64, skip_invalid=True)  # an eval file that is the dataset
+    for eval_set in (held_out, again):
+        assert TrainingData(kept, eval_set, [], 0).record_skipped_rows(tmp_path) == 2
+        listing = (tmp_path / SKIPPED_ROWS).read_text()
+        assert listing.count("d.jsonl: 2 of 4 rows are invalid") == 1 and "  line 2: bad JSON" in listing
+    fixed = write_lines(tmp_path / "d.jsonl", [good_line()] * 4)  # fixed before the run resumes
+    clean = prepare_dataset(fixed, tokenizer, max_length=64)
+    assert TrainingData(clean, None, [], 0).record_skipped_rows(tmp_path) == 0
+    assert not (tmp_path / SKIPPED_ROWS).exists()
 
 def test_all_rows_invalid_is_refused_even_when_skipping(tmp_path):
     source = write_lines(tmp_path / "d.jsonl", ["{oops", "{also bad"])

@@ -114,24 +114,27 @@ def test_bad_dataset_gets_line_numbers_and_starts_nothing(tiny_llama_dir, tmp_pa
 
 
 def test_a_run_that_skips_invalid_rows_names_them_in_its_folder_its_json_and_the_runs_tab(tiny_llama_dir, tmp_path):
+    from markdown_it import MarkdownIt
+
     from app.run_view import stats_markdown
 
-    mixed = tmp_path / "mixed<b>.jsonl"  # markup in a name the listing quotes
+    mixed = tmp_path / "mi*x*ed<b>.jsonl"  # markdown and markup in a name the listing quotes
     mixed.write_text(Path(DATES).read_text() + '{"instruction": "a"}\n{"messages": [{"role": "robot", "content": "x"}]}\n')
-    result = run_cli("train", "--base", str(tiny_llama_dir), "--dataset", str(mixed), "--skip-invalid", "--max-steps",
-                     "2", "--batch-size", "4", "--rank", "4", "--targets", "q_proj,v_proj", home=tmp_path / "home")
+    result = run_cli("train", "--base", str(tiny_llama_dir), "--dataset", str(mixed), "--eval-file", str(mixed),
+                     "--skip-invalid", "--max-steps", "2", "--batch-size", "4", "--rank", "4", "--targets",
+                     "q_proj,v_proj", home=tmp_path / "home")  # the eval file is the dataset: its rows listed once
     final = last_json(result)
     assert final["skipped_rows"] == 2 and final["steps"] == 2
     listing = (Path(final["run_dir"]) / "skipped_rows.txt").read_text()
     assert "2 of 402 rows are invalid" in listing
     assert "line 401: missing field 'output'" in listing and "line 402: " in listing
-    assert f"2 invalid row(s) skipped, as asked; each with its line and problem in {final['run_dir']}" in result.stderr
+    assert f"2 invalid row(s) skipped, as asked; listed with their lines and problems in {final['run_dir']}" in result.stderr
     with Store(tmp_path / "home" / "loraforge.db") as store:
         run = store.get_run(final["run_id"])
         assert run["summary"]["skipped_rows"] == 2
-        shown = stats_markdown(run, store)
-        assert "**Skipped rows**" in shown and "line 401: missing field 'output'" in shown
-        assert "<pre>mixed&lt;b&gt;.jsonl: 2 of 402" in shown  # the name is shown, never run as markup
+        shown = MarkdownIt("commonmark").render(stats_markdown(run, store))  # as the page renders it
+        assert "<strong>Skipped rows</strong>" in shown and "\n  line 401: missing field 'output'" in shown
+        assert "mi*x*ed&lt;b&gt;.jsonl: 2 of 402" in shown  # the name as it is: neither emphasis nor markup
 
 
 def test_rows_the_max_length_leaves_nothing_to_train_are_refused_before_a_run_is_recorded(tiny_llama_dir, tmp_path):

@@ -139,8 +139,11 @@ class ProgressBar:
         from tqdm import tqdm
 
         if line := event_line(kind, payload):
-            with open(self.log, "a") as handle:
-                handle.write(timestamped(line) + "\n")
+            try:
+                with open(self.log, "a") as handle:
+                    handle.write(timestamped(line) + "\n")
+            except OSError:  # a log the page cannot show is no reason to stop the training
+                pass
         if kind == "metrics" and payload["split"] == "train":
             if self.bar is None:
                 self.bar = tqdm(total=payload["total_steps"], initial=payload["step"] - 1, unit="step",
@@ -179,5 +182,5 @@ def event_line(kind: str, payload: dict) -> str | None:
     if kind == "resumed":
         return f"Resuming at step {payload['step']} from {payload['checkpoint']}"
     if kind == "skipped":
-        return f"{payload['rows']} invalid row(s) skipped, as asked; each with its line and problem in {payload['file']}"
+        return f"{payload['rows']} invalid row(s) skipped, as asked; listed with their lines and problems in {payload['file']}"
     return None
