@@ -12,13 +12,17 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: run test setup setup-dev browser clean
+.PHONY: run test lint setup setup-dev browser clean
 
 run: setup
 	$(BIN)/python launch.py $(ARGS)
 
-test: setup-dev browser
+test: lint browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# ruff's settings (line length, import order, unused names) are in pyproject.toml.
+lint: setup-dev
+	$(BIN)/ruff check .
 
 setup: $(VENV)/.installed
 setup-dev: $(VENV)/.installed-dev

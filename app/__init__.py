@@ -1,1 +1,1 @@
-"""LoRA Forge front-ends: the Gradio web page and the command line. Heavy work always goes through core."""
+"""LoRA Forge's front-ends: the web page (app.web) and the command line (app.cli). Both only call core."""

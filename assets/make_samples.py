@@ -16,7 +16,8 @@ import random
 from pathlib import Path
 
 OUT = Path(__file__).parent / "samples"
-MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December"]
+MONTHS = ["January", "February", "March", "April", "May", "June",
+          "July", "August", "September", "October", "November", "December"]
 CAPITALS = {
     "France": "Paris", "Japan": "Tokyo", "Kenya": "Nairobi", "Peru": "Lima", "Canada": "Ottawa",
     "Egypt": "Cairo", "Norway": "Oslo", "Chile": "Santiago", "India": "New Delhi", "Spain": "Madrid",
@@ -45,7 +46,8 @@ def date_rows(rng: random.Random, count: int, seen: set[dt.date]) -> list[dict]:
         seen.add(date)
         iso, long = date.isoformat(), f"{date.day} {MONTHS[date.month - 1]} {date.year}"
         if rng.random() < 0.5:
-            rows.append({"instruction": "Rewrite the date in long form (day month year).", "input": iso, "output": long})
+            rows.append({"instruction": "Rewrite the date in long form (day month year).",
+                         "input": iso, "output": long})
         else:
             rows.append({"instruction": "Rewrite the date as YYYY-MM-DD.", "input": long, "output": iso})
     return rows
@@ -69,7 +71,8 @@ def pirate_exchange(rng: random.Random) -> tuple[str, str]:
         return f"How many {small} are in {n} {big}?", pirate_answer(rng, f"{n} {big} be {n * factor} {small}")
     if kind == "capital":
         country = rng.choice(list(CAPITALS))
-        return f"What is the capital of {country}?", pirate_answer(rng, f"the capital of {country} be {CAPITALS[country]}")
+        return (f"What is the capital of {country}?",
+                pirate_answer(rng, f"the capital of {country} be {CAPITALS[country]}"))
     return rng.choice(GREETINGS)
 
 

@@ -1,4 +1,4 @@
-"""What keeping freed memory in the process (core/allocator.py) does to a training step: processes with and
+"""What keeping freed memory in the process (core/training/allocator.py) does to a training step: processes with and
 without it, taking turns.
 
     python bench/allocator.py [--dataset dates|chat] [--lora r16-all|r8-qv] [--pairs 3] [--steps 8]
@@ -53,7 +53,7 @@ def main() -> None:
 
 def _time_steps(args) -> dict:
     from bench.chat_set import write_chat_set
-    from core.allocator import keep_freed_memory
+    from core.training.allocator import keep_freed_memory
 
     kept = args.worker == "keep" and keep_freed_memory()
     home = Path(os.environ["LORAFORGE_HOME"])

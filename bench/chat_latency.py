@@ -52,7 +52,7 @@ def main() -> None:
     if args.worker:
         return print(json.dumps(measure(args.worker, args.tokens, args.rounds, args.steps)))
 
-    from core.models import load_base_model
+    from core.models.loading import load_base_model
 
     load_base_model("default")  # convert the GGUF once, outside any timing
     results = []
@@ -75,10 +75,19 @@ def measure(lora: str, tokens: int, rounds: int, steps: int) -> dict:
     from peft import PeftModel
 
     from bench.throughput_systems import LORAS
-    from core.adapters import LoraSettings, active_adapters, add_adapter, merge, merge_and_unload, set_active, unload, unmerge
-    from core.generate import conversation
-    from core.models import load_base_model
-    from core.peft_format import save_adapter
+    from core.chat.generate import conversation
+    from core.lora.model import (
+        LoraSettings,
+        active_adapters,
+        add_adapter,
+        merge,
+        merge_and_unload,
+        set_active,
+        unload,
+        unmerge,
+    )
+    from core.lora.peft_format import save_adapter
+    from core.models.loading import load_base_model
 
     torch.manual_seed(0)
     loaded = load_base_model("default", dtype="fp32")
@@ -151,10 +160,9 @@ def _step_medians(modes: dict, ids, steps: int) -> dict[str, float]:
     import statistics
 
     import torch
-
-    from core.adapters import active_adapters
-
     from transformers import LlamaForCausalLM
+
+    from core.lora.model import active_adapters
 
     # transformers 5.24 renamed the KV cache's argument and output field to `cache` (the old name goes in 5.40)
     cache = "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters else "past_key_values"
@@ -192,7 +200,8 @@ def report(results: list[dict]) -> str:
         base = row["step_ms"]["base"]
         for mode, ms in row["step_ms"].items():
             lines.append(f"| {row['lora']} | {mode} | {ms:.2f} | {ms / base - 1:+.1%} |")
-    lines += ["", "| LoRA | RSS, base loaded | RSS, + 4 adapters | growth | the 4 adapters' bytes |", "|---|---|---|---|---|"]
+    lines += ["", "| LoRA | RSS, base loaded | RSS, + 4 adapters | growth | the 4 adapters' bytes |",
+              "|---|---|---|---|---|"]
     for row in results:
         lines.append(f"| {row['lora']} | {row['rss_base_mb']:.0f} MB | {row['rss_four_adapters_mb']:.0f} MB | "
                      f"{row['rss_four_adapters_mb'] - row['rss_base_mb']:+.0f} MB | {row['adapters_mb']:.1f} MB |")

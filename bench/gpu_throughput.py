@@ -6,7 +6,7 @@ same model and the same tokens for comparison.
                                    [--seq 2048] [--batch 4] [--steps 12] [--profile 1b] [--out DIR]
 
 Every case trains r=16 all-linear (alpha 32) on rows of exactly --seq random tokens, --batch of them per
-step, in its own process (so peak memory is its own). LoRA Forge runs `core.train.train` with the app's
+step, in its own process (so peak memory is its own). LoRA Forge runs `core.training.loop.train` with the app's
 defaults (packed rows, per-example attention, LM head on trained positions, bf16 autocast); PEFT runs
 Trainer with bf16 and the same examples in the same order. Printed per case: median tokens/s over the steps
 after the first 3 (warm-up), peak GPU memory (max allocated), the memory of the quantizable weights, the
@@ -47,7 +47,8 @@ def main() -> None:
     parser.add_argument("--peft-sizes", default="1b", help="sizes also trained with PEFT + Trainer ('' for none)")
     parser.add_argument("--seq", type=int, default=2048, help="tokens per example")
     parser.add_argument("--batch", type=int, default=4, help="examples per optimizer step")
-    parser.add_argument("--steps", type=int, default=12, help=f"optimizer steps per case (the first {WARMUP_STEPS} are warm-up)")
+    parser.add_argument("--steps", type=int, default=12,
+                        help=f"optimizer steps per case (the first {WARMUP_STEPS} are warm-up)")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--timeout", type=float, default=240, help="seconds before a case is abandoned")
     parser.add_argument("--profile", help="also train this size's LoRA once under torch.profiler and print the top "
@@ -159,9 +160,9 @@ def profiled(trainer, case: dict, folder: Path, data: Path) -> str:
 
 
 def train_forge(case: dict, folder: Path, data: Path) -> dict:
-    from core.models import load_base_model
-    from core.train import train
-    from core.train_config import TrainConfig
+    from core.models.loading import load_base_model
+    from core.training.config import TrainConfig
+    from core.training.loop import train
 
     dtype = "bf16" if case["device"] == "cuda" else "fp32"
     loaded = load_base_model(str(folder), dtype, QUANT[case["mode"]], case["device"])
@@ -184,8 +185,14 @@ def train_forge(case: dict, folder: Path, data: Path) -> dict:
 def train_peft(case: dict, folder: Path, data: Path) -> dict:
     """PEFT + Trainer, bf16 mixed precision; QLoRA through transformers' bitsandbytes config (nf4, double quant)."""
     from peft import LoraConfig, get_peft_model
-    from transformers import (AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, DataCollatorForSeq2Seq,
-                              Trainer, TrainingArguments)
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        BitsAndBytesConfig,
+        DataCollatorForSeq2Seq,
+        Trainer,
+        TrainingArguments,
+    )
 
     from core.data import prepare_dataset
 
@@ -202,11 +209,13 @@ def train_peft(case: dict, folder: Path, data: Path) -> dict:
                                              task_type="CAUSAL_LM"))
     tokenizer = AutoTokenizer.from_pretrained(folder)
     examples = prepare_dataset(str(data), tokenizer, max_length=case["seq"]).examples
-    features = [{"input_ids": e.input_ids, "labels": e.labels, "attention_mask": [1] * len(e.input_ids)} for e in examples]
+    features = [{"input_ids": e.input_ids, "labels": e.labels, "attention_mask": [1] * len(e.input_ids)}
+                for e in examples]
     clock = StepClock(cuda)
     arguments = TrainingArguments(
-        output_dir=str(Path(case["out"]) / f"peft-{case['size']}-{case['mode']}"), per_device_train_batch_size=case["batch"],
-        max_steps=case["steps"], learning_rate=LR, bf16=cuda, optim="adamw_torch", max_grad_norm=1.0, logging_steps=1,
+        output_dir=str(Path(case["out"]) / f"peft-{case['size']}-{case['mode']}"),
+        per_device_train_batch_size=case["batch"], max_steps=case["steps"], learning_rate=LR, bf16=cuda,
+        optim="adamw_torch", max_grad_norm=1.0, logging_steps=1,
         save_strategy="no", eval_strategy="no", report_to=[], use_cpu=not cuda, dataloader_num_workers=0,
         remove_unused_columns=False, seed=0, disable_tqdm=True)
     trainer = Trainer(model=model, args=arguments, train_dataset=features, callbacks=[clock],
@@ -238,13 +247,13 @@ class StepClock(TrainerCallback):
 
 
 def _linear_weight_mb(model: torch.nn.Module) -> float:
-    from core.quantize import weight_bytes
+    from core.models.quantize import weight_bytes
 
     return weight_bytes(model, quantizable_only=True) / 2**20
 
 
 def _peak_memory_mb(device: str) -> float:
-    from core.train import peak_memory_mb
+    from core.training.loop import peak_memory_mb
 
     return peak_memory_mb(torch.device(device))
 
@@ -273,22 +282,25 @@ def report(results: list[dict], machine: dict) -> str:
     for row in results:
         name = f"{row['size']} ({row['parameters'] / 1e9:.2f}B)" if "parameters" in row else row["size"]
         if "error" in row:
-            lines.append(f"| {name} | {row['mode']} | {row['system']} | failed: {row['error'].splitlines()[-1][:120]} |")
+            lines.append(f"| {name} | {row['mode']} | {row['system']} | "
+                         f"failed: {row['error'].splitlines()[-1][:120]} |")
             continue
         mfu = row["step_tflop"] / row["step_seconds"] / peak
-        lines.append(f"| {name} | {row['mode']} | {row['system']} | {row['tokens_per_s']:,.0f} | {row['step_seconds']:.3f} | "
-                     f"{row['peak_memory_mb'] / 1024:.1f} | {row['weight_mb'] / 1024:.2f} | {row['train_loss']:.3f} | {mfu:.0%} |")
+        lines.append(f"| {name} | {row['mode']} | {row['system']} | {row['tokens_per_s']:,.0f} | "
+                     f"{row['step_seconds']:.3f} | {row['peak_memory_mb'] / 1024:.1f} | "
+                     f"{row['weight_mb'] / 1024:.2f} | {row['train_loss']:.3f} | {mfu:.0%} |")
     done = {(row["size"], row["mode"], row["system"]): row for row in results if "error" not in row}
     for (size, mode, system), row in done.items():
         lora = done.get((size, "lora", system))
         if mode == "qlora" and lora:
-            lines.append(f"\n{size} {system}: QLoRA at {row['tokens_per_s'] / lora['tokens_per_s']:.2f}x LoRA's tokens/s, "
-                         f"linear weights {row['weight_mb'] / lora['weight_mb']:.2f}x, peak memory "
+            lines.append(f"\n{size} {system}: QLoRA at {row['tokens_per_s'] / lora['tokens_per_s']:.2f}x "
+                         f"LoRA's tokens/s, linear weights {row['weight_mb'] / lora['weight_mb']:.2f}x, peak memory "
                          f"{row['peak_memory_mb'] / lora['peak_memory_mb']:.2f}x")
         peft = done.get((size, mode, "peft"))
         if system == "forge" and peft:
-            lines.append(f"\n{size} {mode}: LoRA Forge at {row['tokens_per_s'] / peft['tokens_per_s']:.2f}x PEFT + Trainer's "
-                         f"tokens/s, peak memory {row['peak_memory_mb'] / peft['peak_memory_mb']:.2f}x")
+            lines.append(f"\n{size} {mode}: LoRA Forge at {row['tokens_per_s'] / peft['tokens_per_s']:.2f}x "
+                         f"PEFT + Trainer's tokens/s, peak memory "
+                         f"{row['peak_memory_mb'] / peft['peak_memory_mb']:.2f}x")
     return "\n".join(lines)
 
 

@@ -25,17 +25,19 @@ def main() -> None:
     args = parser.parse_args()
     os.environ["LORAFORGE_HOME"] = args.home or tempfile.mkdtemp(prefix="loraforge-bench-")
 
-    from core.adapters import active_adapters
-    from core.evaluate import evaluate
-    from core.models import load_base_model
-    from core.peft_format import load_adapter
-    from core.train import train
-    from core.train_config import TrainConfig
+    from core.lora.model import active_adapters
+    from core.lora.peft_format import load_adapter
+    from core.models.loading import load_base_model
+    from core.training.config import TrainConfig
+    from core.training.evaluate import evaluate
+    from core.training.loop import train
 
-    train_file, eval_file = str(REPO / "assets/samples/dates.train.jsonl"), str(REPO / "assets/samples/dates.eval.jsonl")
+    train_file, eval_file = (str(REPO / "assets/samples/dates.train.jsonl"),
+                             str(REPO / "assets/samples/dates.eval.jsonl"))
     load_base_model("default")  # convert the GGUF once, outside the timing
     started = time.perf_counter()
-    result = train(TrainConfig(dataset=train_file, eval_file=eval_file), Path(os.environ["LORAFORGE_HOME"]) / "bench-run")
+    result = train(TrainConfig(dataset=train_file, eval_file=eval_file),
+                   Path(os.environ["LORAFORGE_HOME"]) / "bench-run")
     with_loading = time.perf_counter() - started
     loaded = load_base_model("default")
     load_adapter(loaded.model, result.adapter_dir, name="dates")

@@ -41,15 +41,16 @@ def main() -> None:
     print("| variant | peak memory above inputs, MiB | seconds | loss |\n|---|---|---|---|")
     for name, row in results.items():
         print(f"| {name} | {row['peak_above_inputs_mb']:,.0f} | {row['seconds']:.1f} | {row['loss']:.6f} |")
+    largest_difference = max(abs(a - b) for a, b in zip(plain["grad_sample"], chunked["grad_sample"]))
     print(f"\nchunked / plain peak memory: {chunked['peak_above_inputs_mb'] / plain['peak_above_inputs_mb']:.3f}x; "
-          f"largest gradient difference {max(abs(a - b) for a, b in zip(plain['grad_sample'], chunked['grad_sample'])):.2e}")
+          f"largest gradient difference {largest_difference:.2e}")
 
 
 def run(variant: str, rows: int, hidden_size: int, vocab: int) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from core.loss import LOGITS_PER_CHUNK, frozen_head_cross_entropy
+    from core.training.loss import LOGITS_PER_CHUNK, frozen_head_cross_entropy
 
     torch.manual_seed(0)
     head = torch.nn.Linear(hidden_size, vocab, bias=False).requires_grad_(False)

@@ -7,7 +7,8 @@ dates sample's ~65 tokens, ~45 among examples with the same instruction). With `
 holds each group's opening once (core/data/prefixes.py). This
 takes the first `--pairs` batches of the epoch, runs each forward and backward both ways, the two taking
 turns, and prints one JSON object: median seconds per step each way, their ratio, the row lengths, and the
-largest relative difference between the two ways' losses and LoRA gradients (as one vector) (the sharing is exact, so only rounding).
+largest relative difference between the two ways' losses and LoRA gradients (as one vector) (the sharing
+is exact, so only rounding).
 """
 
 import argparse

@@ -1,7 +1,7 @@
 """The three systems `train_throughput.py` compares, each run on exactly the same batches of the same examples.
 
-    forge        LoRA Forge's own loop (`core.train.train`), default settings apart from the LoRA shape (so on a
-                 CPU with bf16 products, a bf16 base: see core.devices.training_dtype)
+    forge        LoRA Forge's own loop (`core.training.loop.train`), default settings apart from the LoRA shape (so on a
+                 CPU with bf16 products, a bf16 base: see core.models.devices.training_dtype)
     forge-fp32   the same with an fp32 base, as the baselines have
     peft-padded  PEFT + transformers Trainer, DataCollatorForSeq2Seq (the usual dynamic padding)
     peft-flat    PEFT + transformers Trainer, DataCollatorWithFlattening (padding-free rows)
@@ -21,21 +21,19 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
-import core.quantize  # noqa: F401  (first: its log filter quiets the notice bitsandbytes prints when peft imports it)
 from peft import LoraConfig, get_peft_model
-from transformers import (DataCollatorForSeq2Seq, DataCollatorWithFlattening, Trainer, TrainerCallback,
-                          TrainingArguments)
+from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening, Trainer, TrainerCallback, TrainingArguments
 
+import core.models.quantize  # noqa: F401  (first: its log filter quiets the notice bitsandbytes prints when peft imports it)
 from bench.flops import lora_step_flops, prefix_flops_saved
 from core.data import BatchSettings, PreparedDataset, epoch_plan, prepare_dataset
 from core.data.prefixes import prefix_groups
 from core.data.render import IGNORE_INDEX
-from core.devices import resolve_device, resolve_dtype, training_dtype
-from core.models import load_base_model
-from core.peft_format import load_adapter
-from core.train import train
-from core.train_config import TrainConfig
+from core.lora.peft_format import load_adapter
+from core.models.devices import resolve_device, resolve_dtype, training_dtype
+from core.models.loading import load_base_model
+from core.training.config import TrainConfig
+from core.training.loop import train
 
 SYSTEMS = ("forge", "forge-fp32", "peft-padded", "peft-flat")
 FORGE_DTYPES = {"forge": "auto", "forge-fp32": "fp32"}
@@ -93,7 +91,8 @@ def _train_forge(case: Case) -> tuple:
     rank, targets = LORAS[case.lora]
     config = TrainConfig(dataset=case.train_file, eval_share=0, rank=rank, alpha=2 * rank, targets=targets,
                          max_steps=case.steps, batch_size=BATCH_SIZE, max_len=MAX_LEN, lr=LR, warmup_ratio=WARMUP,
-                         max_grad_norm=CLIP, dtype=FORGE_DTYPES[case.system], sample_prompts=["Hello"], sample_max_new_tokens=4)
+                         max_grad_norm=CLIP, dtype=FORGE_DTYPES[case.system], sample_prompts=["Hello"],
+                         sample_max_new_tokens=4)
     result = train(config, case.run_dir)
     peak_rss_mb = _peak_rss_mb()
     rows = [json.loads(line) for line in (case.run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -109,7 +108,8 @@ def _train_peft(case: Case) -> tuple:
     rank, targets = LORAS[case.lora]
     model = get_peft_model(loaded.model, LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0,
                                                     target_modules=PEFT_TARGETS[targets], task_type="CAUSAL_LM"))
-    features = [{"input_ids": e.input_ids, "labels": e.labels, "attention_mask": [1] * len(e.input_ids)} for e in chosen]
+    features = [{"input_ids": e.input_ids, "labels": e.labels, "attention_mask": [1] * len(e.input_ids)}
+                for e in chosen]
     collator = (DataCollatorWithFlattening() if case.system == "peft-flat"
                 else DataCollatorForSeq2Seq(loaded.tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX))
     arguments = TrainingArguments(

@@ -14,7 +14,7 @@ square matmuls before and after the systems run); useful FLOPs, the same for eve
 bench/flops.py says. LoRA Forge computes a prefix its batch's examples share once, so it does less than the
 useful FLOPs: "MFU done" counts only the FLOPs it did (the baselines do at least the useful ones).
 
-On a CPU with bf16 products LoRA Forge's default trains a bf16 base (core.devices.training_dtype): `forge` is
+On a CPU with bf16 products LoRA Forge's default trains a bf16 base (core.models.devices.training_dtype): `forge` is
 then that, `forge-fp32` the same loop on an fp32 base like the baselines', and the bf16 matmul peak is measured
 too: "MFU done, own peak" divides by the peak of the dtype the system trained in.
 
@@ -58,8 +58,8 @@ def main() -> None:
         return _worker(json.loads(args.worker))
 
     from bench.chat_set import write_chat_set
-    from core.devices import training_dtype
-    from core.models import load_base_model
+    from core.models.devices import training_dtype
+    from core.models.loading import load_base_model
 
     bf16 = training_dtype("auto", "none", "auto") == "bf16"
     systems = args.systems.split(",") if args.systems else [name for name in SYSTEMS if bf16 or name != "forge-fp32"]
@@ -92,7 +92,8 @@ def matmul_peak(dtype: str = "float32") -> float:
 
     best = 0.0
     for size in (512, 1024, 2048):
-        a, b = torch.randn(size, size, dtype=getattr(torch, dtype)), torch.randn(size, size, dtype=getattr(torch, dtype))
+        a, b = (torch.randn(size, size, dtype=getattr(torch, dtype)),
+                torch.randn(size, size, dtype=getattr(torch, dtype)))
         a @ b
         for _ in range(3):
             started = time.perf_counter()

@@ -1,4 +1,4 @@
-"""One forward and backward pass of LoRA Forge's training step, set up as `core.train` sets it up, for the
+"""One forward and backward pass of LoRA Forge's training step, set up as `core.training.loop` sets it up, for the
 benchmarks that time steps in one process (shared_prefix.py, allocator.py)."""
 
 import time
@@ -6,13 +6,13 @@ from pathlib import Path
 
 import torch
 
-from core.adapters import add_adapter
 from core.data import BatchSettings, PreparedDataset, iterate_batches, prepare_dataset
-from core.loss import trained_token_loss
-from core.models import load_base_model
-from core.packed_attention import use_packed_attention
-from core.train import lora_settings
-from core.train_config import TrainConfig
+from core.lora.model import add_adapter
+from core.models.loading import load_base_model
+from core.models.packed_attention import use_packed_attention
+from core.training.config import TrainConfig
+from core.training.loop import lora_settings
+from core.training.loss import trained_token_loss
 
 LORAS = {"r16-all": (16, "all-linear"), "r8-qv": (8, "qv")}
 

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import torch
 
-from core.adapters import LoraSettings, add_adapter, set_active
-from core.models import load_base_model
-from core.peft_format import save_adapter
+from core.lora.model import LoraSettings, add_adapter, set_active
+from core.lora.peft_format import save_adapter
+from core.models.loading import load_base_model
 from tests.lora_helpers import randomize
 
 
@@ -22,7 +22,7 @@ def make_adapter(base: str | Path, folder: Path, seed: int = 0, targets: str = "
 @torch.no_grad()
 def live_logits(base: str | Path, adapters: dict[Path, float], ids: torch.Tensor) -> torch.Tensor:
     """Logits of base + adapters applied live (unmerged), with the given weights."""
-    from core.peft_format import load_adapter
+    from core.lora.peft_format import load_adapter
 
     loaded = load_base_model(str(base), dtype="fp32")
     gains = {}

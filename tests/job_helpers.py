@@ -7,20 +7,13 @@ normal time instead of sleeping a fixed amount; a test fails only if the conditi
 import contextlib
 import io
 import json
-import os
-import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-
 from app.cli import main
-from core.checkpoint import newest_checkpoint
-from core.process_groups import stop_group
-from core.processes import process_start_time
-from core.store import Store
-from core.train_config import TrainConfig
+from core.training.checkpoint import newest_checkpoint
+from core.training.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 DATES = ROOT / "assets" / "samples" / "dates.train.jsonl"
@@ -65,16 +58,3 @@ def supervisor_pid(home: Path) -> int | None:
     """The pid written into the supervisor lock by the supervisor holding it (None before one ran)."""
     text = (home / "supervisor.lock").read_text().strip() if (home / "supervisor.lock").exists() else ""
     return int(text) if text else None
-
-
-@pytest.fixture
-def stop_leftovers(loraforge_home):
-    """After the test, stop whatever it left running on its LORAFORGE_HOME (on failure, say), so no
-    supervisor or job outlives it. Import it into a test module to use it."""
-    yield
-    pid = supervisor_pid(loraforge_home)
-    if pid and process_start_time(pid) is not None:
-        os.kill(pid, signal.SIGKILL)
-    with Store() as store:
-        for run in store.list_runs("running"):
-            stop_group(run["pid"], run["pid_start_time"], grace=1.0)

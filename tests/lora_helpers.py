@@ -3,7 +3,7 @@
 import torch
 from transformers import AutoModelForCausalLM
 
-from core.adapters import adapter_modules
+from core.lora.model import adapter_modules
 
 TOKENS = torch.tensor([[1, 17, 42, 99, 7, 230, 5, 64], [3, 8, 120, 77, 19, 2, 250, 11]])
 

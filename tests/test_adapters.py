@@ -4,26 +4,27 @@ import pytest
 import torch
 from torch import nn
 
-from core.adapters import (
+from core.lora.errors import AdapterConfigError, NonFiniteMergeError
+from core.lora.layer import LoraLayer
+from core.lora.model import (
     LoraSettings,
     active_adapters,
-    add_adapter,
     adapter_modules,
+    add_adapter,
     lora_layers,
     merge,
     merge_and_unload,
     set_active,
     unmerge,
 )
-from core.lora import LoraLayer
-from core.train import enable_checkpointing
-from core.peft_format import load_adapter, save_adapter
-from core.lora_errors import AdapterConfigError, NonFiniteMergeError
+from core.lora.peft_format import load_adapter, save_adapter
+from core.training.loop import enable_checkpointing
 from tests.lora_helpers import TOKENS, assert_same_state, load, logits, randomize, state_snapshot
 
 
 def leaf_names(report) -> set[str]:
-    return {path.rsplit(".", 1)[-1] if "c_proj" not in path else path.split(".")[-2] + ".c_proj" for path in report.modules}
+    return {path.rsplit(".", 1)[-1] if "c_proj" not in path else path.split(".")[-2] + ".c_proj"
+            for path in report.modules}
 
 
 @pytest.mark.parametrize(
@@ -192,7 +193,7 @@ def adapter_gradients(model_dir, checkpointing: str) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("checkpointing", ["loop", "reentrant"])
 def test_gradient_checkpointing_gives_the_gradients_of_a_plain_backward(tiny_llama_dir, checkpointing):
     """Checkpointing drops each decoder layer's saved tensors after the forward and recomputes them in the backward.
-    The loop's switch recomputes through the LoRA layers' one autograd node (core.lora_fused); reentrant
+    The loop's switch recomputes through the LoRA layers' one autograd node (core.lora.fused); reentrant
     checkpointing runs the first forward without autograd, on the plain path. The gradients must not change."""
     plain = adapter_gradients(tiny_llama_dir, checkpointing="")
     checkpointed = adapter_gradients(tiny_llama_dir, checkpointing=checkpointing)

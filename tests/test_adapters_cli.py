@@ -4,8 +4,8 @@ named as `adapters list` shows it), and a clear error for a bad folder."""
 import transformers
 
 from app.cli import main
-from core.adapters import LoraSettings, add_adapter
-from core.peft_format import save_adapter
+from core.lora.model import LoraSettings, add_adapter
+from core.lora.peft_format import save_adapter
 from tests.lora_helpers import load
 
 

@@ -9,11 +9,11 @@ import sys
 
 import pytest
 
-from core.allocator import keep_freed_memory
+from core.training.allocator import keep_freed_memory
 
 THREE_STEPS = """
 import ctypes, json, resource, sys, torch
-from core.allocator import keep_freed_memory
+from core.training.allocator import keep_freed_memory
 
 class Mallinfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from core.generate import GenerationSettingsError, Sampling, conversation, generate_reply, stream_reply
-from core.models import load_base_model
+from core.chat.generate import GenerationSettingsError, Message, Sampling, conversation, stream_reply
+from core.models.loading import load_base_model
 
 REPO = Path(__file__).resolve().parents[1]
 CAPITAL_QUESTION = "What is the capital of France?"
@@ -19,6 +19,15 @@ def run_cli(*args: str, home: Path, timeout: int = 300) -> subprocess.CompletedP
     return subprocess.run(
         [sys.executable, "launch.py", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
     )
+
+
+def generate_reply(model, tokenizer, messages: list[Message], sampling: Sampling | None = None) -> str:
+    """The whole reply at once: the last text the stream yields."""
+    text = ""
+    for text in stream_reply(model, tokenizer, messages, sampling):
+        pass
+    return text.strip()
+
 
 
 def test_conversation_orders_system_history_and_prompt():
@@ -36,7 +45,8 @@ def test_streamed_reply_grows_and_greedy_is_repeatable(tiny_llama_dir):
     pieces = list(stream_reply(loaded.model, loaded.tokenizer, messages, Sampling(max_new_tokens=12, temperature=0)))
     assert len(pieces) >= 2
     assert all(later.startswith(earlier) for earlier, later in zip(pieces, pieces[1:]))
-    assert generate_reply(loaded.model, loaded.tokenizer, messages, Sampling(max_new_tokens=12, temperature=0)) == pieces[-1].strip()
+    assert generate_reply(loaded.model, loaded.tokenizer, messages,
+                          Sampling(max_new_tokens=12, temperature=0)) == pieces[-1].strip()
 
 
 def test_seeded_sampling_is_repeatable(tiny_llama_dir):
@@ -58,7 +68,8 @@ def test_bad_sampling_settings(tiny_llama_dir, settings, message):
 
 @pytest.mark.slow
 def test_default_model_knows_the_capital_of_france(default_model):
-    reply = generate_reply(default_model.model, default_model.tokenizer, conversation(CAPITAL_QUESTION), Sampling(max_new_tokens=40, temperature=0))
+    reply = generate_reply(default_model.model, default_model.tokenizer, conversation(CAPITAL_QUESTION),
+                           Sampling(max_new_tokens=40, temperature=0))
     assert "Paris" in reply
 
 

@@ -1,17 +1,18 @@
 """A checkpoint restores the optimizer exactly, whatever shape its state has: the training loop's AdamW (torch's,
-fused), and bitsandbytes' 8-bit AdamW, which keeps its quantization state in a nested dict (the CUDA-only choices --optimizer adamw8bit
-and paged_adamw; bitsandbytes runs the 8-bit optimizer on the CPU too, so this is tested here)."""
+fused), and bitsandbytes' 8-bit AdamW, which keeps its quantization state in a nested dict (the CUDA-only
+choices --optimizer adamw8bit and paged_adamw; bitsandbytes runs the 8-bit optimizer on the CPU too, so this is
+tested here)."""
 
 import bitsandbytes as bnb
 import pytest
 import torch
 
-from core.adapters import LoraSettings, add_adapter
-from core.checkpoint import load_checkpoint, save_checkpoint
-from core.runs import create_run, execute_run
-from core.store import Store
-from core.train import build_optimizer
-from core.train_config import TrainConfig
+from core.jobs.runs import create_run, execute_run
+from core.lora.model import LoraSettings, add_adapter
+from core.store.database import Store
+from core.training.checkpoint import load_checkpoint, save_checkpoint
+from core.training.config import TrainConfig
+from core.training.loop import build_optimizer
 from tests.job_helpers import tiny_config
 from tests.lora_helpers import load
 

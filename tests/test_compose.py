@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from core.adapters import LoraSettings, adapter_modules, add_adapter, set_active
-from core.compose import combine_adapters, extract_adapter
-from core.lora_errors import AdapterConfigError
+from core.lora.compose import combine_adapters, extract_adapter
+from core.lora.errors import AdapterConfigError
+from core.lora.model import LoraSettings, adapter_modules, add_adapter, set_active
 from tests.lora_helpers import load, logits, randomize
 
 Q0 = "model.layers.0.self_attn.q_proj"
@@ -68,7 +68,8 @@ def test_extraction_recovers_a_low_rank_fine_tune(tiny_llama_dir):
         for layer in tuned.model.layers:
             for proj in (layer.self_attn.q_proj, layer.self_attn.v_proj):
                 d_out, d_in = proj.weight.shape
-                proj.weight += torch.randn(d_out, 2, generator=generator) @ torch.randn(2, d_in, generator=generator) / 8
+                proj.weight += (torch.randn(d_out, 2, generator=generator)
+                                @ torch.randn(2, d_in, generator=generator) / 8)
     report = extract_adapter(base, tuned, rank=2, name="x", targets="qv")
     rank1 = extract_adapter(base, tuned, rank=1, name="x1", targets="qv")
     set_active(base, "x")

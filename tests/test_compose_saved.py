@@ -1,7 +1,7 @@
 """Composing a weighted set of adapters into a new registered adapter in one step (`adapters compose`), and
-exports and compositions run as background processes (core/export_jobs.py) whose row in the store is the truth.
+exports and compositions run as background processes (core/export/jobs.py) whose row in the store is the truth.
 
-All on the tiny random Llama; the background jobs are real detached `launch.py export-job` processes.
+All on the tiny random Llama; the background jobs are real detached `python -m core.export.worker` processes.
 """
 
 import fcntl
@@ -12,13 +12,14 @@ import signal
 import pytest
 import torch
 
-from app.chat_picker import picker_options
 from app.cli import main
-from core.export_jobs import LOCK_FILE, ExportRequest, log_path, refresh, start
-from core.export_output import ExportError
-from core.parity import RELATIVE_TOLERANCES
-from core.peft_format import inspect_adapter
-from core.store import Store
+from app.web.chat.picker import picker_options
+from core.export.jobs import LOCK_FILE, ExportRequest, log_path, refresh, start
+from core.export.output import ExportError
+from core.export.parity import RELATIVE_TOLERANCES
+from core.jobs.adapters import register_adapter
+from core.lora.peft_format import inspect_adapter
+from core.store.database import Store
 from tests.export_helpers import live_logits, make_adapter
 from tests.job_helpers import wait_for
 
@@ -67,7 +68,7 @@ def test_compose_registers_a_new_adapter_equal_to_the_live_weighted_set(two_adap
 def test_a_bad_composition_is_refused_with_the_fix_and_writes_nothing(two_adapters, tiny_llama_dir, loraforge_home,
                                                                        weights, name, problem, capsys):
     with Store() as store:
-        store.register_adapter(two_adapters[0], source="imported", name="taken")
+        register_adapter(store, two_adapters[0], source="imported", name="taken")
     assert compose_cli(two_adapters, weights, name, tiny_llama_dir) == 2
     assert problem in capsys.readouterr().err
     assert not (loraforge_home / "adapters").exists() or not any((loraforge_home / "adapters").iterdir())
@@ -107,8 +108,8 @@ def test_a_registered_adapter_is_named_by_its_name_or_id_in_every_verb(two_adapt
         assert (f"mix · r{mix['rank']} · composed", str(mix["id"])) in picker_options(store)
 
     with Store() as store:
-        store.register_adapter(two_adapters[0], source="imported", name="twin")
-        store.register_adapter(two_adapters[1], source="imported", name="twin")
+        register_adapter(store, two_adapters[0], source="imported", name="twin")
+        register_adapter(store, two_adapters[1], source="imported", name="twin")
     for reference, problem in (("nope", "No run or registered adapter is called 'nope'"),
                                ("twin", "Several adapters are named 'twin' (ids")):
         assert main(["chat", "--adapter", reference, "--model", str(tiny_llama_dir), "--prompt", "hi"]) == 2

@@ -4,9 +4,9 @@ message that names the problem and the fix for every bad set; and their adapters
 import pytest
 import torch
 
-from core.adapters import active_adapters, adapter_names
-from core.contenders import BASE, ContenderError, choose, model_gains, parse_set
-from core.models import load_base_model
+from core.chat.contenders import BASE, ContenderError, choose, model_gains, parse_set
+from core.lora.model import active_adapters, adapter_names
+from core.models.loading import load_base_model
 from tests.export_helpers import make_adapter
 
 ADAPTERS = [

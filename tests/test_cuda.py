@@ -1,5 +1,6 @@
 """The CUDA paths on a tiny random Llama: bf16 autocast training, nf4 QLoRA, bitsandbytes' optimizers,
-per-example attention on the GPU's kernels (with a shared prefix too), and an adapter trained there reloading to the same outputs.
+per-example attention on the GPU's kernels (with a shared prefix too), and an adapter trained there reloading to
+the same outputs.
 
 CI has no GPU, so these skip there; on a machine with one, `pytest tests/test_cuda.py` runs them.
 """
@@ -13,12 +14,12 @@ import pytest
 import torch
 
 from core.data import BatchSettings, iterate_batches
-from core.loss import trained_token_loss
-from core.models import load_base_model
-from core.packed_attention import use_packed_attention
-from core.peft_format import load_adapter
-from core.train import train
-from core.train_config import TrainConfig
+from core.lora.peft_format import load_adapter
+from core.models.loading import load_base_model
+from core.models.packed_attention import use_packed_attention
+from core.training.config import TrainConfig
+from core.training.loop import train
+from core.training.loss import trained_token_loss
 from tests.test_data_batch import make_examples
 from tests.test_shared_prefix import with_prefix
 
@@ -83,6 +84,8 @@ def test_a_shared_prefix_on_the_gpu_gives_each_example_its_own_logits(tiny_llama
     assert batch.segment_prefixes == (-1, 0, 0, 0, 0)
     with torch.no_grad():
         row = model(**batch.model_inputs("cuda")).logits[0].float()
-        alone = torch.cat([model(input_ids=torch.tensor([examples[n - 1].input_ids], device="cuda")).logits[0, 25:].float()
-                           for n in batch.example_numbers])
+        alone = torch.cat([
+            model(input_ids=torch.tensor([examples[n - 1].input_ids], device="cuda")).logits[0, 25:].float()
+            for n in batch.example_numbers
+        ])
         torch.testing.assert_close(row[25:], alone, atol=2e-2, rtol=2e-2)

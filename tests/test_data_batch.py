@@ -8,9 +8,9 @@ from transformers import AutoModelForCausalLM
 
 from core.data import BatchSettings, DataPosition, RenderedExample, epoch_plan, iterate_batches, padding_share
 from core.data.render import IGNORE_INDEX
-from core.loss import trained_token_loss
-from core.packed_attention import NAME as PACKED
-from core.packed_attention import use_packed_attention
+from core.models.packed_attention import NAME as PACKED
+from core.models.packed_attention import use_packed_attention
+from core.training.loss import trained_token_loss
 
 
 def make_examples(lengths, vocab=300, seed=0):
@@ -85,7 +85,9 @@ def test_packing_flattens_batch_size_examples_and_uses_every_example_once():
 def test_length_grouping_cuts_padding():
     lengths = [random.Random(i).randrange(8, 512) for i in range(1024)]
     grouped = padding_share(lengths, epoch_plan(lengths, BatchSettings(packing=False, batch_size=8), epoch=0))
-    shuffled = padding_share(lengths, epoch_plan(lengths, BatchSettings(packing=False, batch_size=8, group_by_length=False), epoch=0))
+    shuffled = padding_share(
+        lengths, epoch_plan(lengths, BatchSettings(packing=False, batch_size=8, group_by_length=False), epoch=0)
+    )
     assert shuffled > 0.4 and grouped < 0.08  # measured: 0.444 vs 0.052
 
 
@@ -106,9 +108,11 @@ def test_resuming_from_a_position_gives_the_same_batches(packing):
     uninterrupted = [(b.position, b.example_numbers, b.input_ids.tolist()) for b in stream]
     per_epoch = sum(1 for p, _, _ in uninterrupted if p.epoch == 0)
     cut = per_epoch + 2  # stop inside the second epoch
-    saved = next(b for i, b in enumerate(iterate_batches(examples, settings, pad_token_id=0)) if i == cut - 1).next_position
+    saved = next(b for i, b in enumerate(iterate_batches(examples, settings, pad_token_id=0))
+                 if i == cut - 1).next_position
     assert saved == DataPosition(1, 2)
-    resumed = [(b.position, b.example_numbers, b.input_ids.tolist()) for b in iterate_batches(examples, settings, 0, start=saved, epochs=3)]
+    resumed = [(b.position, b.example_numbers, b.input_ids.tolist())
+               for b in iterate_batches(examples, settings, 0, start=saved, epochs=3)]
     assert resumed == uninterrupted[cut:]
     # Epochs are shuffled differently, and the same seed gives the same order.
     epoch0 = [n for p, numbers, _ in uninterrupted if p.epoch == 0 for n in numbers]

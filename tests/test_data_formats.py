@@ -35,20 +35,24 @@ def test_alpaca_jsonl_joins_instruction_and_input(tmp_path):
 
 
 def test_sharegpt_roles_are_mapped_to_chat_roles(tmp_path):
-    row = {"conversations": [{"from": "system", "value": "Be terse."}, {"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}]}
+    row = {"conversations": [{"from": "system", "value": "Be terse."}, {"from": "human", "value": "Hi"},
+                             {"from": "gpt", "value": "Hello"}]}
     fmt, messages = messages_of(write_jsonl(tmp_path / "s.jsonl", [row]))
     assert fmt == "sharegpt"
-    assert messages == [({"role": "system", "content": "Be terse."}, {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"})]
+    assert messages == [({"role": "system", "content": "Be terse."}, {"role": "user", "content": "Hi"},
+                         {"role": "assistant", "content": "Hello"})]
 
 
 def test_openai_messages_are_kept_as_they_are(tmp_path):
-    turns = [{"role": "user", "content": "1+1?"}, {"role": "assistant", "content": "2"}, {"role": "user", "content": "and 2+2?"}, {"role": "assistant", "content": "4"}]
+    turns = [{"role": "user", "content": "1+1?"}, {"role": "assistant", "content": "2"},
+             {"role": "user", "content": "and 2+2?"}, {"role": "assistant", "content": "4"}]
     assert messages_of(write_jsonl(tmp_path / "m.jsonl", [{"messages": turns}])) == ("messages", [tuple(turns)])
 
 
 def test_prompt_completion_becomes_user_and_assistant(tmp_path):
     fmt, messages = messages_of(write_jsonl(tmp_path / "p.jsonl", [{"prompt": "Say hi", "completion": "hi"}]))
-    assert (fmt, messages) == ("prompt_completion", [({"role": "user", "content": "Say hi"}, {"role": "assistant", "content": "hi"})])
+    assert (fmt, messages) == ("prompt_completion",
+                               [({"role": "user", "content": "Say hi"}, {"role": "assistant", "content": "hi"})])
 
 
 def test_plain_text_has_no_messages(tmp_path):

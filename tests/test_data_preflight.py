@@ -34,7 +34,8 @@ def test_preflight_reports_the_numbers_and_a_marked_example(tmp_path):
     assert (report.length_p50, report.length_p95, report.length_max) == (full[1], full[3], full[3])
     assert full[3] > 48 and (report.truncated_rows, report.truncated_share) == (1, 0.25)
     trained = sum(e.trained_tokens for e in prepared.examples)
-    assert report.tokens == sum(prepared.lengths) and report.trained_token_share == pytest.approx(trained / report.tokens)
+    assert (report.tokens == sum(prepared.lengths)
+            and report.trained_token_share == pytest.approx(trained / report.tokens))
     assert report.example_marked == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n⟦Hello!<|im_end|>⟧\n"
     start, end = report.example_trained_spans[0]
     assert report.example_text[start:end] == "Hello!<|im_end|>"

@@ -11,12 +11,16 @@ from tests.tiny_models import CHATML_TEMPLATE, make_tokenizer
 # SmolLM2-135M-Instruct's template: it injects its own system prompt when the conversation has none.
 SMOLLM2_TEMPLATE = (
     "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
-    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}"
+    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}"
+    "{% endif %}"
     "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 # A template without an end-of-turn token: the tokenizer's EOS must be appended to each answer.
-BARE_TEMPLATE = "{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ 'assistant: ' }}{% endif %}"
+BARE_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'assistant: ' }}{% endif %}"
+)
 
 CONVERSATION = Example(
     7,
@@ -30,7 +34,8 @@ CONVERSATION = Example(
 
 
 def trained_text(rendered, tokenizer):
-    return tokenizer.decode([token for token, label in zip(rendered.input_ids, rendered.labels) if label != IGNORE_INDEX])
+    return tokenizer.decode([token for token, label in zip(rendered.input_ids, rendered.labels)
+                             if label != IGNORE_INDEX])
 
 
 def trained_runs(rendered, tokenizer):
@@ -51,8 +56,11 @@ def test_only_assistant_answers_and_their_eos_are_trained(template):
     rendered = render_example(CONVERSATION, tokenizer, max_length=512)
     assert trained_runs(rendered, tokenizer) == ["It is 4.<|im_end|>", "Paris, of course.<|im_end|>"]
     # The tokens are the template's own tokens: concatenated they are exactly the rendered conversation.
-    assert tokenizer.decode(rendered.input_ids) == tokenizer.apply_chat_template(list(CONVERSATION.messages), tokenize=False)
-    assert rendered.labels == [label if label == IGNORE_INDEX else token for token, label in zip(rendered.input_ids, rendered.labels)]
+    assert tokenizer.decode(rendered.input_ids) == tokenizer.apply_chat_template(
+        list(CONVERSATION.messages), tokenize=False
+    )
+    assert rendered.labels == [label if label == IGNORE_INDEX else token
+                               for token, label in zip(rendered.input_ids, rendered.labels)]
 
 
 def test_injected_system_prompt_is_not_trained():
@@ -78,7 +86,9 @@ def test_train_on_all_trains_every_token_but_the_first():
     tokenizer = make_tokenizer()
     rendered = render_example(CONVERSATION, tokenizer, max_length=512, train_on="all")
     assert rendered.labels[0] == IGNORE_INDEX and rendered.labels[1:] == rendered.input_ids[1:]
-    assert tokenizer.decode(rendered.input_ids) == tokenizer.apply_chat_template(list(CONVERSATION.messages), tokenize=False)
+    assert tokenizer.decode(rendered.input_ids) == tokenizer.apply_chat_template(
+        list(CONVERSATION.messages), tokenize=False
+    )
 
 
 def test_plain_text_is_trained_entirely_and_ends_with_eos():
@@ -92,7 +102,9 @@ def test_plain_text_is_trained_entirely_and_ends_with_eos():
 def test_segments_cover_the_rendering_in_order():
     tokenizer = make_tokenizer(SMOLLM2_TEMPLATE)
     segments = chat_segments(CONVERSATION.messages, tokenizer)
-    assert "".join(text for text, _ in segments) == tokenizer.apply_chat_template(list(CONVERSATION.messages), tokenize=False)
+    assert "".join(text for text, _ in segments) == tokenizer.apply_chat_template(
+        list(CONVERSATION.messages), tokenize=False
+    )
     assert [trained for _, trained in segments] == [False, True, False, True, False]
 
 
@@ -111,14 +123,17 @@ def test_truncation_is_counted_and_rows_left_without_answers_are_reported(tmp_pa
 
 
 def test_template_that_refuses_a_conversation_is_a_row_problem(tmp_path):
-    strict = "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('no system role') }}{% endif %}{{ m['content'] }}{% endfor %}"
+    strict = ("{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('no system role') }}"
+              "{% endif %}{{ m['content'] }}{% endfor %}")
     tokenizer = make_tokenizer(strict)
     rows = [{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]},
-            {"messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]}]
+            {"messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "Hi"},
+                          {"role": "assistant", "content": "Yo"}]}]
     path = tmp_path / "d.jsonl"
     path.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
     report = prepare_dataset(path, tokenizer, max_length=64, check=False).report
-    assert [(p.number, "chat template refused this conversation: no system role" in p.message) for p in report.problems] == [(2, True)]
+    assert [(p.number, "chat template refused this conversation: no system role" in p.message)
+            for p in report.problems] == [(2, True)]
 
 
 @pytest.mark.slow
@@ -126,5 +141,7 @@ def test_masking_with_the_real_default_tokenizer(default_model):
     tokenizer = default_model.tokenizer
     rendered = render_example(CONVERSATION, tokenizer, max_length=512)
     assert trained_runs(rendered, tokenizer) == ["It is 4.<|im_end|>", "Paris, of course.<|im_end|>"]
-    assert tokenizer.decode(rendered.input_ids) == tokenizer.apply_chat_template(list(CONVERSATION.messages), tokenize=False)
+    assert tokenizer.decode(rendered.input_ids) == tokenizer.apply_chat_template(
+        list(CONVERSATION.messages), tokenize=False
+    )
     assert "SmolLM" in tokenizer.decode(rendered.input_ids)  # its template injected the default system prompt

@@ -6,7 +6,8 @@ import pytest
 
 from core.data import DatasetError, load_examples, prepare_dataset
 from core.data.problems import MAX_LISTED
-from core.train_data import SKIPPED_ROWS, TrainingData, split
+from core.training.data_plan import TrainingData, split
+from core.training.run_folder import SKIPPED_ROWS, RunFolder
 from tests.tiny_models import make_tokenizer
 
 GOOD = {"instruction": "Add the numbers.", "input": "2 + 3", "output": "5"}
@@ -37,7 +38,8 @@ def problems_of(source):
         (good_line(input=["a"]), "field 'input' must be text, got a list"),
         ('["not", "an", "object"]', "expected an object with named fields, got a list"),
         (b'{"instruction": "Add \xff\xfe", "output": "5"}', "not valid UTF-8 (byte 0xff at column 22)"),
-        (json.dumps({"prompt": "Hi", "completion": "there"}), "mixed formats: this row is prompt_completion but the file is alpaca"),
+        (json.dumps({"prompt": "Hi", "completion": "there"}),
+         "mixed formats: this row is prompt_completion but the file is alpaca"),
         (json.dumps({"question": "Hi"}), "no known fields (has: question)"),
     ],
 )
@@ -54,10 +56,12 @@ def test_bad_jsonl_row_is_reported_on_line_3(tmp_path, bad_line, expected):
     ("turns", "expected"),
     [
         ([{"role": "user", "content": "Hi"}, {"role": "bot", "content": "Hello"}], "messages[1]: unknown role 'bot'"),
-        ([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": ""}], "messages[1]: field 'content' is empty"),
+        ([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": ""}],
+         "messages[1]: field 'content' is empty"),
         ([{"role": "user", "content": "Hi"}, {"role": "assistant"}], "messages[1]: missing field 'content'"),
         ([{"role": "user", "content": "Hi"}], "has no assistant turn"),
-        ([{"role": "user", "content": "Hi"}, {"role": "system", "content": "x"}, {"role": "assistant", "content": "y"}], "turn 1 is a system message"),
+        ([{"role": "user", "content": "Hi"}, {"role": "system", "content": "x"}, {"role": "assistant", "content": "y"}],
+         "turn 1 is a system message"),
         ("hello", "must be a list of turns, got text"),
         ([], "field 'messages' is empty"),
     ],
@@ -128,7 +132,8 @@ def test_invalid_rows_refuse_unless_skipped(tmp_path):
     with pytest.raises(DatasetError) as refused:
         prepare_dataset(source, tokenizer, max_length=64)
     message = str(refused.value)
-    assert "2 of 4 rows are invalid" in message and "line 2: bad JSON" in message and "line 3: field 'output'" in message
+    assert ("2 of 4 rows are invalid" in message and "line 2: bad JSON" in message
+            and "line 3: field 'output'" in message)
     assert "'Skip invalid rows' in the page, --skip-invalid on the command line) to use the 2 valid row(s)." in message
     prepared = prepare_dataset(source, tokenizer, max_length=64, skip_invalid=True)
     assert [example.number for example in prepared.examples] == [1, 4]
@@ -143,12 +148,12 @@ def test_a_run_lists_the_rows_it_skips_once_per_file_and_drops_the_list_once_the
     kept, held_out = split(prepared, 0.25, seed=0)  # a held-out share: the same file's report
     again = prepare_dataset(source, tokenizer, max_length=64, skip_invalid=True)  # an eval file that is the dataset
     for eval_set in (held_out, again):
-        assert TrainingData(kept, eval_set, [], 0).record_skipped_rows(tmp_path) == 2
+        assert TrainingData(kept, eval_set, [], 0).record_skipped_rows(RunFolder(tmp_path)) == 2
         listing = (tmp_path / SKIPPED_ROWS).read_text()
         assert listing.count("d.jsonl: 2 of 4 rows are invalid") == 1 and "  line 2: bad JSON" in listing
     fixed = write_lines(tmp_path / "d.jsonl", [good_line()] * 4)  # fixed before the run resumes
     clean = prepare_dataset(fixed, tokenizer, max_length=64)
-    assert TrainingData(clean, None, [], 0).record_skipped_rows(tmp_path) == 0
+    assert TrainingData(clean, None, [], 0).record_skipped_rows(RunFolder(tmp_path)) == 0
     assert not (tmp_path / SKIPPED_ROWS).exists()
 
 def test_all_rows_invalid_is_refused_even_when_skipping(tmp_path):

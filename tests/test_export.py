@@ -10,10 +10,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from app.cli import main
-from core.export import export_adapters
-from core.lora_errors import AdapterFileError
-from core.store import Store
-from core.store_errors import AdapterNotFound
+from core.export.exporter import export_adapters
+from core.lora.errors import AdapterFileError
+from core.store.database import Store
+from core.store.errors import AdapterNotFound
 from tests.export_helpers import live_logits, make_adapter
 from tests.tiny_models import make_tiny_llama
 
@@ -92,15 +92,14 @@ def test_peft_export_as_folder_and_zip_round_trips(tiny_llama_dir, adapters, tmp
 
 def test_a_changed_chat_template_fails_the_parity_check_visibly(tiny_llama_dir, adapters, tmp_path, monkeypatch,
                                                                capsys):
-    from core import export_merged
-
+    from core.export import merged as export_merged
     real_save = export_merged.save_merged
 
     def save_with_lost_template(model, tokenizer, folder, *args):
         tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
         return real_save(model, tokenizer, folder, *args)
 
-    monkeypatch.setattr("core.export.save_merged", save_with_lost_template)
+    monkeypatch.setattr("core.export.exporter.save_merged", save_with_lost_template)
     code = main(["merge", "--adapter", str(adapters[0]), "--base", str(tiny_llama_dir), "--out", str(tmp_path / "m")])
 
     out, err = capsys.readouterr()
@@ -112,8 +111,7 @@ def test_a_changed_chat_template_fails_the_parity_check_visibly(tiny_llama_dir, 
 
 
 def test_changed_weights_fail_the_parity_check(tiny_llama_dir, adapters, tmp_path, monkeypatch):
-    from core import export_merged
-
+    from core.export import merged as export_merged
     real_save = export_merged.save_merged
 
     def save_perturbed(model, tokenizer, folder, *args):
@@ -121,7 +119,7 @@ def test_changed_weights_fail_the_parity_check(tiny_llama_dir, adapters, tmp_pat
             model.lm_head.weight.add_(0.05)
         return real_save(model, tokenizer, folder, *args)
 
-    monkeypatch.setattr("core.export.save_merged", save_perturbed)
+    monkeypatch.setattr("core.export.exporter.save_merged", save_perturbed)
     result = export_adapters([str(adapters[0])], "merged", tmp_path / "m", base=str(tiny_llama_dir))
 
     assert result.status == "parity_failed"
@@ -145,7 +143,8 @@ def test_cli_merge_and_export_print_json_last(tiny_llama_dir, adapters, tmp_path
 
 
 def test_missing_adapter_is_a_clear_error(tmp_path, capsys):
-    assert main(["export", "--adapter", str(tmp_path / "nope"), "--format", "merged", "--out", str(tmp_path / "o")]) == 2
+    assert main(["export", "--adapter", str(tmp_path / "nope"), "--format", "merged",
+                 "--out", str(tmp_path / "o")]) == 2
     assert "does not exist" in capsys.readouterr().err
     with pytest.raises(AdapterNotFound, match="No run or registered adapter is called 'r-unknown'"):
         export_adapters(["r-unknown"], "merged", tmp_path / "o")
@@ -180,7 +179,7 @@ def test_full_disk_removes_the_partial_export_and_records_nothing(tiny_llama_dir
         open(path, "wb").write(b"partial")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("core.export_merged.save_tensors", write_then_fail)
+    monkeypatch.setattr("core.export.merged.save_tensors", write_then_fail)
     with pytest.raises(Exception, match="The disk is full") as error:
         export_adapters([str(adapters[0])], "merged", tmp_path / "out", base=str(tiny_llama_dir))
     assert "Free some disk space" in str(error.value)

@@ -15,10 +15,10 @@ from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from app.cli import main
-from core.export import export_adapters
-from core.export_output import ExportError
-from core.parity import compare_outputs, model_outputs
-from core.store import Store
+from core.export.exporter import export_adapters
+from core.export.output import ExportError
+from core.export.parity import compare_outputs, model_outputs
+from core.store.database import Store
 from tests.export_helpers import live_logits, make_adapter
 from tests.tiny_models import make_tiny_llama
 

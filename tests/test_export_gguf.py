@@ -11,10 +11,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.modeling_gguf_pytorch_utils import LlamaTensorProcessor
 
 from app.cli import main
-from core.export import export_adapters
-from core.export_gguf import GgufExportError, permute_rotary
-from core.parity import compare_outputs, model_outputs
-from core.store import Store
+from core.export.exporter import export_adapters
+from core.export.gguf import GgufExportError, permute_rotary
+from core.export.parity import compare_outputs, model_outputs
+from core.store.database import Store
 from tests.export_helpers import make_adapter
 
 
@@ -54,7 +54,8 @@ def test_f16_gguf_answers_like_the_merged_model_and_keeps_the_chat_template(tiny
     print(f"\nf16 GGUF vs live adapter: max logit difference {parity['max_logit_diff']:.2e} "
           f"(largest |logit| {parity['logit_scale']:.2f})")
     assert result.status == merged.status == "done" and result.format == "gguf-f16"
-    assert parity["greedy_agree"] and parity["template_same"] and 0 < parity["max_logit_diff"] < 0.005 * parity["logit_scale"]
+    assert (parity["greedy_agree"] and parity["template_same"]
+            and 0 < parity["max_logit_diff"] < 0.005 * parity["logit_scale"])
     reader = gguf.GGUFReader(tmp_path / "gguf" / "gguf.f16.gguf")
     assert reader.fields["tokenizer.ggml.model"].contents() == "gpt2"
     assert reader.fields["general.architecture"].contents() == "llama"
@@ -74,7 +75,8 @@ def test_q8_0_gguf_stays_close(tiny_llama_dir, adapter, tmp_path, capsys):
     parity = result["parity"]["checks"][0]
     with capsys.disabled():
         print(f"\nq8_0 GGUF vs live adapter: max logit difference {parity['max_logit_diff']:.2e} "
-              f"(largest |logit| {parity['logit_scale']:.2f}), greedy agreement {parity['greedy_matches']}/{parity['prompts']}")
+              f"(largest |logit| {parity['logit_scale']:.2f}), "
+              f"greedy agreement {parity['greedy_matches']}/{parity['prompts']}")
     assert result["status"] == "done" and parity["template_same"]
     assert parity["max_logit_diff"] < 0.03 * parity["logit_scale"]
     reader = gguf.GGUFReader(tmp_path / "q8" / "q8.q8_0.gguf")
@@ -131,7 +133,7 @@ def test_default_model_exports_to_merged_and_gguf_with_greedy_parity(default_mod
 def test_the_cli_says_a_quantized_exports_greedy_difference_is_allowed(capsys):
     """A q8_0 export whose greedy answers changed passed its check; "DIFFER" alone read as a failure."""
     from app.cli.export import _report
-    from core.export import ExportResult
+    from core.export.exporter import ExportResult
 
     check = {"target": "gguf-q8_0", "max_logit_diff": 0.005, "tolerance": 0.1, "greedy_agree": False,
              "greedy_required": False, "greedy_matches": 2, "prompts": 3, "template_same": True, "problems": []}

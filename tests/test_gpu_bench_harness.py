@@ -17,7 +17,8 @@ def test_token_rows_are_exactly_the_asked_length_in_the_vocabulary(tmp_path):
     from bench.random_llama import word_tokenizer
 
     tokenizer = word_tokenizer(SIZES["tiny"]["vocab_size"])
-    rows = [json.loads(line)["text"] for line in write_token_rows(tmp_path / "t.jsonl", 3, 50, 512).read_text().splitlines()]
+    rows = [json.loads(line)["text"]
+            for line in write_token_rows(tmp_path / "t.jsonl", 3, 50, 512).read_text().splitlines()]
     ids = [tokenizer(text)["input_ids"] for text in rows]
     assert [len(row) for row in ids] == [49, 49, 49]  # + the end token the renderer appends = 50
     assert all(0 <= token < 511 for row in ids for token in row) and len({tuple(row) for row in ids}) == 3
@@ -29,7 +30,8 @@ def test_the_gpu_harness_trains_both_systems_and_reports_on_the_cpu(tmp_path):
                "--peft-sizes", "tiny", "--seq", "48", "--batch", "2", "--steps", "4", "--out", str(out)]
     finished = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0, finished.stderr[-2000:]
-    rows = {(row["mode"], row["system"]): row for row in map(json.loads, (out / "results.jsonl").read_text().splitlines())}
+    rows = {(row["mode"], row["system"]): row
+            for row in map(json.loads, (out / "results.jsonl").read_text().splitlines())}
     assert sorted(rows) == [("lora", "forge"), ("lora", "peft"), ("qlora", "forge"), ("qlora", "peft")]
     for row in rows.values():
         assert "error" not in row, row.get("error")

@@ -10,26 +10,26 @@ import time
 from pathlib import Path
 
 from app.cli import main
-from core.jobs import submit
-from core.process_groups import group_members
-from core.processes import process_start_time
-from core.store import Store
-from tests.job_helpers import (  # noqa: F401  (stop_leftovers is a fixture)
+from core.jobs.background import submit
+from core.jobs.process_groups import group_members
+from core.store.database import Store
+from core.store.processes import process_start_time
+from tests.job_helpers import (
     ROOT,
     checkpoint_step,
     runs_json,
-    stop_leftovers,
     supervisor_pid,
     tiny_config,
     wait_for,
 )
+from tests.store_helpers import integrity_ok
 
 STARTER = """
 import sys, time
 from app.cli import main
-from core.jobs import submit
-from core.store import Store
-from core.train_config import TrainConfig
+from core.jobs.background import submit
+from core.store.database import Store
+from core.training.config import TrainConfig
 with Store() as store:
     print(submit(store, TrainConfig.from_yaml(sys.argv[1])), flush=True)
 time.sleep(600)
@@ -83,7 +83,7 @@ def test_killed_job_is_interrupted_on_the_next_read_and_resume_continues_from_it
         run = store.get_run(run_id)
         assert run["status"] == "completed" and run["summary"]["steps"] == 24
         assert [row["step"] for row in store.metrics(run_id, "train")] == list(range(1, 25))
-        assert store.integrity_ok()
+        assert integrity_ok(store.path)
 
 
 def test_two_submissions_at_once_run_one_after_the_other(tiny_llama_dir, tmp_path, stop_leftovers):

@@ -11,13 +11,14 @@ from pathlib import Path
 import pytest
 
 from app.cli import main
-from core.jobs import RunNotResumable, cancel, resume_in_background, submit
-from core.process_groups import group_members
-from core.processes import process_start_time
-from core.runs import create_run
-from core.store import Store
-from core.supervisor import supervisor_running
-from tests.job_helpers import runs_json, stop_leftovers, tiny_config, wait_for  # noqa: F401  (stop_leftovers is a fixture)
+from core.jobs.background import RunNotResumable, cancel, resume_in_background, submit
+from core.jobs.process_groups import group_members
+from core.jobs.runs import create_run
+from core.jobs.supervisor import supervisor_running
+from core.store.database import Store
+from core.store.processes import process_start_time
+from tests.job_helpers import runs_json, tiny_config, wait_for
+from tests.store_helpers import integrity_ok
 
 
 def test_cancel_stops_the_running_job_and_the_queued_one_never_starts(
@@ -45,7 +46,7 @@ def test_cancel_stops_the_running_job_and_the_queued_one_never_starts(
         assert never["status"] == "cancelled" and never["started"] is None and never["pid"] is None
         assert not (Path(never["run_dir"]) / "job.log").exists()
         assert store.metrics(waiting) == []
-        assert store.integrity_ok()
+        assert integrity_ok(store.path)
 
 
 def test_a_cancelled_run_resumed_with_the_cli_flag_completes(tiny_llama_dir, tmp_path, capsys, stop_leftovers):

@@ -11,12 +11,13 @@ from pathlib import Path
 import pytest
 
 from app.cli import main
-from app.run_view import runs_table
-from core.adapters import LoraSettings, add_adapter
-from core.job_settings import JobSettings, SettingsError, load_job_settings
-from core.peft_format import save_adapter
-from core.store import Store
+from app.web.runs.view import runs_table
+from core.jobs.settings import JobSettings, SettingsError, load_job_settings
+from core.lora.model import LoraSettings, add_adapter
+from core.lora.peft_format import save_adapter
+from core.store.database import Store
 from tests.lora_helpers import load
+from tests.store_helpers import integrity_ok
 
 
 def error_line(capsys) -> str:
@@ -45,7 +46,7 @@ def test_resume_with_a_missing_run_folder_exits_2_and_changes_nothing(background
     assert "config.yaml is missing" in error_line(capsys)
     with Store() as store:
         assert store.get_run(run_id)["status"] == "interrupted"
-        assert store.integrity_ok()
+        assert integrity_ok(store.path)
 
 
 def test_resume_of_a_completed_run_is_refused(capsys):

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from core.lora import LoraAdapter, LoraLayer
-from core.lora_errors import AdapterStateError, NonFiniteMergeError
+from core.lora.errors import AdapterStateError, NonFiniteMergeError
+from core.lora.layer import LoraAdapter, LoraLayer
 
 
 def layer_with(base: nn.Module, seed: int = 0, **options) -> LoraLayer:
@@ -240,7 +240,7 @@ def two_adapter_layer(base: nn.Module, **options) -> LoraLayer:
 
 
 def ran_fused(out: torch.Tensor) -> bool:
-    """Whether `out` came from the one-node LoRA linear (core.lora_fused), looking through reshaping views."""
+    """Whether `out` came from the one-node LoRA linear (core.lora.fused), looking through reshaping views."""
     node = out.grad_fn
     while type(node).__name__ in ("ViewBackward0", "ReshapeAliasBackward0"):
         node = node.next_functions[0][0]

@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-import core.loss
-from core.adapters import LoraSettings, add_adapter
+import core.training.loss
 from core.data import IGNORE_INDEX
-from core.loss import trained_token_loss
-from core.models import load_base_model
+from core.lora.model import LoraSettings, add_adapter
+from core.models.loading import load_base_model
+from core.training.loss import trained_token_loss
 from tests.lora_helpers import randomize
 
 
@@ -52,9 +52,9 @@ def test_the_chunked_frozen_head_loss_gives_the_plain_loss_and_gradients(tiny_ll
         model.config.final_logit_softcapping = softcap
         add_adapter(model, "a", LoraSettings(r=4, targets="all-linear"))
         randomize(model, "a")
-        monkeypatch.setattr(core.loss, "LOGITS_PER_CHUNK", 7 * model.config.vocab_size)
+        monkeypatch.setattr(core.training.loss, "LOGITS_PER_CHUNK", 7 * model.config.vocab_size)
         if not chunked:
-            monkeypatch.setattr(core.loss, "_is_frozen_linear", lambda head: False)
+            monkeypatch.setattr(core.training.loss, "_is_frozen_linear", lambda head: False)
         total, count = trained_token_loss(model, {"input_ids": ids, "labels": labels, "use_cache": False})
         (total / count).backward()
         results.append((total.detach(), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}))
@@ -74,7 +74,7 @@ def test_the_chunked_loss_without_gradients_gives_the_same_sum(tiny_llama_dir, m
     inputs = {"input_ids": ids, "labels": ids.clone(), "use_cache": False}
     with torch.no_grad():
         whole, _ = trained_token_loss(model, inputs)
-        monkeypatch.setattr(core.loss, "LOGITS_PER_CHUNK", 3 * model.config.vocab_size)
+        monkeypatch.setattr(core.training.loss, "LOGITS_PER_CHUNK", 3 * model.config.vocab_size)
         chunked, count = trained_token_loss(model, inputs)
     assert count == 39 and not chunked.requires_grad
     torch.testing.assert_close(chunked, whole, rtol=1e-6, atol=1e-5)

@@ -8,9 +8,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from core.errors import ModelSourceError
-from core.models import CHATML_TEMPLATE, count_parameters, default_gguf_path, load_base_model
-from core.quantize import quantize_linears
+from core.models.errors import ModelSourceError
+from core.models.loading import CHATML_TEMPLATE, count_parameters, default_gguf_path, load_base_model
+from core.models.quantize import quantize_linears
 from tests.tiny_models import make_tiny_llama
 
 TOKENS = torch.tensor([[5, 17, 42, 99, 3, 250, 7, 64]])
@@ -42,7 +42,8 @@ def test_cpu_weights_are_copied_out_of_the_file_mapping(tiny_llama_dir):
     assert on_disk and all(torch.equal(state[name], tensor) for name, tensor in on_disk.items())
 
 
-@pytest.mark.parametrize("dtype, expected", [("fp32", torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16)])
+@pytest.mark.parametrize("dtype, expected",
+                         [("fp32", torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16)])
 def test_local_folder_loads_in_each_dtype(tiny_llama_dir, dtype, expected):
     loaded = load_base_model(str(tiny_llama_dir), dtype=dtype)
     assert {p.dtype for p in loaded.model.parameters()} == {expected}

@@ -6,9 +6,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from core.adapters import LoraSettings, add_adapter, adapter_names, lora_layers, unload
-from core.lora_errors import AdapterFileError
-from core.peft_format import CONFIG_FILE, WEIGHTS_FILE, inspect_adapter, load_adapter, peft_key, save_adapter
+from core.lora.errors import AdapterFileError
+from core.lora.model import LoraSettings, adapter_names, add_adapter, lora_layers, unload
+from core.lora.peft_format import CONFIG_FILE, WEIGHTS_FILE, inspect_adapter, load_adapter, peft_key, save_adapter
 from tests.lora_helpers import assert_same_state, load, logits, randomize, state_snapshot
 
 Q0 = "model.layers.0.self_attn.q_proj"
@@ -146,7 +146,7 @@ def test_folder_without_config_explains_what_is_needed(tmp_path, tiny_llama_dir)
 
 
 def test_loading_under_a_taken_name_changes_nothing(saved, tiny_llama_dir):
-    from core.lora_errors import AdapterConfigError
+    from core.lora.errors import AdapterConfigError
 
     model = load(tiny_llama_dir)
     load_adapter(model, saved[0], "mine")

@@ -6,10 +6,10 @@ import torch
 peft = pytest.importorskip("peft")
 from peft import LoraConfig, PeftModel, get_peft_model  # noqa: E402
 
-from core.adapters import LoraSettings, add_adapter, merge, set_active, unload  # noqa: E402
-from core.compose import combine_adapters  # noqa: E402
-from core.peft_format import load_adapter, save_adapter  # noqa: E402
-from core.quantize import quantize_linears  # noqa: E402
+from core.lora.compose import combine_adapters  # noqa: E402
+from core.lora.model import LoraSettings, add_adapter, merge, set_active, unload  # noqa: E402
+from core.lora.peft_format import load_adapter, save_adapter  # noqa: E402
+from core.models.quantize import quantize_linears  # noqa: E402
 from tests.lora_helpers import load, logits, randomize  # noqa: E402
 
 PARITY = 1e-5
@@ -24,8 +24,10 @@ CASES = {
 
 def peft_config(settings: dict, **extra) -> LoraConfig:
     targets = settings["targets"]
-    targets = {"attention": ["q_proj", "k_proj", "v_proj", "o_proj"], "all-linear": "all-linear"}.get(targets, targets) \
+    targets = (
+        {"attention": ["q_proj", "k_proj", "v_proj", "o_proj"], "all-linear": "all-linear"}.get(targets, targets)
         if isinstance(targets, str) else targets
+    )
     return LoraConfig(
         r=settings["r"], lora_alpha=settings["alpha"], target_modules=targets, task_type="CAUSAL_LM",
         use_rslora=settings.get("use_rslora", False), use_dora=settings.get("use_dora", False), **extra,

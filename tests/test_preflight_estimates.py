@@ -3,12 +3,12 @@ a run fit (batch size, max length, nf4, gradient checkpointing), and the picture
 
 import pytest
 
-from app.preflight_panels import length_chart, memory_gauge
+from app.web.train.panels import length_chart, memory_gauge
 from core.data import data_preflight
 from core.data.preflight import length_histogram
-from core.models import load_base_model
-from core.preflight import count_trainable, estimate_memory, machine_memory_mb
-from core.train_config import TrainConfig
+from core.models.loading import load_base_model
+from core.training.config import TrainConfig
+from core.training.preflight import count_trainable, estimate_memory, machine_memory_mb
 from tests.job_helpers import DATES
 
 

@@ -1,9 +1,9 @@
 """Comparing runs: only the settings that differ are listed, in config order, and each run's final figures come
 from its summary or, while it has none, its newest metrics."""
 
-from app.run_compare import diff_table, run_labels
-from core.run_diff import config_differences, final_figures
-from core.store import Store
+from app.web.runs.compare import diff_table, run_labels
+from core.store.compare import config_differences, final_figures
+from core.store.database import Store
 
 
 def test_only_differing_settings_are_listed_in_config_order():

@@ -5,8 +5,8 @@ import re
 
 import pytest
 
-from app.run_view import progress_html, stats_markdown
-from core.store import Store
+from app.web.runs.view import progress_html, stats_markdown
+from core.store.database import Store
 
 
 @pytest.fixture

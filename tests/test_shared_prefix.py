@@ -7,16 +7,15 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-import core.preflight
-
-from core.adapters import LoraSettings, add_adapter
+import core.training.preflight
 from core.data import BatchSettings, RenderedExample, iterate_batches, prepare_dataset
 from core.data.prefixes import prefix_groups
 from core.data.render import IGNORE_INDEX
-from core.loss import trained_token_loss
-from core.packed_attention import packed_attention, use_packed_attention
-from core.train_config import TrainConfig
-from core.train_data import batch_settings
+from core.lora.model import LoraSettings, add_adapter
+from core.models.packed_attention import packed_attention, use_packed_attention
+from core.training.config import TrainConfig
+from core.training.data_plan import batch_settings
+from core.training.loss import trained_token_loss
 from tests.job_helpers import DATES
 from tests.lora_helpers import randomize
 
@@ -86,9 +85,12 @@ def test_a_shared_prefix_is_laid_once_and_counted_once_per_example():
     ordered = [examples[number - 1] for number in shared_batch.example_numbers]
     assert shared_batch.segment_prefixes == (-1, 0, 0, 0)
     assert shared_batch.input_ids.tolist() == [[5, 6, 7, 8] + [t for e in ordered for t in e.input_ids[4:]]]
-    assert shared_batch.position_ids.tolist() == [list(range(4)) + [p for e in ordered for p in range(4, len(e.input_ids))]]
+    assert shared_batch.position_ids.tolist() == [
+        list(range(4)) + [p for e in ordered for p in range(4, len(e.input_ids))]
+    ]
     assert shared_batch.boundaries.diff().tolist() == [4] + [len(e.input_ids) - 4 for e in ordered]
-    assert (shared_batch.tokens, shared_batch.trained_tokens) == (plain.tokens, plain.trained_tokens) == (4 * 3 + 18, 3 + 2 + 5)
+    assert ((shared_batch.tokens, shared_batch.trained_tokens) == (plain.tokens, plain.trained_tokens)
+            == (4 * 3 + 18, 3 + 2 + 5))
     assert shared_batch.input_ids.shape[1] == plain.input_ids.shape[1] - 2 * 4
     assert plain.segment_prefixes == () and "segment_prefixes" not in plain.model_inputs()
     assert shared_batch.model_inputs()["segment_prefixes"] == (-1, 0, 0, 0)
@@ -163,7 +165,8 @@ def test_runs_share_the_prefix_only_when_they_attend_per_example_and_nothing_dro
 
 def test_preflight_counts_what_the_batches_share_and_estimates_time_for_the_rest(tiny_llama_dir):
     config = TrainConfig(base=str(tiny_llama_dir), dataset=str(DATES), batch_size=8, seed=5)
-    shared, separate = core.preflight.preflight(config), core.preflight.preflight(replace(config, dropout=0.05))
+    shared, separate = (core.training.preflight.preflight(config),
+                        core.training.preflight.preflight(replace(config, dropout=0.05)))
 
     examples = prepare_dataset(DATES, AutoTokenizer.from_pretrained(tiny_llama_dir), max_length=config.max_len).examples
     batches = list(iterate_batches(examples, BatchSettings(batch_size=8, seed=5, share_prefix=True), 0, epochs=1))

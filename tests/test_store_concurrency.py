@@ -5,8 +5,9 @@ import multiprocessing
 import os
 from pathlib import Path
 
-from core.processes import process_start_time
-from core.store import Store
+from core.store.database import Store
+from core.store.processes import process_start_time
+from tests.store_helpers import integrity_ok
 
 WORKERS = 4
 ROWS = 300
@@ -55,7 +56,7 @@ def test_concurrent_writers_lose_no_rows(tmp_path):
         assert [row["step"] for row in rows] == list(range(WORKERS * ROWS))
         assert all(row["tokens"] == row["step"] // ROWS for row in rows)
         assert len(store.list_runs()) == 1 + WORKERS * (ROWS // 50)
-        assert store.integrity_ok()
+        assert integrity_ok(store.path)
 
 
 def test_racing_claimers_take_each_run_exactly_once(tmp_path):
@@ -71,4 +72,4 @@ def test_racing_claimers_take_each_run_exactly_once(tmp_path):
         assert {run["status"] for run in store.list_runs()} == {"running"}
         pids = {store.get_run(run_id)["pid"] for run_id in claims[0]}
         assert len(pids) <= 1  # each run records the process that claimed it
-        assert store.integrity_ok()
+        assert integrity_ok(store.path)

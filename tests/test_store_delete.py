@@ -4,9 +4,11 @@ from pathlib import Path
 
 import pytest
 
-from core.runs import delete_run
-from core.store import Store
-from core.store_errors import RunActive
+from core.jobs.adapters import register_adapter
+from core.jobs.runs import delete_run
+from core.store.database import Store
+from core.store.errors import RunActive
+from tests.store_helpers import integrity_ok
 from tests.test_store import make_peft_folder, new_run
 
 
@@ -17,7 +19,7 @@ def finished_run_with_everything(store: Store) -> str:
     store.set_status(run_id, "running")
     store.add_metrics(run_id, [{"step": 1, "loss": 2.0}])
     store.add_sample(run_id, 1, 0, "hi", "hello")
-    adapter = store.register_adapter(make_peft_folder(Path(run_dir) / "adapter"), run_id=run_id)
+    adapter = register_adapter(store, make_peft_folder(Path(run_dir) / "adapter"), run_id=run_id)
     store.add_export("merged", "/exports/m", adapter_id=adapter["id"], run_id=run_id)
     store.set_status(run_id, "failed", error="boom")
     return run_id
@@ -36,7 +38,7 @@ def test_delete_removes_records_and_the_run_folder(loraforge_home):
         assert store.metrics(run_id) == [] and store.samples(run_id) == [] and store.adapters() == []
         export = store.exports()[0]
         assert (export["path"], export["adapter_id"], export["run_id"]) == ("/exports/m", None, None)
-        assert store.integrity_ok()
+        assert integrity_ok(store.path)
 
 
 def test_delete_refuses_queued_and_running_runs_and_changes_nothing(loraforge_home):

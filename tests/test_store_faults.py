@@ -8,8 +8,9 @@ import time
 import pytest
 
 from core.errors import LoraForgeError
-from core.store import Store
-from core.store_errors import DatabaseBusy, DatabaseDamaged
+from core.store.database import Store
+from core.store.errors import DatabaseBusy, DatabaseDamaged
+from tests.store_helpers import integrity_ok
 
 
 def filled_database(path, rows: int = 3000):
@@ -69,7 +70,7 @@ def test_lock_held_past_the_busy_timeout_writes_nothing(tmp_path):
         holder.rollback()
         holder.close()
         assert len(store.metrics(run_id)) == 3 and len(store.list_runs()) == 1
-        assert store.integrity_ok()
+        assert integrity_ok(store.path)
         store.create_run("after", {}, "tiny", None, None)  # the store is usable again
         assert len(store.list_runs()) == 2
 

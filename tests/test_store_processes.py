@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from core.processes import process_alive, process_start_time
-from core.store import Store
+from core.store.database import Store
+from core.store.processes import process_alive, process_start_time
 
 
 @pytest.fixture
@@ -60,7 +60,7 @@ def test_run_of_a_killed_process_is_marked_interrupted(store, sleeper):
     assert store.mark_stale_runs_interrupted() == [run_id]
     run = store.get_run(run_id)
     assert run["status"] == "interrupted" and run["finished"] is not None
-    assert f"python launch.py resume {run_id}" in run["error"]
+    assert "ended without finishing the run. Resume the run" in run["error"]
     assert store.mark_stale_runs_interrupted() == []  # already done
 
 

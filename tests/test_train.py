@@ -14,13 +14,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import core.checkpoint
-import core.train
-from core.checkpoint import CheckpointError, checkpoints, newest_checkpoint
-from core.devices import cpu_has_bf16_products, training_dtype
-from core.store import Store
-from core.train import TrainingError, learning_rate, train
-from core.train_config import ConfigError, TrainConfig
+import core.training.checkpoint
+import core.training.loop
+from core.models.devices import cpu_has_bf16_products, training_dtype
+from core.store.database import Store
+from core.training.checkpoint import CheckpointError, checkpoints, newest_checkpoint
+from core.training.config import ConfigError, TrainConfig
+from core.training.loop import TrainingError, learning_rate, train
 
 REPO = Path(__file__).resolve().parents[1]
 DATES = str(REPO / "assets/samples/dates.train.jsonl")
@@ -133,8 +133,9 @@ def logged_step(runs: Path, step: int) -> bool:
 
 def test_resume_after_sigkill_ends_with_the_same_adapter(tiny_llama_dir, tmp_path):
     """A run killed with SIGKILL mid-training and resumed equals an uninterrupted run (within 1e-5)."""
-    common = ["--config", short_samples(tmp_path), "--base", str(tiny_llama_dir), "--dataset", DATES, "--max-steps", "40", "--save-every", "4",
-              "--batch-size", "4", "--lr", "5e-3", "--dropout", "0.1", "--targets", "all-linear", "--max-len", "128"]
+    common = ["--config", short_samples(tmp_path), "--base", str(tiny_llama_dir), "--dataset", DATES,
+              "--max-steps", "40", "--save-every", "4", "--batch-size", "4", "--lr", "5e-3", "--dropout", "0.1",
+              "--targets", "all-linear", "--max-len", "128"]
     reference = cli("train", *common, home=tmp_path / "reference")
     out, err = reference.communicate(timeout=600)
     assert reference.returncode == 0, err
@@ -174,8 +175,8 @@ def test_resume_after_sigkill_ends_with_the_same_adapter(tiny_llama_dir, tmp_pat
 
 def test_sigterm_saves_a_checkpoint_and_stops_cleanly(tiny_llama_dir, tmp_path):
     home = tmp_path / "home"
-    job = cli("train", "--config", short_samples(tmp_path), "--base", str(tiny_llama_dir), "--dataset", DATES, "--max-steps", "500", "--save-every", "1000",
-              "--batch-size", "4", "--max-len", "128", home=home)
+    job = cli("train", "--config", short_samples(tmp_path), "--base", str(tiny_llama_dir), "--dataset", DATES,
+              "--max-steps", "500", "--save-every", "1000", "--batch-size", "4", "--max-len", "128", home=home)
     deadline = time.monotonic() + 300
     while not logged_step(home / "runs", 1):  # a training step, not only the evaluation before it
         assert job.poll() is None and time.monotonic() < deadline
@@ -241,7 +242,8 @@ def test_a_stop_during_a_step_abandons_it_checkpoints_the_last_one_and_resumes_e
         hook.remove()
     assert (stopped.status, stopped.steps, stopped.adapter_dir) == ("interrupted", 2, None)
     assert [p.name for p in checkpoints(tmp_path / "run")] == ["step-000002"]
-    assert [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()] == [0, 1, 2]
+    assert [json.loads(line)["step"]
+            for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()] == [0, 1, 2]
 
     resumed = train(config, tmp_path / "run", resume=True)
     assert (resumed.status, resumed.steps) == ("completed", 6)
@@ -253,14 +255,14 @@ def test_a_stop_during_a_step_abandons_it_checkpoints_the_last_one_and_resumes_e
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_llama_dir, tmp_path, monkeypatch):
-    real_loss, calls = core.train.trained_token_loss, []
+    real_loss, calls = core.training.loop.trained_token_loss, []
 
     def loss_that_explodes_at_step_4(model, inputs):
         calls.append(1)
         loss, count = real_loss(model, inputs)
         return (loss * float("nan"), count) if len(calls) == 4 else (loss, count)
 
-    monkeypatch.setattr(core.train, "trained_token_loss", loss_that_explodes_at_step_4)
+    monkeypatch.setattr(core.training.loop, "trained_token_loss", loss_that_explodes_at_step_4)
     with pytest.raises(TrainingError, match="loss became nan at step 4.*Lower the learning rate"):
         train(tiny_config(tiny_llama_dir, eval_share=0), tmp_path / "run")
     assert [p.name for p in checkpoints(tmp_path / "run")] == ["step-000002"]
@@ -268,7 +270,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_llama_dir, tmp_p
 
 
 def test_full_disk_during_a_save_keeps_the_previous_checkpoint(tiny_llama_dir, tmp_path, monkeypatch):
-    real_save, saves = core.checkpoint.save_tensors, []
+    real_save, saves = core.training.checkpoint.save_tensors, []
 
     def save_that_fills_the_disk(tensors, path, *args, **kwargs):
         if "step-000004" in str(path):
@@ -276,7 +278,7 @@ def test_full_disk_during_a_save_keeps_the_previous_checkpoint(tiny_llama_dir, t
         saves.append(path)
         return real_save(tensors, path, *args, **kwargs)
 
-    monkeypatch.setattr(core.checkpoint, "save_tensors", save_that_fills_the_disk)
+    monkeypatch.setattr(core.training.checkpoint, "save_tensors", save_that_fills_the_disk)
     with pytest.raises(CheckpointError, match=r"disk is full .* step 4 .*step-000002\) is intact"):
         train(tiny_config(tiny_llama_dir, eval_share=0), tmp_path / "run")
     root = tmp_path / "run" / "checkpoints"
@@ -292,7 +294,7 @@ def test_out_of_memory_retries_with_half_the_batch_and_the_same_effective_batch(
     # fp32: a bf16 base rounds each product's output, so rows split differently differ by more than the summation
     config = tiny_config(tiny_llama_dir, eval_share=0, dropout=0.0, max_steps=6, dtype="fp32")
     expected = adapter_tensors(train(config, tmp_path / "reference").adapter_dir)
-    real_loss, calls, events = core.train.trained_token_loss, [], []
+    real_loss, calls, events = core.training.loop.trained_token_loss, [], []
 
     def loss_without_room_for_four(model, inputs):
         calls.append(1)
@@ -302,7 +304,7 @@ def test_out_of_memory_retries_with_half_the_batch_and_the_same_effective_batch(
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
         return real_loss(model, inputs)
 
-    monkeypatch.setattr(core.train, "trained_token_loss", loss_without_room_for_four)
+    monkeypatch.setattr(core.training.loop, "trained_token_loss", loss_without_room_for_four)
     result = train(config, tmp_path / "run", events=lambda kind, payload: events.append((kind, payload)))
     assert ("oom_retry", {"batch_size": 2, "grad_accum": 2}) in events
     assert result.status == "completed" and result.steps == 6
@@ -317,7 +319,7 @@ def test_out_of_memory_with_an_odd_batch_names_the_settings_to_change(tiny_llama
     def no_memory(model, inputs):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
 
-    monkeypatch.setattr(core.train, "trained_token_loss", no_memory)
+    monkeypatch.setattr(core.training.loop, "trained_token_loss", no_memory)
     with pytest.raises(TrainingError, match="ran out of memory with --batch-size 3.*--grad-accum.*--quant nf4"):
         train(tiny_config(tiny_llama_dir, batch_size=3), tmp_path / "run")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from core.store import Store
+from core.store.database import Store
 from tests.test_train import DATES, DATES_EVAL, REPO
 
 
@@ -116,10 +116,11 @@ def test_bad_dataset_gets_line_numbers_and_starts_nothing(tiny_llama_dir, tmp_pa
 def test_a_run_that_skips_invalid_rows_names_them_in_its_folder_its_json_and_the_runs_tab(tiny_llama_dir, tmp_path):
     from markdown_it import MarkdownIt
 
-    from app.run_view import stats_markdown
+    from app.web.runs.view import stats_markdown
 
     mixed = tmp_path / "mi*x*ed<b>.jsonl"  # markdown and markup in a name the listing quotes
-    mixed.write_text(Path(DATES).read_text() + '{"instruction": "a"}\n{"messages": [{"role": "robot", "content": "x"}]}\n')
+    mixed.write_text(Path(DATES).read_text()
+                     + '{"instruction": "a"}\n{"messages": [{"role": "robot", "content": "x"}]}\n')
     result = run_cli("train", "--base", str(tiny_llama_dir), "--dataset", str(mixed), "--eval-file", str(mixed),
                      "--skip-invalid", "--max-steps", "2", "--batch-size", "4", "--rank", "4", "--targets",
                      "q_proj,v_proj", home=tmp_path / "home")  # the eval file is the dataset: its rows listed once
@@ -128,7 +129,8 @@ def test_a_run_that_skips_invalid_rows_names_them_in_its_folder_its_json_and_the
     listing = (Path(final["run_dir"]) / "skipped_rows.txt").read_text()
     assert "2 of 402 rows are invalid" in listing
     assert "line 401: missing field 'output'" in listing and "line 402: " in listing
-    assert f"2 invalid row(s) skipped, as asked; listed with their lines and problems in {final['run_dir']}" in result.stderr
+    assert (f"2 invalid row(s) skipped, as asked; listed with their lines and problems in {final['run_dir']}"
+            in result.stderr)
     with Store(tmp_path / "home" / "loraforge.db") as store:
         run = store.get_run(final["run_id"])
         assert run["summary"]["skipped_rows"] == 2
@@ -170,3 +172,26 @@ def test_targets_that_match_no_layer_are_refused_before_a_run_is_recorded(tiny_l
 def test_user_errors_are_one_clear_line(tmp_path, args, message):
     result = run_cli(*args, home=tmp_path)
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_run_started_in_the_terminal_reads_its_data_and_checks_and_writes_its_config_once(
+    tiny_llama_dir, loraforge_home, monkeypatch, capsys
+):
+    """From the request to the first step in one pass: the dataset and the eval file are each read (and
+    rendered) once, the settings checked once, config.yaml written once."""
+    from app.cli import main
+    from core.data import load
+    from core.training.config import TrainConfig
+
+    reads, checks, writes = [], [], []
+    real_read, real_check, real_write = load.read_rows, TrainConfig.check, TrainConfig.to_yaml
+    monkeypatch.setattr(load, "read_rows", lambda source: reads.append(Path(source).name) or real_read(source))
+    monkeypatch.setattr(TrainConfig, "check", lambda self, **kw: checks.append(1) or real_check(self, **kw))
+    monkeypatch.setattr(TrainConfig, "to_yaml", lambda self, path: writes.append(path.name) or real_write(self, path))
+
+    assert main(["train", "--base", str(tiny_llama_dir), "--dataset", DATES, "--eval-file", DATES_EVAL,
+                 "--max-steps", "2", "--batch-size", "4", "--rank", "4", "--targets", "q_proj,v_proj"]) == 0
+    final = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert final["status"] == "completed" and final["steps"] == 2
+    assert sorted(reads) == sorted([Path(DATES).name, Path(DATES_EVAL).name])
+    assert (len(checks), writes) == (1, ["config.yaml"])

@@ -3,9 +3,9 @@ a win, best first; and votes stored in SQLite (both_bad included) read back into
 
 import pytest
 
-from core.contenders import BASE, Contender
-from core.store import Store
-from core.votes import standings
+from core.chat.contenders import BASE, Contender
+from core.chat.votes import standings
+from core.store.database import Store
 
 PIRATE = Contender("pirate", ((1, 1.0),))
 BLEND = Contender("pirate ×0.7 + dates ×0.5", ((1, 0.7), (2, 0.5)))

@@ -7,8 +7,9 @@ One real server (tiny random Llama, two registered adapters, its own LORAFORGE_H
 
 import pytest
 
-from app.chat_blind import WIN_RATE_COLUMNS
-from core.store import Store
+from app.web.chat.blind import WIN_RATE_COLUMNS
+from core.jobs.adapters import import_adapter
+from core.store.database import Store
 from tests.browser import browser_page, screenshot, served_app
 from tests.export_helpers import make_adapter
 
@@ -22,7 +23,7 @@ def web_home(tmp_path_factory, tiny_llama_dir):
     folders = tmp_path_factory.mktemp("adapters")
     with Store(home / "loraforge.db") as store:
         for seed, name in enumerate(("pirate", "dates")):
-            store.import_adapter(make_adapter(tiny_llama_dir, folders / name, seed=seed))
+            import_adapter(store, make_adapter(tiny_llama_dir, folders / name, seed=seed))
     return home
 
 

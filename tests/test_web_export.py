@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from app.export_report import report_markdown
-from core.store import Store
+from app.web.adapters.report import report_markdown
+from core.store.database import Store
 from tests.browser import browser_page, screenshot, served_app
 from tests.export_helpers import make_adapter
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from core.runs import create_run, execute_run
-from core.store import Store
+from core.jobs.runs import create_run, execute_run
+from core.store.database import Store
 from tests.browser import browser_page, screenshot, served_app
 from tests.job_helpers import tiny_config
 
@@ -47,9 +47,9 @@ def app_url(web_home, tiny_llama_dir):
 # A run stopped at step 2 (Ctrl-C) before its first checkpoint, in a process of its own that then exits.
 STOPPED_EARLY = """
 import sys
-from core.runs import create_run, execute_run
-from core.store import Store
-from core.train_config import TrainConfig
+from core.jobs.runs import create_run, execute_run
+from core.store.database import Store
+from core.training.config import TrainConfig
 
 def stop_at_step_2(kind, payload):
     if kind == "metrics" and payload["step"] == 2:
@@ -163,7 +163,8 @@ def test_resume_says_a_run_stopped_before_its_first_checkpoint_starts_over_and_i
                                  eval_share=0.25)
     config.to_yaml(web_home.parent / "stopped-early.yaml")
     stopped = subprocess.run([sys.executable, "-c", STOPPED_EARLY, str(web_home.parent / "stopped-early.yaml")],
-                             cwd=Path(__file__).resolve().parents[1], env={**os.environ, "LORAFORGE_HOME": str(web_home)},
+                             cwd=Path(__file__).resolve().parents[1],
+                             env={**os.environ, "LORAFORGE_HOME": str(web_home)},
                              capture_output=True, text=True, timeout=300)
     assert "KeyboardInterrupt" in stopped.stderr
     run_id = stopped.stdout.split()[0]

@@ -14,8 +14,8 @@ import yaml
 from transformers import AutoTokenizer
 
 from core.data import data_preflight
-from core.processes import process_start_time
-from core.store import Store
+from core.store.database import Store
+from core.store.processes import process_start_time
 from tests.browser import browser_page, screenshot, served_app, server_log
 from tests.job_helpers import DATES, supervisor_pid
 
@@ -204,8 +204,8 @@ def test_form_mistakes_name_the_field_and_a_typed_path_is_read_as_the_preview_re
         page.locator("#sample-select input").click()
         page.get_by_role("option", name="dates").click()
         page.get_by_text("Advanced").click()
-        page.wait_for_function("() => document.querySelector('#cfg-eval_file textarea').value.endsWith('dates.eval.jsonl')",
-                               timeout=60_000)
+        page.wait_for_function("() => document.querySelector('#cfg-eval_file textarea')"
+                               ".value.endsWith('dates.eval.jsonl')", timeout=60_000)
 
         page.locator("#cfg-dataset textarea").fill("")
         page.locator("#cfg-dataset textarea").press_sequentially(f"  {own}  ")  # typed, as a person does

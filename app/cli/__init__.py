@@ -10,8 +10,9 @@ import os
 import sys
 
 from core.errors import LoraForgeError
+from core.models.quiet import quiet_libraries
 
-VERB_MODULES = ("serve", "chat", "train", "preflight", "evaluate", "adapters", "runs", "jobs", "export")
+VERB_MODULES = ("serve", "chat", "train", "preflight", "evaluate", "adapters", "runs", "export")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,6 +25,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# How a terminal does each next step an engine error names (core.errors.NextStep).
+NEXT_STEPS = {
+    "runs": "See the runs with `python launch.py runs`.",
+    "resume": "Resume it with `python launch.py resume {run_id}`.",
+    "cancel": "Stop it with `python launch.py cancel {run_id}`.",
+    "adapters": "See the adapters with `python launch.py adapters list`.",
+    "train": "Start one with `python launch.py train`.",
+}
+
+
+def said_in_the_terminal(error: LoraForgeError) -> str:
+    """The error's message and, where it names a next step, the command that does it."""
+    step = error.next_step
+    return f"{error} {NEXT_STEPS[step.action].format(run_id=step.run_id)}" if step else str(error)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -33,20 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args) or 0
     except LoraForgeError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {said_in_the_terminal(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # the reader went away (`launch.py runs | head`): nothing more to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush does not fail again
         return 0
-
-
-def quiet_libraries() -> None:
-    """Keep library progress bars and advisory warnings out of the user's terminal."""
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()

@@ -8,11 +8,11 @@ import json
 import sys
 
 from app.cli.export import PARITY_FAILED_EXIT, parse_weights
-from core.composed_adapters import compose_adapter
-from core.export import STATUS_PARITY_FAILED
-from core.peft_format import inspect_adapter
-from core.runs import adapter_source
-from core.store import Store
+from core.export.composition import compose_adapter
+from core.export.exporter import STATUS_PARITY_FAILED
+from core.jobs.adapters import adapter_source, import_adapter
+from core.lora.peft_format import inspect_adapter
+from core.store.database import Store
 
 
 def register(verbs) -> None:
@@ -30,16 +30,18 @@ def register(verbs) -> None:
     importing.set_defaults(handler=run_import)
     compose = actions.add_parser("compose", help="register a new adapter: the weighted sum of several (exact)")
     compose.add_argument("--adapter", action="append", required=True,
-                         help="a run id, registered adapter name or id, or adapter folder; repeat for each adapter in the sum")
+                         help="a run id, registered adapter name or id, or adapter folder; "
+                              "repeat for each adapter in the sum")
     compose.add_argument("--weights", type=parse_weights, help="comma-separated weight per adapter (default 1 each)")
-    compose.add_argument("--name", required=True, help="the new adapter's name (its folder under LORAFORGE_HOME/adapters)")
+    compose.add_argument("--name", required=True,
+                         help="the new adapter's name (its folder under LORAFORGE_HOME/adapters)")
     compose.add_argument("--model", "--base", dest="model", help="base model (default: the adapters' own)")
     compose.set_defaults(handler=run_compose)
 
 
 def run_inspect(args: argparse.Namespace) -> int:
     with Store() as store:  # names and run ids as `adapters list` and `runs` show them, as other verbs take them
-        folder, _ = adapter_source(store, args.folder)
+        folder = adapter_source(store, args.folder).folder
     info = inspect_adapter(folder)
     targets = info.targets if isinstance(info.targets, str) else ", ".join(info.targets)
     variants = [name for name, on in (("DoRA", info.use_dora), ("rsLoRA", info.use_rslora)) if on]
@@ -73,7 +75,7 @@ def run_list(args: argparse.Namespace) -> int:
 
 def run_import(args: argparse.Namespace) -> int:
     with Store() as store:
-        adapter = store.import_adapter(args.folder)
+        adapter = import_adapter(store, args.folder)
     print(f"Adapter {adapter['id']} ({adapter['name']}) registered from {adapter['path']}.")
     print(json.dumps(adapter))
     return 0

@@ -4,7 +4,7 @@ import argparse
 import sys
 
 from app.cli.options import add_model_options, load_model
-from core.generate import GenerationSettingsError, Sampling, conversation, stream_reply
+from core.chat.generate import GenerationSettingsError, Sampling, conversation, stream_reply
 
 
 def register(verbs) -> None:

@@ -9,8 +9,8 @@ import json
 from dataclasses import asdict
 
 from app.cli.options import add_model_options, load_model
-from core.adapters import active_adapters
-from core.evaluate import evaluate
+from core.lora.model import active_adapters
+from core.training.evaluate import evaluate
 
 
 def register(verbs) -> None:

@@ -12,11 +12,11 @@ import argparse
 import json
 import sys
 
-from core.export import FORMATS, STATUS_PARITY_FAILED, ExportResult, export_adapters
-from core.export_gguf import GGUF_TYPES
-from core.devices import DTYPES
-from core.export_merged import AUTO_DTYPE
-from core.parity import greedy_verdict
+from core.export.exporter import FORMATS, STATUS_PARITY_FAILED, ExportResult, export_adapters
+from core.export.gguf import GGUF_TYPES
+from core.export.merged import AUTO_DTYPE
+from core.export.parity import greedy_verdict
+from core.models.devices import DTYPES
 
 PARITY_FAILED_EXIT = 4
 
@@ -44,7 +44,8 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def _add_common(parser: argparse.ArgumentParser, several: bool) -> None:
-    help_text = "a run id (see `launch.py runs`), a registered adapter's name or id (`launch.py adapters list`) or a PEFT adapter folder"
+    help_text = ("a run id (see `launch.py runs`), a registered adapter's name or id (`launch.py adapters list`) "
+                 "or a PEFT adapter folder")
     if several:
         parser.add_argument("--adapter", action="append", required=True, help=f"{help_text}; repeat for several")
     else:

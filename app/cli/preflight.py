@@ -5,7 +5,7 @@ import json
 from dataclasses import asdict
 
 from app.cli.train import add_training_flags, config_from_args
-from core.preflight import preflight
+from core.training.preflight import preflight
 
 
 def register(verbs) -> None:

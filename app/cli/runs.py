@@ -6,9 +6,9 @@ Reading the runs also repairs them: a run whose job process died shows (and is s
 import argparse
 import json
 
-from app.run_view import progress
-from core.jobs import cancel, refresh
-from core.store import Store
+from app.web.runs.view import progress
+from core.jobs.background import cancel, refresh
+from core.store.database import Store
 
 TABLE = (("ID", "id", 22), ("STATUS", "status", 11), ("STEPS", "steps", 9), ("CREATED", "created", 19),
          ("NAME", "name", 0))

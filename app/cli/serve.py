@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     auth = _check_exposure(args.host, args.auth)
     max_upload = _max_upload()
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    from app.web import STYLESHEET, THEME, build_page  # gradio is slow to import; the other verbs don't need it
+    from app.web.page import STYLESHEET, THEME, build_page  # gradio is slow to import; the other verbs don't need it
 
     print("Loading the base model…", file=sys.stderr, flush=True)
     loaded, _ = load_model(args)

@@ -8,16 +8,15 @@ Flags override `--config run.yaml`, which overrides the defaults.
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 from core import jobs
-from core.models import load_tokenizer
-from core.run_logs import JOB_LOG
-from core.runs import create_run, execute_run
-from core.store import Store
-from core.train import TrainResult
-from core.train_config import TrainConfig
+from core.jobs.runs import execute_run, record_run, report_outcome
+from core.models.loading import load_tokenizer
+from core.store.database import Store
+from core.training.config import TrainConfig
+from core.training.events import event_line, timestamped
+from core.training.run_folder import RunFolder
 
 # flag -> (TrainConfig field, type, help)
 FLAGS = {
@@ -85,7 +84,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
             values[field] = given
     if isinstance(values.get("targets"), str) and "," in values["targets"]:
         values["targets"] = [name.strip() for name in values["targets"].split(",") if name.strip()]
-    return TrainConfig.from_dict(values).check()
+    return TrainConfig.from_dict(values)  # checked where it is used: record_run, preflight
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -95,18 +94,18 @@ def run_train(args: argparse.Namespace) -> int:
         with Store() as store:
             return print_queued(jobs.submit(store, config, tokenizer=tokenizer))
     with Store() as store:
-        run_id = create_run(store, config, status="running", tokenizer=tokenizer)
-        run_dir = Path(store.get_run(run_id)["run_dir"])
-        print(f"Run {run_id}: {run_dir}", file=sys.stderr)
-        return report(store, run_id, execute_run(store, run_id, events=ProgressBar(run_dir / JOB_LOG)))
+        run_id, data = record_run(store, config, status="running", tokenizer=tokenizer)
+        folder = RunFolder(store.get_run(run_id)["run_dir"])
+        print(f"Run {run_id}: {folder.path}", file=sys.stderr)
+        return report_outcome(store, run_id, execute_run(store, run_id, events=ProgressBar(folder.job_log), data=data))
 
 
 def run_resume(args: argparse.Namespace) -> int:
     with Store() as store:
         if args.background:
             return print_queued(jobs.resume_in_background(store, args.run_id)["id"])
-        run_dir = Path(jobs.resumable_run(store, args.run_id)["run_dir"])
-        return report(store, args.run_id, execute_run(store, args.run_id, events=ProgressBar(run_dir / JOB_LOG)))
+        folder = RunFolder(jobs.resumable_run(store, args.run_id)["run_dir"])
+        return report_outcome(store, args.run_id, execute_run(store, args.run_id, events=ProgressBar(folder.job_log)))
 
 
 def print_queued(run_id: str) -> int:
@@ -114,16 +113,6 @@ def print_queued(run_id: str) -> int:
     print(f"Run {run_id} queued; follow it with `python launch.py runs`.", file=sys.stderr)
     print(json.dumps({"run_id": run_id}))
     return 0
-
-
-def report(store: Store, run_id: str, result: TrainResult) -> int:
-    """Print the final JSON line; exit 0 when the run completed, 3 when it stopped early (resumable). The status is
-    the store's: a stop the loop saw as a signal is `cancelled` there when it came from a cancel."""
-    fields = ("run_dir", "adapter_dir", "steps", "train_loss", "eval_loss", "tokens", "tokens_per_s", "peak_mem_mb",
-              "skipped_rows")
-    status = store.get_run(run_id)["status"]
-    print(json.dumps({"run_id": run_id, "status": status, **{key: getattr(result, key) for key in fields}}))
-    return 0 if status == "completed" else 3
 
 
 class ProgressBar:
@@ -154,33 +143,3 @@ class ProgressBar:
                 self.bar.close()
         elif kind != "checkpoint" and (line := event_line(kind, payload)):  # the bar's saves would only be noise
             print(f"\n{line}", file=sys.stderr)
-
-
-def log_events(kind: str, payload: dict) -> None:
-    """Training progress as plain lines on stderr, one per step and event: what a background job writes to its
-    job.log, which the Runs tab's log tail shows."""
-    if line := event_line(kind, payload):
-        print(timestamped(line), file=sys.stderr, flush=True)
-
-
-def timestamped(line: str) -> str:
-    return f"{time.strftime('%H:%M:%S')} {line}"
-
-
-def event_line(kind: str, payload: dict) -> str | None:
-    """One line about a training event (None for the ones not worth a line, such as samples)."""
-    if kind == "metrics" and payload["split"] == "train":
-        return (f"step {payload['step']} of {payload['total_steps']}: loss {payload['loss']:.4f}, lr {payload['lr']:.2e}, "
-                f"{payload['tokens_per_s']:,.0f} tokens/s")
-    if kind == "metrics":
-        return f"eval loss at step {payload['step']}: {payload['loss']:.4f}"
-    if kind == "checkpoint":
-        return f"checkpoint saved at step {payload['step']}: {payload['path']}"
-    if kind == "oom_retry":
-        return (f"The GPU ran out of memory; retrying with --batch-size {payload['batch_size']} and "
-                f"--grad-accum {payload['grad_accum']} (the same effective batch).")
-    if kind == "resumed":
-        return f"Resuming at step {payload['step']} from {payload['checkpoint']}"
-    if kind == "skipped":
-        return f"{payload['rows']} invalid row(s) skipped, as asked; listed with their lines and problems in {payload['file']}"
-    return None

@@ -9,7 +9,15 @@ The training loop calls `prepare_dataset` once (it refuses invalid data unless s
 `iterate_batches`; the CLI and UI call `data_preflight` to show the same facts before a run.
 """
 
-from core.data.batch import Batch, BatchSettings, DataPosition, batches_per_epoch, epoch_plan, iterate_batches, padding_share
+from core.data.batch import (
+    Batch,
+    BatchSettings,
+    DataPosition,
+    batches_per_epoch,
+    epoch_plan,
+    iterate_batches,
+    padding_share,
+)
 from core.data.formats import FORMATS, Example
 from core.data.load import load_examples
 from core.data.preflight import DataPreflight, data_preflight

@@ -6,13 +6,13 @@ as a padded batch would, so settings mean what they mean in other trainers). tra
 position_ids into a block-diagonal causal mask for eager and sdpa attention (and varlen flash
 attention on CUDA) only when no attention_mask and no KV cache are passed, so `model_inputs()` passes
 neither (`use_cache=False`). There is no padding at all: every token in the row is real. A packed batch also
-passes the examples' cumulative lengths (`cu_seq_lens_q`), which `core.packed_attention` uses to attend within
+passes the examples' cumulative lengths (`cu_seq_lens_q`), which `core.models.packed_attention` uses to attend within
 each example only, instead of scoring every pair of tokens in the row under a block-diagonal mask.
 
 With `share_prefix`, examples of a packed batch that open with the same untrained tokens (the chat template's
 system prompt, a fixed instruction) are grouped (core/data/prefixes.py): the row holds each group's opening once,
 then each example's own rest, and `Batch.segment_prefixes` says which segment every rest continues. The same
-loss and gradients as for separate examples, for less work. Only `core.packed_attention` knows to let each rest
+loss and gradients as for separate examples, for less work. Only `core.models.packed_attention` knows to let each rest
 attend to its prefix, so the setting is for it alone.
 
 With packing off, examples are padded per batch; `group_by_length` sorts examples by length within
@@ -173,7 +173,8 @@ def _collate_packed(chosen: list[RenderedExample], position: DataPosition, follo
     )
 
 
-def _collate_padded(chosen: list[RenderedExample], pad_token_id: int, position: DataPosition, following: DataPosition) -> Batch:
+def _collate_padded(chosen: list[RenderedExample], pad_token_id: int, position: DataPosition,
+                    following: DataPosition) -> Batch:
     width = max(len(example.input_ids) for example in chosen)
     ids = torch.full((len(chosen), width), pad_token_id)
     labels = torch.full((len(chosen), width), IGNORE_INDEX)

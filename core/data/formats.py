@@ -61,7 +61,8 @@ def normalise(number: int, record: dict[str, Any], fmt: str) -> Example:
         fields = ", ".join(sorted(map(str, record))) or "none"
         raise RowProblem(f"no known fields (has: {fields}); expected {_signature_hint(fmt)}")
     if found != fmt:
-        raise RowProblem(f"mixed formats: this row is {found} but the file is {fmt}; convert it to {_signature_hint(fmt)}")
+        raise RowProblem(f"mixed formats: this row is {found} but the file is {fmt}; "
+                         f"convert it to {_signature_hint(fmt)}")
     if fmt == "text":
         return Example(number, text=_text(record, "text"))
     return Example(number, messages=tuple(_MESSAGE_BUILDERS[fmt](record)))
@@ -74,17 +75,20 @@ def _alpaca(record: dict[str, Any]) -> list[dict[str, str]]:
 
 
 def _prompt_completion(record: dict[str, Any]) -> list[dict[str, str]]:
-    return [{"role": "user", "content": _text(record, "prompt")}, {"role": "assistant", "content": _text(record, "completion")}]
+    return [{"role": "user", "content": _text(record, "prompt")},
+            {"role": "assistant", "content": _text(record, "completion")}]
 
 
 def _openai_messages(record: dict[str, Any]) -> list[dict[str, str]]:
     turns = _turn_list(record, "messages")
-    return _checked_chat([_turn(turn, f"messages[{i}]", "role", "content", {r: r for r in CHAT_ROLES}) for i, turn in enumerate(turns)])
+    return _checked_chat([_turn(turn, f"messages[{i}]", "role", "content", {r: r for r in CHAT_ROLES})
+                          for i, turn in enumerate(turns)])
 
 
 def _sharegpt(record: dict[str, Any]) -> list[dict[str, str]]:
     turns = _turn_list(record, "conversations")
-    return _checked_chat([_turn(turn, f"conversations[{i}]", "from", "value", SHAREGPT_ROLES) for i, turn in enumerate(turns)])
+    return _checked_chat([_turn(turn, f"conversations[{i}]", "from", "value", SHAREGPT_ROLES)
+                          for i, turn in enumerate(turns)])
 
 
 _MESSAGE_BUILDERS = {

@@ -39,7 +39,8 @@ def load_examples(source: str | Path, format: str = AUTO) -> LoadedExamples:
         fields = sorted({str(key) for row in rows if row.record for key in row.record})
         raise DatasetError(
             f"{report.source}: no row has a known format (fields found: {', '.join(fields) or 'none'}). "
-            "Use alpaca (instruction/input/output), sharegpt (conversations), messages, prompt/completion or text fields."
+            "Use alpaca (instruction/input/output), sharegpt (conversations), messages, prompt/completion "
+            "or text fields."
         )
     report.format = fmt or "unknown"
     examples = []

@@ -54,7 +54,8 @@ def prepare_dataset(
     if max_length < 2:
         raise DatasetError(f"max_length must be at least 2 tokens, got {max_length}. Raise --max-len.")
     if tokenizer.eos_token is None:
-        raise DatasetError("The tokenizer has no EOS token, so answers could not teach the model to stop. Use a model whose tokenizer defines one.")
+        raise DatasetError("The tokenizer has no EOS token, so answers could not teach the model to stop. "
+                           "Use a model whose tokenizer defines one.")
     loaded = load_examples(source, format)
     report = loaded.report
     rendered, sources = [], []
@@ -65,7 +66,9 @@ def prepare_dataset(
             report.add(example.number, str(problem))
             continue
         if item.trained_tokens == 0:
-            report.add(example.number, f"no trained tokens left after truncation to {max_length} tokens; raise max_length or shorten the prompt")
+            report.add(example.number,
+                       f"no trained tokens left after truncation to {max_length} tokens; "
+                       "raise max_length or shorten the prompt")
             continue
         rendered.append(item)
         sources.append(example)

@@ -8,17 +8,15 @@ are numbered from 1 in file order. A hub dataset id is loaded with `datasets` wh
 import csv
 import io
 import json
-import os
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from core.data.problems import DatasetError
+from core.hub import hub_unavailable, looks_like_hub_id
 
 SUFFIX_UNITS = {".jsonl": "line", ".ndjson": "line", ".json": "row", ".csv": "line", ".parquet": "row"}
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _UTF8_BOM = b"\xef\xbb\xbf"
 _FIX_ENCODING = "save the file as UTF-8"
 
@@ -41,16 +39,19 @@ def read_rows(source: str) -> Iterator[RawRow]:
     """Yield every row of a local file (by suffix) or a hub dataset id, in order."""
     path = Path(source).expanduser()
     if not path.exists():
-        if _HUB_ID.match(source) and path.suffix.lower() not in SUFFIX_UNITS:
+        if looks_like_hub_id(source) and path.suffix.lower() not in SUFFIX_UNITS:
             yield from _read_hub(source)
             return
-        raise DatasetError(f"Dataset file not found: {source}. Check the path, or pass a .jsonl, .json, .csv or .parquet file.")
+        raise DatasetError(f"Dataset file not found: {source}. "
+                           "Check the path, or pass a .jsonl, .json, .csv or .parquet file.")
     if path.is_dir():
         raise DatasetError(f"{source} is a folder. Pass one dataset file (.jsonl, .json, .csv or .parquet).")
     suffix = path.suffix.lower()
-    readers = {".jsonl": _read_jsonl, ".ndjson": _read_jsonl, ".json": _read_json, ".csv": _read_csv, ".parquet": _read_parquet}
+    readers = {".jsonl": _read_jsonl, ".ndjson": _read_jsonl, ".json": _read_json, ".csv": _read_csv,
+               ".parquet": _read_parquet}
     if suffix not in readers:
-        raise DatasetError(f"{path.name}: unsupported file type '{suffix}'. Convert it to .jsonl, .json, .csv or .parquet.")
+        raise DatasetError(f"{path.name}: unsupported file type '{suffix}'. "
+                           "Convert it to .jsonl, .json, .csv or .parquet.")
     if path.stat().st_size == 0:
         raise DatasetError(f"{path.name} is empty. Add at least one example row.")  # named as the person named it
     yield from readers[suffix](path)
@@ -66,7 +67,8 @@ def _read_jsonl(path: Path) -> Iterator[RawRow]:
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as error:
-                yield RawRow(number, problem=f"not valid UTF-8 (byte 0x{raw[error.start]:02x} at column {error.start + 1}); {_FIX_ENCODING}")
+                yield RawRow(number, problem=f"not valid UTF-8 (byte 0x{raw[error.start]:02x} "
+                                             f"at column {error.start + 1}); {_FIX_ENCODING}")
                 continue
             try:
                 value = json.loads(line)
@@ -82,7 +84,8 @@ def _read_json(path: Path) -> Iterator[RawRow]:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:
         line = data.count(b"\n", 0, error.start) + 1
-        raise DatasetError(f"{path.name} line {line}: not valid UTF-8 (byte 0x{data[error.start]:02x}); {_FIX_ENCODING}.") from None
+        raise DatasetError(f"{path.name} line {line}: not valid UTF-8 (byte 0x{data[error.start]:02x}); "
+                           f"{_FIX_ENCODING}.") from None
     try:
         value = json.loads(text)
     except json.JSONDecodeError as error:
@@ -120,7 +123,8 @@ def _read_csv(path: Path) -> Iterator[RawRow]:
     for row in reader:
         number, last_line = last_line + 1, reader.line_num
         if None in row:
-            yield RawRow(number, problem=f"has {len(header) + len(row[None])} fields but the header has {len(header)}; check the quoting")
+            yield RawRow(number, problem=f"has {len(header) + len(row[None])} fields "
+                                         f"but the header has {len(header)}; check the quoting")
         elif _swallowed_by_a_quote(row):
             filled = sum(value is not None for value in row.values())
             yield RawRow(number, problem=f"has {filled} of the header's {len(header)} fields, the last running on past "
@@ -145,19 +149,18 @@ def _read_parquet(path: Path) -> Iterator[RawRow]:
     try:
         table = pq.read_table(path)
     except (pa.ArrowException, OSError) as error:
-        raise DatasetError(f"{path.name} is not a readable Parquet file ({error}). Re-export it, or save it as JSONL.") from None
+        raise DatasetError(f"{path.name} is not a readable Parquet file ({error}). "
+                           "Re-export it, or save it as JSONL.") from None
     for number, record in enumerate(table.to_pylist(), start=1):
         yield _object_row(number, record)
 
 
 def _read_hub(dataset_id: str) -> Iterator[RawRow]:
-    from core.models import hub_reachable
-
-    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"}
-    if offline or not hub_reachable():
+    if hub_unavailable():
         raise DatasetError(
             f"Cannot download the dataset {dataset_id}: the dataset hub is not reachable from here. "
-            "Download the file on a machine with network access and pass its local path (.jsonl, .json, .csv or .parquet)."
+            "Download the file on a machine with network access and pass its local path "
+            "(.jsonl, .json, .csv or .parquet)."
         )
     import datasets
 
@@ -184,7 +187,8 @@ def _has_bad_bytes(text: str) -> bool:
 
 def describe_type(value: Any) -> str:
     """A type name a person understands: 'a number', 'a list', not 'int'."""
-    names = {str: "text", bool: "true/false", int: "a number", float: "a number", list: "a list", dict: "an object", bytes: "bytes"}
+    names = {str: "text", bool: "true/false", int: "a number", float: "a number", list: "a list", dict: "an object",
+             bytes: "bytes"}
     return "nothing (null)" if value is None else names.get(type(value), type(value).__name__)
 
 

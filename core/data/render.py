@@ -54,9 +54,12 @@ def render_example(
         ids = ids if ids and ids[-1] == tokenizer.eos_token_id else ids + [tokenizer.eos_token_id]
         labels = list(ids)
     else:
-        segments = _whole_chat(example.messages, tokenizer) if train_on == "all" else chat_segments(example.messages, tokenizer)
+        segments = (_whole_chat(example.messages, tokenizer) if train_on == "all"
+                    else chat_segments(example.messages, tokenizer))
         ids, labels = [], []
-        for segment_ids, (_, trained) in zip(tokenizer([text for text, _ in segments], add_special_tokens=False)["input_ids"], segments):
+        for segment_ids, (_, trained) in zip(
+            tokenizer([text for text, _ in segments], add_special_tokens=False)["input_ids"], segments
+        ):
             ids += segment_ids
             labels += segment_ids if trained else [IGNORE_INDEX] * len(segment_ids)
     # The first token is never a prediction target; masking it also keeps packed examples from
@@ -92,13 +95,17 @@ def _whole_chat(messages: Sequence[dict[str, str]], tokenizer: PreTrainedTokeniz
     return [(_render(tokenizer, messages), True)]
 
 
-def _render(tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict[str, str]], add_generation_prompt: bool = False) -> str:
+def _render(tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict[str, str]],
+            add_generation_prompt: bool = False) -> str:
     try:
-        return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=add_generation_prompt)
+        return tokenizer.apply_chat_template(list(messages), tokenize=False,
+                                             add_generation_prompt=add_generation_prompt)
     except (TemplateError, ValueError, TypeError) as error:
         raise RowProblem(f"the chat template refused this conversation: {str(error).splitlines()[0]}") from None
 
 
 def _ends_with_special(text: str, tokenizer: PreTrainedTokenizerBase) -> bool:
-    specials = set(tokenizer.all_special_tokens) | {t.content for t in tokenizer.added_tokens_decoder.values() if t.special}
+    specials = set(tokenizer.all_special_tokens) | {
+        t.content for t in tokenizer.added_tokens_decoder.values() if t.special
+    }
     return any(text.endswith(token) for token in specials if token)

@@ -1,0 +1,161 @@
+"""Export parity: does an exported model answer like the live adapter it came from?
+
+A fixed set of chat prompts goes through the reference (base + adapters, unmerged) and through each export
+reloaded from disk. For every export we report
+
+    max_logit_diff   the largest |logit difference| over every prompt position and vocabulary entry,
+                     judged against logit_scale (the largest |logit| of the live adapter) times a per-format factor
+    greedy_agree     whether greedy continuations are token-for-token the same on every prompt
+    template_same    whether the export's chat template renders every prompt to the same text (and tokens)
+
+An export passes when its template renders the same prompts, its logits stay within the format's tolerance,
+and (for unquantized formats) its greedy answers agree; quantized formats and bf16 weights report greedy
+agreement without requiring it, since their rounding may legitimately flip a near-tie.
+"""
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+Conversation = list[dict[str, str]]
+
+PARITY_PROMPTS: tuple[Conversation, ...] = (
+    ({"role": "user", "content": "What is the capital of France?"},),
+    (
+        {"role": "system", "content": "You are a concise assistant."},
+        {"role": "user", "content": "Give me three tips for writing clear code."},
+    ),
+    (
+        {"role": "user", "content": "Hi!"},
+        {"role": "assistant", "content": "Hello! How can I help you today?"},
+        {"role": "user", "content": "Explain LoRA in one sentence."},
+    ),
+)
+GREEDY_TOKENS = 16
+
+# Largest logit difference each kind of export may show against the live fp32 adapter, as a fraction of the
+# largest |logit| (fp32 reordering for merged, none for a copied adapter, f16/q8_0 weight rounding for GGUF,
+# fp16/bf16 weight rounding for a merged folder stored in 16 bits: the default model shows 0.12% and 1.2%).
+RELATIVE_TOLERANCES = {"merged": 1e-4, "peft": 1e-5, "f16": 0.01, "fp16": 0.01, "bf16": 0.05, "q8_0": 0.15}
+
+
+@dataclass
+class ModelOutputs:
+    """What one model does with the prompt set: the rendered prompts, their tokens, logits and greedy answers."""
+
+    rendered: list[str]
+    token_ids: list[list[int]]
+    logits: list[torch.Tensor]
+    greedy: list[list[int]]
+
+
+@dataclass
+class ParityCheck:
+    """One export compared with the live adapter."""
+
+    target: str
+    max_logit_diff: float | None  # None when the prompts tokenize differently, so logits cannot be lined up
+    logit_scale: float
+    tolerance: float
+    greedy_agree: bool
+    greedy_matches: int
+    prompts: int
+    template_same: bool
+    greedy_required: bool = True
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.problems
+
+
+@dataclass
+class ParityReport:
+    """Every check of one export; `passed` only if all of them passed."""
+
+    checks: list[ParityCheck]
+
+    @property
+    def passed(self) -> bool:
+        return all(check.passed for check in self.checks)
+
+    @property
+    def problems(self) -> list[str]:
+        return [problem for check in self.checks for problem in check.problems]
+
+    def to_json(self) -> dict:
+        """The figures stored with the export and printed by the CLI."""
+        return {"passed": self.passed, "checks": [asdict(check) for check in self.checks]}
+
+
+def greedy_verdict(check: dict) -> str:
+    """How one check's greedy answers compared, in the words the CLI and the page both use ("" if not checked): a
+    quantized export may answer differently without failing, which "DIFFER" alone would not tell."""
+    agree = check.get("greedy_agree")
+    if agree is None:
+        return ""
+    if agree:
+        return "agree"
+    return "differ (allowed when quantized)" if check.get("greedy_required") is False else "DIFFER"
+
+
+@torch.inference_mode()
+def model_outputs(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: tuple[Conversation, ...] = PARITY_PROMPTS,
+    new_tokens: int = GREEDY_TOKENS,
+) -> ModelOutputs:
+    """Run the prompt set through `model` with its own tokenizer and chat template."""
+    outputs = ModelOutputs([], [], [], [])
+    greedy = GenerationConfig(
+        max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
+    device = next(model.parameters()).device
+    for messages in prompts:
+        text = tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+        ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"].to(device)
+        outputs.rendered.append(text)
+        outputs.token_ids.append(ids[0].tolist())
+        outputs.logits.append(model(ids).logits[0].float().cpu())
+        generated = model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=greedy)
+        outputs.greedy.append(generated[0, ids.shape[1]:].tolist())
+    return outputs
+
+
+def compare_outputs(
+    reference: ModelOutputs, candidate: ModelOutputs, target: str, relative_tolerance: float,
+    greedy_required: bool = True,
+) -> ParityCheck:
+    """Compare an export's outputs with the live adapter's, naming every difference found."""
+    scale = max(float(logits.abs().max()) for logits in reference.logits)
+    tolerance = relative_tolerance * max(scale, 1.0)
+    template_same = reference.rendered == candidate.rendered and reference.token_ids == candidate.token_ids
+    max_diff = None
+    if reference.token_ids == candidate.token_ids:
+        max_diff = max(float((ref - cand).abs().max()) for ref, cand in zip(reference.logits, candidate.logits))
+    matches = sum(ref == cand for ref, cand in zip(reference.greedy, candidate.greedy))
+    check = ParityCheck(
+        target=target,
+        max_logit_diff=max_diff,
+        logit_scale=scale,
+        tolerance=tolerance,
+        greedy_agree=matches == len(reference.greedy),
+        greedy_matches=matches,
+        prompts=len(reference.greedy),
+        template_same=template_same,
+        greedy_required=greedy_required,
+    )
+    if reference.rendered != candidate.rendered:
+        check.problems.append(f"{target}: the chat template was lost or changed (prompts render differently)")
+    elif not template_same:
+        check.problems.append(f"{target}: the tokenizer changed (the same prompt text gives different tokens)")
+    if max_diff is not None and not max_diff <= tolerance:  # NaN logits fail too
+        check.problems.append(f"{target}: logits differ by up to {max_diff:.3g} (tolerance {tolerance:.3g})")
+    if greedy_required and not check.greedy_agree:
+        check.problems.append(
+            f"{target}: greedy answers differ on {check.prompts - matches} of {check.prompts} prompts"
+        )
+    return check

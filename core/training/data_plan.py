@@ -1,0 +1,130 @@
+"""The data a run trains and evaluates on: a train set, an eval set (a file, or a held-out share), and
+the fixed prompts whose answers are sampled at every checkpoint."""
+
+import math
+import random
+from dataclasses import dataclass
+
+import torch
+
+from core.chat.generate import Message, greedy_answers
+from core.data import BatchSettings, PreparedDataset, iterate_batches, prepare_dataset
+from core.data.problems import MAX_LISTED
+from core.models.packed_attention import can_use_packed_attention
+from core.training.config import TrainConfig
+from core.training.loss import trained_token_loss
+from core.training.run_folder import RunFolder
+
+SAMPLE_PROMPTS = 3
+
+
+@dataclass
+class TrainingData:
+    train: PreparedDataset
+    eval: PreparedDataset | None
+    sample_prompts: list[list[Message]]
+    pad_token_id: int
+
+    def eval_loss(self, model: torch.nn.Module, settings: BatchSettings) -> float | None:
+        """Mean loss per trained token over the whole eval set (None without one)."""
+        if self.eval is None:
+            return None
+        return mean_loss(model, self.eval, settings, self.pad_token_id)
+
+    def record_skipped_rows(self, folder: RunFolder) -> int:
+        """Write the invalid rows the run leaves out (skip_invalid) to its folder, the first MAX_LISTED of each file
+        with their line and problem, so a run that trained on part of a file says which part; return their count.
+        With none, a list an earlier start of the run wrote is removed (its data was fixed before a resume)."""
+        reports = [data.report for data in (self.train, self.eval) if data and not data.report.ok]
+        # keyed by what each says: a held-out share, or an eval file that is the dataset, is one file, listed once
+        listed = {report.listing(MAX_LISTED): report.invalid_rows for report in reports}
+        folder.write_skipped_rows("\n\n".join(listed) + "\n" if listed else None)
+        return sum(listed.values())
+
+
+def load_training_data(config: TrainConfig, tokenizer) -> TrainingData:
+    """Validate and render the dataset (refusing bad rows unless skip_invalid) and set the eval set aside."""
+    options = dict(max_length=config.max_len, train_on=config.train_on, skip_invalid=config.skip_invalid)
+    train = prepare_dataset(config.dataset, tokenizer, **options)
+    if config.eval_file:
+        held_out = prepare_dataset(config.eval_file, tokenizer, **options)
+    elif config.eval_share > 0 and len(train.examples) > 1:
+        train, held_out = split(train, config.eval_share, config.seed)
+    else:
+        held_out = None
+    prompts = [[{"role": "user", "content": text}] for text in config.sample_prompts]
+    if not prompts:
+        prompts = [prompt_of(example.messages) for example in (held_out or train).sources[:SAMPLE_PROMPTS]]
+    return TrainingData(train, held_out, [p for p in prompts if p], tokenizer.pad_token_id)
+
+
+def attends_per_example(config: TrainConfig, model: torch.nn.Module) -> bool:
+    """Whether the run packs its examples into rows and attends within each (core.models.packed_attention)."""
+    return config.packing and can_use_packed_attention(model, config.max_len)
+
+
+def batch_settings(config: TrainConfig, model: torch.nn.Module) -> BatchSettings:
+    """How the run's examples become batches. Openings that a batch's examples share are computed once when the
+    model attends per example (only that attention knows the layout), nothing drops out (dropout on a shared
+    prefix would draw one mask for every example where separate rows draw one each), and on the CPU: on a GPU,
+    sdpa has no fused kernel for grouped-query attention under a mask and would keep every score for the
+    backward pass, so it waits for a measurement there."""
+    no_dropout = config.dropout == 0 and not getattr(model.config, "attention_dropout", 0)
+    share_prefix = attends_per_example(config, model) and no_dropout and model.device.type == "cpu"
+    return BatchSettings(packing=config.packing, batch_size=config.batch_size, seed=config.seed,
+                         share_prefix=share_prefix)
+
+
+def split(data: PreparedDataset, share: float, seed: int) -> tuple[PreparedDataset, PreparedDataset]:
+    """A deterministic random split: `share` of the examples (at least one) for evaluation."""
+    order = list(range(len(data.examples)))
+    random.Random(seed).shuffle(order)
+    count = held_out_count(share, len(order))
+    held, kept = sorted(order[:count]), sorted(order[count:])
+
+    def subset(indices: list[int]) -> PreparedDataset:
+        return PreparedDataset([data.examples[i] for i in indices], [data.sources[i] for i in indices],
+                               data.report, data.max_length, data.train_on)
+
+    return subset(kept), subset(held)
+
+
+def held_out_count(share: float, examples: int) -> int:
+    """How many of `examples` the split sets aside for evaluation (at least one when share > 0)."""
+    return max(1, math.floor(share * examples)) if share > 0 and examples > 1 else 0
+
+
+def train_examples(config: TrainConfig, valid_examples: int) -> int:
+    """The examples a run trains on: all valid ones, less the held-out share when no eval file is given."""
+    return valid_examples - (0 if config.eval_file else held_out_count(config.eval_share, valid_examples))
+
+
+def prompt_of(messages: tuple[Message, ...]) -> list[Message]:
+    """The conversation up to (not including) its last assistant answer; empty for plain text rows."""
+    last_answer = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
+    return list(messages[:last_answer]) if last_answer else []
+
+
+def reference_answer(messages: tuple[Message, ...]) -> str | None:
+    answers = [m["content"] for m in messages if m["role"] == "assistant"]
+    return answers[-1] if answers else None
+
+
+def mean_loss(model: torch.nn.Module, data: PreparedDataset, settings: BatchSettings, pad_token_id: int) -> float:
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for batch in iterate_batches(data.examples, settings, pad_token_id, epochs=1):
+            loss, n = trained_token_loss(model, batch.model_inputs(model.device))
+            total, count = total + float(loss), count + n
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+def sample_outputs(model, tokenizer, prompts: list[list[Message]], max_new_tokens: int) -> list[dict]:
+    """Greedy answers to the fixed sample prompts, for the prompt-by-step grid."""
+    answers = greedy_answers(model, tokenizer, prompts, max_new_tokens)
+    return [
+        {"prompt_index": i, "prompt": p[-1]["content"], "output": a} for i, (p, a) in enumerate(zip(prompts, answers))
+    ]
