@@ -43,9 +43,10 @@ def said_in_the_terminal(error: LoraForgeError) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
+        argv = ["serve", *argv]  # `launch.py --port 8000` (and `make run ARGS=...`) serve with those options
     args = parser.parse_args(argv)
-    if args.verb is None:
-        args = parser.parse_args(["serve"])
     quiet_libraries()
     try:
         return args.handler(args) or 0

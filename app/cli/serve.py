@@ -1,56 +1,131 @@
-"""`launch.py serve` (also plain `launch.py`): load the base model, then serve the web app.
+"""`launch.py serve` (also plain `launch.py`, with or without options): load the base model, serve the web app.
 
-Listens on 127.0.0.1 unless told otherwise; another interface requires --auth, since anyone who
-reaches the page can run jobs and read files under LORAFORGE_HOME.
+Listens on 127.0.0.1 unless told otherwise; another interface requires a login (--auth-file, LORAFORGE_AUTH or
+--auth), since anyone who reaches the page can run jobs. The page is mounted behind app.web.guard (foreign
+Host or Origin: 403) and serves files from the exports and saved-configs folders only, never LORAFORGE_HOME as
+a whole: the database, its WAL and the run folders are not reachable through any route.
 """
 
 import argparse
+import asyncio
+import hmac
 import ipaddress
 import os
 import re
 import sys
+import time
+import webbrowser
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 from app.cli.options import add_model_options, load_model
 from core import paths
 from core.errors import LoraForgeError
+from core.store.database import DB_NAME
 
 DEFAULT_MAX_UPLOAD = "2gb"
+AUTH_ENV = "LORAFORGE_AUTH"
+FREE_LOGIN_FAILURES = 3  # failed logins answered at once; each one after that waits twice as long, up to a limit
+MAX_LOGIN_DELAY = 30.0
+LOGIN_WINDOW = 600.0  # seconds after which a failed login is forgotten
 
 
 def register(verbs) -> None:
     parser = verbs.add_parser("serve", help="serve the web app (the default verb)")
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: this machine only)")
     parser.add_argument("--port", type=int, default=int(os.environ.get("LORAFORGE_PORT", 7860)))
-    parser.add_argument("--auth", help="user:password, required when --host is not a loopback address")
+    parser.add_argument("--auth-file", help="a file holding user:password (needed when --host is not loopback)")
+    parser.add_argument("--auth", help=f"user:password (visible to every local user in `ps`: prefer --auth-file or "
+                                       f"{AUTH_ENV})")
+    parser.add_argument("--allowed-host", action="append", default=[],
+                        help="another name the page is reached by (a DNS alias), for the Host check; repeatable")
     parser.add_argument("--no-browser", action="store_true", help="do not open a browser tab")
     add_model_options(parser)
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    auth = _check_exposure(args.host, args.auth)
+    import uvicorn
+
+    auth = _check_exposure(args.host, _credentials(args))
     max_upload = _max_upload()
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    from app.web.page import STYLESHEET, THEME, build_page  # gradio is slow to import; the other verbs don't need it
-
     print("Loading the base model…", file=sys.stderr, flush=True)
     loaded, _ = load_model(args)
-    page = build_page(loaded)
-    print(f"LoRA Forge is ready on http://{args.host}:{args.port}", file=sys.stderr, flush=True)
-    page.queue(default_concurrency_limit=1).launch(
-        server_name=args.host,
-        server_port=args.port,
-        auth=auth,
-        inbrowser=not args.no_browser and _has_display(),
-        share=False,
-        allowed_paths=[str(paths.home())],
-        max_file_size=max_upload,
-        theme=THEME,
-        css_paths=[STYLESHEET],
-        show_error=False,
-        quiet=True,
-    )
+    server = build_server(loaded, args.host, args.port, auth, max_upload, args.allowed_host)
+    url = f"http://{args.host}:{args.port}"
+    print(f"LoRA Forge is ready on {url}", file=sys.stderr, flush=True)
+    if not args.no_browser and _has_display():
+        webbrowser.open(url)
+    uvicorn.run(server, host=args.host, port=args.port, log_level="warning")
     return 0
+
+
+def build_server(loaded, host: str, port: int, auth: tuple[str, str] | None, max_upload: str,
+                 allowed_hosts: list[str] = ()):
+    """The ASGI app: the page mounted in a FastAPI app whose outermost layer is the Host and Origin guard."""
+    import gradio as gr
+    from fastapi import FastAPI
+
+    from app.web.guard import HostGuard, served_hosts
+    from app.web.page import STYLESHEET, THEME, build_page  # gradio is slow to import; the other verbs don't need it
+
+    server = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+    page = build_page(loaded).queue(default_concurrency_limit=1)
+    gr.mount_gradio_app(
+        server, page, path="", server_name=host, server_port=port,
+        auth=throttled_login(*auth) if auth else None,
+        allowed_paths=[str(folder) for folder in served_folders()],
+        blocked_paths=[str(paths.home() / f"{DB_NAME}{suffix}") for suffix in ("", "-wal", "-shm", "-journal")],
+        max_file_size=max_upload, theme=THEME, css_paths=[STYLESHEET], show_error=False,
+    )
+    server.add_middleware(HostGuard, hosts=served_hosts(host, allowed_hosts))
+    return server
+
+
+def served_folders() -> list[Path]:
+    """The only folders under LORAFORGE_HOME the page serves files from: what a person may download."""
+    folders = [paths.home() / "exports", paths.home() / "configs"]
+    for folder in folders:
+        folder.mkdir(exist_ok=True)
+    return folders
+
+
+def throttled_login(user: str, password: str) -> Callable[[str, str], Awaitable[bool]]:
+    """Gradio's login check: the right user and password, compared in constant time; after a few failures each
+    answer is delayed (1, 2, 4 … s, at most MAX_LOGIN_DELAY) so guessing is slow, without blocking the server."""
+    failures: list[float] = []
+
+    async def check(given_user: str, given_password: str) -> bool:
+        right = hmac.compare_digest(given_user.encode(), user.encode()) & hmac.compare_digest(
+            given_password.encode(), password.encode())
+        if right:
+            return True
+        now = time.monotonic()
+        failures[:] = [moment for moment in failures if now - moment < LOGIN_WINDOW] + [now]
+        if len(failures) > FREE_LOGIN_FAILURES:
+            await asyncio.sleep(login_delay(len(failures)))
+        return False
+
+    return check
+
+
+def login_delay(failures: int) -> float:
+    """Seconds before answering the `failures`-th failed login in the window."""
+    return 0.0 if failures <= FREE_LOGIN_FAILURES else min(2.0 ** (failures - FREE_LOGIN_FAILURES - 1),
+                                                           MAX_LOGIN_DELAY)
+
+
+def _credentials(args: argparse.Namespace) -> str | None:
+    """user:password from --auth-file, else LORAFORGE_AUTH, else --auth."""
+    if args.auth_file:
+        file = Path(args.auth_file).expanduser()
+        try:
+            return file.read_text(errors="replace")[:4096].strip()
+        except OSError as error:
+            raise LoraForgeError(f"Cannot read the --auth-file {file}: {error.strerror or error}. Check the path; "
+                                 "the file holds one line, user:password.") from None
+    return os.environ.get(AUTH_ENV) or args.auth
 
 
 def _check_exposure(host: str, auth: str | None) -> tuple[str, str] | None:
@@ -61,8 +136,8 @@ def _check_exposure(host: str, auth: str | None) -> tuple[str, str] | None:
         return user, password
     if host != "localhost" and not _is_loopback(host):
         raise LoraForgeError(
-            f"Listening on {host} exposes LoRA Forge to other machines. Add --auth user:password, "
-            "or leave --host at 127.0.0.1."
+            f"Listening on {host} exposes LoRA Forge to other machines. Add --auth user:password (or "
+            f"--auth-file, or {AUTH_ENV}, which `ps` does not show), or leave --host at 127.0.0.1."
         )
     return None
 
