@@ -2,6 +2,8 @@
 
 import os
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 
@@ -88,3 +90,20 @@ def test_lock_shorter_than_the_busy_timeout_is_waited_out(tmp_path):
     finally:
         release.join()
         holder.close()
+
+
+def test_a_background_process_waits_out_a_lock_longer_than_its_busy_timeout_and_loses_nothing(tmp_path, capfd):
+    """Jobs open the store with patience: another process's long transaction (here 1.5 s against a 0.2 s busy
+    timeout) delays their writes, with a line in the job's log, instead of killing the job."""
+    path = tmp_path / "loraforge.db"
+    run_id = filled_database(path, rows=3)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sqlite3, sys, time; c = sqlite3.connect(sys.argv[1], isolation_level=None); "
+         "c.execute('BEGIN IMMEDIATE'); print('locked', flush=True); time.sleep(1.5); c.rollback()", str(path)],
+        stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    with Store(path, busy_timeout=0.2, patience=30) as store:
+        store.add_metrics(run_id, [{"step": s, "loss": 0.0} for s in range(100, 200)])
+        assert len(store.metrics(run_id)) == 103
+    assert holder.wait(timeout=30) == 0
+    assert "is locked by another process; still waiting to write" in capfd.readouterr().err

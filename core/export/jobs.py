@@ -24,7 +24,7 @@ from core.export.exporter import ExportResult, check_export, export_adapters, ex
 from core.export.merged import AUTO_DTYPE
 from core.export.output import remove_leftovers
 from core.jobs.supervisor import ROOT
-from core.store.database import Store
+from core.store.database import JOB_PATIENCE, Store
 from core.store.processes import process_start_time
 
 RUNNING = "running"
@@ -71,7 +71,7 @@ def run_export_job(export_id: int) -> ExportResult | None:
     """Do export `export_id` in this process, after the exports started before it (each loads a full-precision
     base, so several at once would share the cores and double the memory); None when it failed (the row then
     says why)."""
-    with Store() as store:
+    with Store(patience=JOB_PATIENCE) as store:
         request = ExportRequest(**store.get_export(export_id)["request"])
 
         def say(line: str) -> None:

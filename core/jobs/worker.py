@@ -31,7 +31,7 @@ def train_claimed_run() -> int:
     from core.jobs.background import run_claimed_job
     from core.jobs.runs import report_outcome
     from core.models.quiet import quiet_libraries
-    from core.store.database import Store
+    from core.store.database import JOB_PATIENCE, Store
     from core.training.events import log_events
     from core.training.run_folder import RunFolder
 
@@ -39,7 +39,7 @@ def train_claimed_run() -> int:
     run_id = sys.stdin.readline().strip()
     if not run_id:
         return 0  # the supervisor claimed nothing for this process
-    with Store() as store:
+    with Store(patience=JOB_PATIENCE) as store:
         log = RunFolder(store.get_run(run_id)["run_dir"]).job_log
         if log.parent.is_dir():
             _send_output_to(log)

@@ -9,6 +9,7 @@ LoraForgeErrors that say what to do.
 
 import secrets
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -28,6 +29,7 @@ from core.store.run_status import check_status, now_iso, status_change
 from core.store.schema import decode_row, encode_row
 
 DB_NAME = "loraforge.db"
+JOB_PATIENCE = 600.0  # seconds a background process waits for a write lock before it gives up
 VOTE_WINNERS = ("left", "right", "tie", "both_bad")
 
 
@@ -39,12 +41,14 @@ def new_run_id() -> str:
 class Store(AdapterRecords):
     """The LoRA Forge database: runs, metrics, samples, adapters, exports and chat votes."""
 
-    def __init__(self, path: str | Path | None = None, busy_timeout: float = 10.0):
+    def __init__(self, path: str | Path | None = None, busy_timeout: float = 10.0, patience: float = 0.0):
         """Open (creating if needed) the database at `path` (default LORAFORGE_HOME/loraforge.db) and
-        upgrade its schema. `busy_timeout` is how many seconds a write waits for another process's lock."""
+        upgrade its schema. A write waits `busy_timeout` seconds for another process's lock; a background job,
+        whose work must not be lost to someone else's long transaction, passes `patience` (JOB_PATIENCE): it
+        then keeps waiting, a line on stderr each `busy_timeout`, up to that many seconds in all."""
         self.path = Path(path) if path is not None else paths.home() / DB_NAME
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.busy_timeout = busy_timeout
+        self.busy_timeout, self.patience = busy_timeout, patience
         self._lock = threading.RLock()  # one connection shared by the threads of a process (the web UI)
         self._conn = sqlite3.connect(
             self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
@@ -90,13 +94,30 @@ class Store(AdapterRecords):
     def _write(self) -> Iterator[Database]:
         """One short write transaction that holds the write lock from its start: all of it or nothing."""
         with self._lock, self._guard():
-            self._conn.execute("BEGIN IMMEDIATE")
+            self._begin()
             try:
                 yield self.db
                 self._conn.execute("COMMIT")
             except BaseException:
                 self.db.rollback()
                 raise
+
+    def _begin(self) -> None:
+        """Take the write lock, retrying while another process holds it and patience lasts: nothing of the
+        transaction has run yet, so a retry repeats nothing."""
+        waited = 0.0
+        while True:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as error:
+                if (getattr(error, "sqlite_errorcode", 0) & 0xFF) not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                    raise
+                waited += self.busy_timeout
+                if waited >= max(self.patience, self.busy_timeout):
+                    raise DatabaseBusy(self.path, waited) from None
+                print(f"The LoRA Forge database {self.path} is locked by another process; still waiting to write "
+                      f"({waited:.0f} s of at most {self.patience:.0f} s).", file=sys.stderr, flush=True)
 
     def _query(self, table: str, sql: str, params: tuple | dict = ()) -> list[dict]:
         """Rows of `sql` as dicts, with `table`'s JSON columns decoded."""
