@@ -6,6 +6,7 @@ One real server (tiny random Llama, its own LORAFORGE_HOME) serves the module; t
 process started by the server's supervisor. Every wait polls the page with a generous deadline.
 """
 
+import json
 import os
 import signal
 
@@ -164,7 +165,7 @@ def test_person_trains_watches_across_a_reload_and_chats_side_by_side(app_url, w
         assert base_answer != adapter_answer  # the adapter's column answers with what it learned
 
 
-def test_preflight_shows_the_length_histogram_and_warns_when_memory_will_not_do(app_url, tiny_llama_dir):
+def test_preflight_shows_the_length_histogram_and_warns_when_memory_will_not_do(app_url, tiny_llama_dir, tmp_path):
     expected = data_preflight(DATES, AutoTokenizer.from_pretrained(tiny_llama_dir), max_length=64)
     assert 0 < expected.truncated_share < 1  # the tiny tokenizer makes some dates rows longer than 64 tokens
     with browser_page() as page:
@@ -181,7 +182,14 @@ def test_preflight_shows_the_length_histogram_and_warns_when_memory_will_not_do(
             page, "#preflight-memory")
         screenshot(page, "train-preflight-histogram")
 
-        set_number(page, "batch_size", 10_000_000)
+        # Rows of about 16k tokens, 4096 to a batch (the largest batch the settings take): far more than any RAM
+        long_rows = tmp_path / "long rows.jsonl"
+        long_rows.write_text("".join(json.dumps({"instruction": "Repeat.", "output": "ab " * 8000}) + "\n"
+                                     for _ in range(4)))
+        page.locator("#cfg-dataset textarea").fill(str(long_rows))
+        page.locator("#cfg-dataset textarea").press("Tab")
+        set_number(page, "max_len", 32768)
+        set_number(page, "batch_size", 4096)
         page.locator("#preflight-memory [data-fits=false] .lf-warning").wait_for(timeout=60_000)
         warning = text_of(page, "#preflight-memory .lf-warning")
         assert all(fix in warning for fix in ("Batch size", "Max length", "nf4", "Gradient checkpointing"))

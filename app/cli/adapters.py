@@ -12,6 +12,7 @@ from core.export.composition import compose_adapter
 from core.export.exporter import STATUS_PARITY_FAILED
 from core.jobs.adapters import adapter_source, import_adapter
 from core.lora.peft_format import inspect_adapter
+from core.lora.targets import targets_text
 from core.store.database import Store
 
 
@@ -43,7 +44,7 @@ def run_inspect(args: argparse.Namespace) -> int:
     with Store() as store:  # names and run ids as `adapters list` and `runs` show them, as other verbs take them
         folder = adapter_source(store, args.folder).folder
     info = inspect_adapter(folder)
-    targets = info.targets if isinstance(info.targets, str) else ", ".join(info.targets)
+    targets = targets_text(info.targets)
     variants = [name for name, on in (("DoRA", info.use_dora), ("rsLoRA", info.use_rslora)) if on]
     rows = [
         ("adapter", info.folder),
@@ -68,7 +69,9 @@ def run_list(args: argparse.Namespace) -> int:
         return 0
     print(f"{'ID':>4}  {'SOURCE':<8}  {'RANK':>4}  {'ALPHA':>6}  {'SIZE':>9}  {'NAME':<24}  PATH")
     for adapter in adapters:
-        print(f"{adapter['id']:>4}  {adapter['source']:<8}  {adapter['rank'] or '':>4}  {adapter['alpha'] or 0:>6g}  "
+        alpha = adapter["alpha"]
+        alpha = f"{alpha:g}" if isinstance(alpha, int | float) else str(alpha or "")
+        print(f"{adapter['id']:>4}  {adapter['source']:<8}  {adapter['rank'] or '':>4}  {alpha:>6}  "
               f"{_human_bytes(adapter['size_bytes'] or 0):>9}  {adapter['name']:<24}  {adapter['path']}")
     return 0
 

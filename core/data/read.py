@@ -18,6 +18,7 @@ from core.hub import hub_unavailable, looks_like_hub_id
 
 SUFFIX_UNITS = {".jsonl": "line", ".ndjson": "line", ".json": "row", ".csv": "line", ".parquet": "row"}
 _UTF8_BOM = b"\xef\xbb\xbf"
+MAX_ROW_BYTES = 8 << 20  # one JSONL line: no training example is near this; a longer one is read past, not held
 _FIX_ENCODING = "save the file as UTF-8"
 
 
@@ -59,7 +60,11 @@ def read_rows(source: str) -> Iterator[RawRow]:
 
 def _read_jsonl(path: Path) -> Iterator[RawRow]:
     with path.open("rb") as file:
-        for number, raw in enumerate(file, start=1):
+        for number, raw in enumerate(_capped_lines(file), start=1):
+            if raw is None:
+                yield RawRow(number, problem=f"is longer than {MAX_ROW_BYTES >> 20} MB, far longer than an example "
+                                             "ever is; check that the file has one example per line")
+                continue
             if number == 1:
                 raw = raw.removeprefix(_UTF8_BOM)
             if not raw.strip():
@@ -76,6 +81,17 @@ def _read_jsonl(path: Path) -> Iterator[RawRow]:
                 yield RawRow(number, problem=f"bad JSON: {_json_problem(error)}")
                 continue
             yield _object_row(number, value)
+
+
+def _capped_lines(file) -> Iterator[bytes | None]:
+    """The file's lines, None for each one longer than MAX_ROW_BYTES (read past in pieces, never held whole)."""
+    while line := file.readline(MAX_ROW_BYTES + 1):
+        if len(line) <= MAX_ROW_BYTES or line.endswith(b"\n"):
+            yield line
+            continue
+        while (rest := file.readline(MAX_ROW_BYTES)) and not rest.endswith(b"\n"):
+            pass
+        yield None
 
 
 def _read_json(path: Path) -> Iterator[RawRow]:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from core import paths
 from core.errors import LoraForgeError
+from core.files import read_text_capped
 
 SETTINGS_FILE = "settings.json"
 _TRUE = ("1", "true", "yes", "on")
@@ -33,8 +34,8 @@ def load_job_settings() -> JobSettings:
     values: dict = {}
     if file.is_file():
         try:
-            values = json.loads(file.read_text())
-        except (OSError, json.JSONDecodeError) as error:
+            values = json.loads(read_text_capped(file, 1 << 16, what="The job settings file"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
             raise SettingsError(f"{file} is not readable JSON ({error}). Fix it or delete it to use the defaults.")
         if not isinstance(values, dict):
             raise SettingsError(f"{file} must hold a JSON object such as {{\"max_jobs\": 1, \"auto_resume\": true}}.")

@@ -23,6 +23,7 @@ from safetensors.torch import load_file
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from core.files import read_text_capped
 from core.lora.errors import AdapterFileError
 from core.lora.layer import LoraAdapter, LoraLayer
 from core.lora.model import AdapterReport, adapter_modules, adapter_report, install_adapter, mark_trainable, set_active
@@ -30,6 +31,8 @@ from core.lora.targets import adaptable_modules, canonical_targets, pattern_valu
 from core.models.base_weights import layer_shape
 from core.models.safetensors_file import save_tensors
 
+MAX_RANK = 65536  # no layer of a real model is wider: a larger r is a broken file
+MAX_CONFIG_BYTES = 1 << 20
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."
@@ -126,11 +129,16 @@ def read_config(folder: str | Path) -> AdapterConfig:
             f"{CONFIG_FILE} and {WEIGHTS_FILE}."
         )
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(read_text_capped(path, MAX_CONFIG_BYTES, what="An adapter_config.json"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise AdapterFileError(f"{path} is not valid JSON ({error}). Save the adapter again.") from None
+    if not isinstance(raw, dict):
+        raise AdapterFileError(f"{path} holds a JSON {type(raw).__name__}, not an object of settings (r, lora_alpha, "
+                               "target_modules, ...). Save the adapter again.")
     known = {f.name for f in fields(AdapterConfig)}
     config = AdapterConfig(**{k: v for k, v in raw.items() if k in known and v is not None})
+    if problem := _config_problem(config):
+        raise AdapterFileError(f"{path}: {problem}. Fix that setting, or save the adapter again.")
     if config.peft_type != "LORA":
         raise AdapterFileError(f"{path} describes a {config.peft_type} adapter; LoRA Forge reads LoRA adapters only.")
     if config.bias != "none" or config.modules_to_save:
@@ -139,6 +147,40 @@ def read_config(folder: str | Path) -> AdapterConfig:
             "LoRA Forge does not support. Use an adapter with bias 'none' and no modules_to_save."
         )
     return config
+
+
+def _config_problem(config: AdapterConfig) -> str | None:
+    """The first setting of an adapter_config.json that no LoRA adapter can have, in words; None if all can."""
+    def whole(value) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    def number(value) -> bool:
+        return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+    if not whole(config.r) or not 1 <= config.r <= MAX_RANK:
+        return f"r is {config.r!r}; a LoRA rank is a whole number from 1 to {MAX_RANK}"
+    if not number(config.lora_alpha) or config.lora_alpha <= 0:
+        return f"lora_alpha is {config.lora_alpha!r}; it must be a number above 0"
+    if not number(config.lora_dropout) or not 0 <= config.lora_dropout < 1:
+        return f"lora_dropout is {config.lora_dropout!r}; it must be from 0 up to (not including) 1"
+    targets = config.target_modules
+    if not (isinstance(targets, str) or isinstance(targets, list) and all(isinstance(t, str) for t in targets)):
+        return f"target_modules is {targets!r}; it must be a list of module names, or one name or pattern"
+    for name in ("use_rslora", "use_dora", "fan_in_fan_out"):
+        if not isinstance(getattr(config, name), bool):
+            return f"{name} is {getattr(config, name)!r}; it must be true or false"
+    if not isinstance(config.rank_pattern, dict) or not all(
+            whole(r) and 1 <= r <= MAX_RANK for r in config.rank_pattern.values()):
+        return f"rank_pattern is {config.rank_pattern!r}; it maps module names to ranks from 1 to {MAX_RANK}"
+    alphas = config.alpha_pattern
+    if not isinstance(alphas, dict) or not all(number(a) and a > 0 for a in alphas.values()):
+        return f"alpha_pattern is {config.alpha_pattern!r}; it maps module names to alphas above 0"
+    for name in ("peft_type", "bias"):
+        if not isinstance(getattr(config, name), str):
+            return f"{name} is {getattr(config, name)!r}; it must be text"
+    if config.base_model_name_or_path is not None and not isinstance(config.base_model_name_or_path, str):
+        return f"base_model_name_or_path is {config.base_model_name_or_path!r}; it must be text"
+    return None
 
 
 def _config_for(model: nn.Module, modules: dict[str, LoraAdapter], base_model_name: str | None) -> AdapterConfig:
@@ -281,6 +323,9 @@ def inspect_adapter(folder: str | Path) -> AdapterInfo:
     except Exception as error:
         raise AdapterFileError(f"Could not read {weights}: {error}. The file is truncated or corrupt.") from None
     ranks = sorted({shape[0] for key, shape in shapes.items() if key.endswith(PEFT_SUFFIXES["lora_A"])})
+    if not ranks:
+        raise AdapterFileError(f"{weights} holds no LoRA tensors (no key ends in {PEFT_SUFFIXES['lora_A']}), so it "
+                               "adapts nothing. Point to the folder of a LoRA adapter.")
     return AdapterInfo(
         folder=str(folder),
         base_model=config.base_model_name_or_path,

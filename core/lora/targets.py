@@ -99,3 +99,13 @@ def _is_head(module: nn.Module, head: nn.Module | None) -> bool:
 
     base = module.base_layer if isinstance(module, LoraLayer) else module
     return head is not None and (base is head or module is head)
+
+
+def targets_text(targets: object) -> str:
+    """Targets as a listing shows them: a preset or pattern as it is, names joined; anything else (a row written
+    before adapters were validated on import) shown as what it is, so one bad record never breaks a list."""
+    if isinstance(targets, str):
+        return targets
+    if isinstance(targets, list) and all(isinstance(name, str) for name in targets):
+        return ", ".join(targets)
+    return "" if targets is None else f"(invalid: {targets!r})"

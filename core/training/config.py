@@ -5,6 +5,7 @@ and `resume` needs nothing else.
 """
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -13,8 +14,27 @@ from pathlib import Path
 import yaml
 
 from core.errors import LoraForgeError
+from core.files import read_text_capped
 from core.models.devices import DTYPES
 from core.models.quantize import QUANTIZATIONS
+
+MAX_CONFIG_BYTES = 1 << 20  # a run.yaml is a few KB; anything near this is not one
+FLOAT_SETTINGS = ("epochs", "lr", "alpha", "max_grad_norm", "weight_decay", "dropout", "eval_share", "warmup_ratio")
+# Upper bounds far beyond any real run, so a typo (1e9 epochs, rank 100000) is refused rather than planned for
+# years; the lower bounds the checks below give with their own advice.
+UPPER_BOUNDS = {
+    "rank": (4096, "8 to 64 is usual"),
+    "alpha": (1e5, "2 x rank is a common choice"),
+    "epochs": (1000, "1 to 5 is usual"),
+    "max_steps": (10_000_000, "or leave it out to train by epochs"),
+    "batch_size": (4096, "raise grad_accum for a larger effective batch"),
+    "grad_accum": (65536, "1 to 32 is usual"),
+    "max_len": (1 << 20, "512 to 4096 is typical"),
+    "save_every": (10_000_000, "steps between checkpoints"),
+    "eval_every": (10_000_000, "steps between evaluations"),
+    "keep_checkpoints": (1000, "2 is usual"),
+    "sample_max_new_tokens": (4096, "64 is usual"),
+}
 
 SCHEDULES = ("cosine", "linear", "constant")
 OPTIMIZERS = ("adamw", "adamw8bit", "paged_adamw")
@@ -75,6 +95,15 @@ class TrainConfig:
         if need_dataset and not self.dataset:
             raise ConfigError("No dataset given. Choose a dataset file: JSONL, JSON, CSV or Parquet (--dataset PATH "
                               "on the command line).")
+        for name in FLOAT_SETTINGS:
+            if not math.isfinite(getattr(self, name)):
+                raise ConfigError(f"{name} is {getattr(self, name)}; it must be a finite number.")
+        for name, (high, hint) in UPPER_BOUNDS.items():
+            value = getattr(self, name)
+            if value is not None and value > high:
+                raise ConfigError(f"{name} is {value:g}; use at most {high:g} ({hint}).")
+        if not 0 <= self.seed < 2**32:
+            raise ConfigError(f"seed is {self.seed}; use a whole number from 0 to {2**32 - 1}.")
         _choice("quant", self.quant, QUANTIZATIONS)
         _choice("dtype", self.dtype, ("auto", *DTYPES))
         _choice("schedule", self.schedule, SCHEDULES)
@@ -117,9 +146,12 @@ class TrainConfig:
         name rather than the web server's temporary copy."""
         name = name or str(path)
         try:
-            values = yaml.safe_load(Path(path).read_text()) or {}
+            values = yaml.safe_load(read_text_capped(Path(path), MAX_CONFIG_BYTES, what="A run config")) or {}
         except FileNotFoundError:
             raise ConfigError(f"Config file {name} does not exist. Check the path.") from None
+        except UnicodeDecodeError as error:
+            raise ConfigError(f"Config file {name} is not text (byte {error.start} is not UTF-8): it is no YAML "
+                              "config. Choose the run.yaml you saved.") from None
         except yaml.YAMLError as error:
             raise ConfigError(f"Config file {name} is not valid YAML: {error}. Fix the line it names.") from None
         if not isinstance(values, dict):

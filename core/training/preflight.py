@@ -31,7 +31,7 @@ from core.models.base_weights import layer_shape
 from core.models.devices import resolve_device, resolve_dtype, training_dtype
 from core.models.loading import LoadedModel, load_base_model, resolve_source
 from core.models.quantize import SKIPPED_MODULES
-from core.training.config import TrainConfig
+from core.training.config import ConfigError, TrainConfig
 from core.training.data_plan import batch_settings, train_examples
 from core.training.loop import planned_steps
 
@@ -95,6 +95,7 @@ def preflight_on(loaded: LoadedModel, config: TrainConfig, timed: bool = True) -
     data = data_preflight(config.dataset, loaded.tokenizer, config.max_len, config.train_on,
                           skip_invalid=config.skip_invalid, batches=batch_settings(config, loaded.model))
     trainable = count_trainable(loaded.model, config)
+    check_adapter_size(trainable, loaded.facts.parameters, config)
     steps = planned_steps(config, train_examples(config, data.rows - data.invalid_rows))
     seconds = estimate_seconds_per_step(loaded.model, config, data) if timed else None
     memory = estimate_memory(loaded, config, data, trainable)
@@ -231,3 +232,12 @@ def check_targets(config: TrainConfig) -> None:
     except Exception:  # noqa: BLE001 - remote code, a quantization marker...: the real load reports those
         return
     resolve_targets(skeleton, config.targets)
+    check_adapter_size(count_trainable(skeleton, config), sum(p.numel() for p in skeleton.parameters()), config)
+
+
+def check_adapter_size(trainable: int, parameters: int, config: TrainConfig) -> None:
+    """Refuse an adapter with more trainable parameters than its whole base: LoRA's point is a small update, and
+    such a rank is a typo (rank 100000 on a 135 M model made a 5.76 B-parameter adapter)."""
+    if parameters and trainable > parameters:
+        raise ConfigError(f"rank {config.rank} on these targets makes {trainable:,} trainable parameters, more than "
+                          f"the whole base model's {parameters:,}. Use a rank of 8 to 64.")

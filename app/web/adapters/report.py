@@ -6,6 +6,7 @@ from pathlib import Path
 import pandas as pd
 
 from core.export.parity import greedy_verdict
+from core.lora.targets import targets_text
 
 ADAPTER_COLUMNS = ["Id", "Name", "Run", "Base", "Rank", "Alpha", "Targets", "Parameters", "Size"]
 EXPORT_COLUMNS = ["Id", "Format", "Adapter", "Status", "Largest logit diff", "Greedy", "Template", "Path", "Created"]
@@ -15,8 +16,12 @@ FINISHED = ("done", "parity_failed")
 
 def adapters_frame(adapters: list[dict]) -> pd.DataFrame:
     rows = [[a["id"], a["name"], a["run_id"] or a["source"], a["base_model"], a["rank"], a["alpha"],
-             ", ".join(a["targets"] or []), f"{a['parameters']:,}", size_text(a["size_bytes"])] for a in adapters]
+             targets_text(a["targets"]), _count(a["parameters"]), size_text(a["size_bytes"])] for a in adapters]
     return pd.DataFrame(rows, columns=ADAPTER_COLUMNS)
+
+
+def _count(value: object) -> str:
+    return f"{value:,}" if isinstance(value, int) else str(value or "")
 
 
 def exports_frame(exports: list[dict], adapters: list[dict]) -> pd.DataFrame:
