@@ -4,6 +4,7 @@ differences, and bad input (missing adapter, wrong base, existing output, full d
 import errno
 import json
 import os
+import zipfile
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from app.cli import main
 from core.export.exporter import export_adapters
+from core.export.output import MARK, ZIP_MARK
 from core.lora.errors import AdapterFileError
 from core.store.database import Store
 from core.store.errors import AdapterNotFound
@@ -41,7 +43,7 @@ def test_merged_logits_equal_the_live_adapter_and_the_folder_loads_plainly(tiny_
     assert result.status == "done" and result.parity["passed"]
     assert check["max_logit_diff"] < 1e-4 and check["greedy_agree"] and check["template_same"]
     assert sorted(p.name for p in (tmp_path / "merged").iterdir()) == [
-        "chat_template.jinja", "config.json", "generation_config.json", "model.safetensors",
+        MARK, "chat_template.jinja", "config.json", "generation_config.json", "model.safetensors",
         "tokenizer.json", "tokenizer_config.json",
     ]
     assert AutoTokenizer.from_pretrained(tmp_path / "merged").chat_template == \
@@ -159,19 +161,53 @@ def test_adapter_of_another_base_is_refused_and_nothing_is_written(adapters, tmp
     assert Store().exports() == []
 
 
-def test_existing_output_needs_force(tiny_llama_dir, adapters, tmp_path, capsys):
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "keep.txt").write_text("mine")
-    args = ["export", "--adapter", str(adapters[0]), "--format", "merged", "--base", str(tiny_llama_dir),
-            "--out", str(out)]
-    assert main(args) == 2
+def test_force_replaces_an_earlier_export_and_never_a_folder_of_the_persons_own(
+    tiny_llama_dir, adapters, tmp_path, capsys
+):
+    mine = tmp_path / "mine"
+    (mine / "sub").mkdir(parents=True)
+    (mine / "keep.txt").write_text("mine")
+    (mine / "sub" / "more.txt").write_text("more")
+    args = ["export", "--adapter", str(adapters[0]), "--format", "merged", "--base", str(tiny_llama_dir)]
+    assert main([*args, "--out", str(mine)]) == 2
     assert "already exists and is not empty" in capsys.readouterr().err
-    assert (out / "keep.txt").read_text() == "mine"
+    assert main([*args, "--out", str(mine), "--force"]) == 2
+    assert "holds files LoRA Forge did not write" in capsys.readouterr().err
+    assert (mine / "keep.txt").read_text() == "mine" and (mine / "sub" / "more.txt").read_text() == "more"
 
-    assert main([*args, "--force"]) == 0
-    assert not (out / "keep.txt").exists() and (out / "model.safetensors").is_file()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["home", "out"]  # no staging or replaced leftovers
+    out = tmp_path / "out"
+    assert main([*args, "--out", str(out)]) == 0
+    first = (out / "model.safetensors").stat().st_mtime_ns
+    assert main([*args, "--out", str(out), "--force"]) == 0  # its own earlier export: replaced
+    assert (out / MARK).is_file() and (out / "model.safetensors").stat().st_mtime_ns != first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["home", "mine", "out"]  # no staging or replaced leftovers
+
+
+def test_an_output_that_is_a_link_is_never_followed(tiny_llama_dir, adapters, tmp_path, capsys):
+    target = tmp_path / "important"
+    (target / "keep").mkdir(parents=True)
+    (target / "keep" / "data.txt").write_text("data")
+    (target / MARK).write_text("")  # even an export's folder is not replaced through a link to it
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    for force in ([], ["--force"]):
+        assert main(["export", "--adapter", str(adapters[0]), "--format", "peft", "--base", str(tiny_llama_dir),
+                     "--out", str(link), *force]) == 2
+        assert "is a symbolic link; LoRA Forge never writes through one" in capsys.readouterr().err
+    assert (target / "keep" / "data.txt").read_text() == "data" and link.is_symlink()
+
+
+def test_a_zipped_export_is_marked_and_replaced_only_when_it_is_ours(tiny_llama_dir, adapters, tmp_path, capsys):
+    args = ["export", "--adapter", str(adapters[0]), "--format", "peft", "--base", str(tiny_llama_dir), "--force"]
+    assert main([*args, "--out", str(tmp_path / "a.zip")]) == 0
+    assert zipfile.ZipFile(tmp_path / "a.zip").comment == ZIP_MARK
+    assert main([*args, "--out", str(tmp_path / "a.zip")]) == 0
+    other = tmp_path / "other.zip"
+    with zipfile.ZipFile(other, "w") as archive:
+        archive.writestr("notes.txt", "mine")
+    assert main([*args, "--out", str(other)]) == 2
+    assert "holds files LoRA Forge did not write" in capsys.readouterr().err
+    assert zipfile.ZipFile(other).read("notes.txt") == b"mine"
 
 
 def test_full_disk_removes_the_partial_export_and_records_nothing(tiny_llama_dir, adapters, tmp_path, monkeypatch):

@@ -16,6 +16,7 @@ then recorded in the store, so a failure (full disk included) leaves neither fil
 """
 
 import math
+import os
 import shutil
 import tempfile
 import zipfile
@@ -148,7 +149,7 @@ def check_export(
 ) -> tuple[Path, list[float], list[AdapterSource]]:
     """Everything about a request that can be wrong before any model loads: (output path, one weight per
     adapter, where each adapter is and what it was trained on). A background export runs this before it starts."""
-    out = Path(out).expanduser().resolve()
+    out = Path(os.path.abspath(Path(out).expanduser()))  # not resolved: a link given as --out is refused
     weights = _check_request(adapters, format, weights, gguf_type, merged_dtype)
     check_target(out, force)
     with Store() as store:

@@ -1,22 +1,29 @@
 """Where an export is written: into a hidden sibling first, renamed into place only when complete.
 
-    check_target(out, force)   refuse an existing non-empty output unless --force, before any work starts
+    check_target(out, force)   refuse an existing non-empty output unless --force, before any work starts;
+                               even with it, refuse what LoRA Forge did not write, and any symbolic link
     with staging(out) as tmp:  write into tmp; on any error tmp is removed and `out` is untouched
-    commit(tmp, out)           the finished export replaces `out` (an old one is removed only afterwards)
+    commit(tmp, out)           the finished export, marked as LoRA Forge's, replaces `out` (an old one is removed
+                               only afterwards)
     remove_leftovers(out)      what a killed export left beside `out` goes
 
-A full disk (or any other write failure) becomes one ExportError naming the path and the fix, and leaves
-no partial files behind.
+Force overwrite replaces only an earlier export: a folder holding the MARK file, or a zip whose comment is
+ZIP_MARK. A folder of the person's own is never deleted, and a link is never followed. A full disk (or any other
+write failure) becomes one ExportError naming the path and the fix, and leaves no partial files behind.
 """
 
 import errno
 import os
 import shutil
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from core.errors import LoraForgeError
+
+MARK = ".loraforge-export"  # in every exported folder: what Force overwrite may replace
+ZIP_MARK = b"Exported by LoRA Forge"  # the comment of every exported zip
 
 
 class ExportError(LoraForgeError):
@@ -24,11 +31,19 @@ class ExportError(LoraForgeError):
 
 
 def check_target(out: Path, force: bool) -> None:
-    """Refuse to overwrite an existing file or non-empty folder unless `force`."""
+    """Refuse to overwrite an existing file or non-empty folder unless `force`, and even then unless LoRA Forge
+    wrote it; refuse a symbolic link whatever it points to."""
+    if out.is_symlink():
+        raise ExportError(f"The output {out} is a symbolic link; LoRA Forge never writes through one. Choose the "
+                          "folder it points to, or another output.")
     if out.is_dir() and not any(out.iterdir()):
         return
+    kind = "folder" if out.is_dir() else "file"
+    if out.exists() and force and not written_here(out):
+        raise ExportError(f"The output {kind} {out} holds files LoRA Forge did not write, so it is left alone: "
+                          f"Force overwrite replaces only an earlier export. Choose another output, or move that "
+                          f"{kind} away yourself.")
     if out.exists() and not force:
-        kind = "folder" if out.is_dir() else "file"
         raise ExportError(
             f"The output {kind} {out} already exists and is not empty. Choose another output (--out), or replace "
             "it ('Force overwrite' in the page, --force on the command line); the old export is removed only once "
@@ -52,14 +67,38 @@ def staging(out: Path) -> Iterator[Path]:
 
 
 def commit(tmp: Path, out: Path) -> None:
-    """Move the finished export into place; an export it replaces is removed only after the move."""
+    """Mark the finished export as LoRA Forge's and move it into place; an export it replaces (checked again
+    here: it may have changed while this one was written) is removed only after the move."""
+    _mark(tmp)
     old = out.with_name(f".{out.name}.replaced-{os.getpid()}")
-    if out.is_dir() and not any(out.iterdir()):
+    if out.is_dir() and not out.is_symlink() and not any(out.iterdir()):
         out.rmdir()
-    elif out.exists():
+    elif out.exists() or out.is_symlink():
+        check_target(out, force=True)
         out.rename(old)
     tmp.rename(out)
     _remove(old)
+
+
+def written_here(path: Path) -> bool:
+    """Whether `path` is an export LoRA Forge wrote (and so may replace): a marked folder or zip, not a link."""
+    if path.is_symlink():
+        return False
+    if path.is_dir():
+        return (path / MARK).is_file()
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.comment == ZIP_MARK
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def _mark(tmp: Path) -> None:
+    if tmp.is_dir():
+        (tmp / MARK).write_text("This folder is an export of LoRA Forge; Force overwrite may replace it.\n")
+    else:
+        with zipfile.ZipFile(tmp, "a") as archive:
+            archive.comment = ZIP_MARK
 
 
 def folder_bytes(path: Path) -> int:
