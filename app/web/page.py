@@ -16,6 +16,7 @@ from app.web.footer import footer_text
 from app.web.model_facts import describe_model
 from app.web.runs import build_runs_tab
 from app.web.train import build_train_tab
+from app.web.train.uploads import prune_uploads
 from core.models.loading import LoadedModel
 from core.store.database import Store
 
@@ -29,7 +30,9 @@ THEME = gr.themes.Default(primary_hue="orange", neutral_hue="slate", spacing_siz
 
 def build_page(loaded: LoadedModel) -> gr.Blocks:
     store = Store()  # one connection shared by the page's threads; every job process opens its own
-    with gr.Blocks(title=PAGE_TITLE) as page:
+    prune_uploads(store)
+    # Gradio's own copies of uploads (its cache), an hour's sweep of those older than a day
+    with gr.Blocks(title=PAGE_TITLE, delete_cache=(3600, 86400)) as page:
         gr.Markdown(f"# {PAGE_TITLE}\nFine-tune language models on your own machine.")
         gr.Markdown(describe_model(loaded.facts), elem_id="model-facts")
         with gr.Tabs() as tabs:

@@ -6,7 +6,6 @@ into LORAFORGE_HOME/adapters/<name>. It is then registered as "composed", so it 
 exported and composed again like any trained or imported adapter.
 """
 
-import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,14 +20,14 @@ COMPOSED = "composed"
 
 def check_composition(adapters: list[str], weights: list[float] | None, name: str) -> Path:
     """The new adapter's folder, once the name is free and the adapters and weights make a valid set."""
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", name.strip()).strip("-.")
-    if not slug:
+    folder_name = paths.slug(name)
+    if not folder_name:
         raise ExportError("Give the new adapter a name (letters, digits, '-', '_' or '.'), e.g. pirate-dates-mix.")
     with Store() as store:
         taken = {row["name"] for row in store.adapters()}
     if name.strip() in taken:
         raise ExportError(f"An adapter named {name.strip()!r} already exists. Choose another name for the new one.")
-    folder = paths.home() / "adapters" / slug
+    folder = paths.named_path(paths.home() / "adapters", folder_name, what="The adapter name")
     if folder.exists():
         raise ExportError(
             f"{folder} already exists. Choose another name for the new adapter, or move that folder away."

@@ -3,12 +3,12 @@ outputs show (adapters table, adapter choice, exports table, report, downloads, 
 Import registers a folder; compose and export start background jobs (core.export.jobs); a refused action raises
 app.web.refusal."""
 
-import re
 from pathlib import Path
 
 import gradio as gr
 
 from app.web.adapters.report import adapters_frame, download_files, exports_frame, report_markdown
+from app.web.readable import check_readable
 from app.web.refusal import refusal
 from core import paths
 from core.errors import LoraForgeError
@@ -42,7 +42,7 @@ class AdaptersHandlers:
         if not path.strip():
             raise refusal("Type the path of an adapter folder first.")
         try:
-            adapter = import_adapter(self.store, path.strip())
+            adapter = import_adapter(self.store, check_readable(path.strip(), what="The adapter folder"))
         except LoraForgeError as error:
             raise refusal(error) from None
         gr.Info(f"Imported adapter {adapter['name']} (id {adapter['id']}).")
@@ -78,10 +78,10 @@ class AdaptersHandlers:
 def default_out(adapters: list[dict], format: str) -> Path:
     """LORAFORGE_HOME/exports/<adapter-name>-<format> (the exports folder made here, as the export needs an
     existing parent); a PEFT export is a zip, so the page can offer it for download."""
-    name = re.sub(r"[^A-Za-z0-9._-]+", "-", "+".join(a["name"] for a in adapters)).strip("-") or "adapter"
+    name = paths.slug("+".join(a["name"] for a in adapters)) or "adapter"
     folder = paths.home() / "exports"
     folder.mkdir(exist_ok=True)
-    return folder / f"{name}-{format}{'.zip' if format == 'peft' else ''}"
+    return paths.named_path(folder, f"{name}-{format}", ".zip" if format == "peft" else "", what="The export name")
 
 
 def _chosen(store: Store, selected: list[str] | None) -> list[dict]:

@@ -1,18 +1,18 @@
 """What the Train tab does when a person acts: each handler takes the form's values (in `names` order) and
 returns what its outputs show. They call core only; a refused action raises app.web.refusal."""
 
-import shutil
 from pathlib import Path
 
 import gradio as gr
 
+from app.web.readable import check_readable
 from app.web.refusal import refusal
 from app.web.train.form import PRESET_VALUES, form_values, to_config
 from app.web.train.layout import NO_DATASET, SAMPLES
 from app.web.train.preview import preflight_view, preview
+from app.web.train.uploads import keep_uploaded_dataset
 from core import jobs, paths
 from core.errors import LoraForgeError
-from core.jobs.runs import file_sha256
 from core.models.loading import LoadedModel, load_tokenizer
 from core.store.database import Store
 from core.training.config import TrainConfig
@@ -33,7 +33,7 @@ class TrainHandlers:
         if not source.strip():
             return None, ""
         try:
-            return preview(source.strip())
+            return preview(check_readable(source.strip()))
         except LoraForgeError as error:
             gr.Warning(str(error))
             return None, f"**Cannot read this dataset:**\n```\n{error}\n```"
@@ -43,7 +43,7 @@ class TrainHandlers:
         if not current["dataset"].strip():
             return NO_DATASET, "", "", ""
         try:
-            return preflight_view(to_config(current), self.loaded)
+            return preflight_view(readable_config(to_config(current)), self.loaded)
         except LoraForgeError as error:
             return f"**Not ready:**\n```\n{error}\n```", "", "", ""
 
@@ -63,11 +63,11 @@ class TrainHandlers:
     def keep_upload(path: str | None):
         if not path:
             return gr.skip(), gr.skip()
-        return str(copy_upload(Path(path))), ""
+        return str(keep_uploaded_dataset(Path(path))), ""
 
     def start_run(self, *values):
         try:
-            config = to_config(self.values_of(values))
+            config = readable_config(to_config(self.values_of(values)))
             # the rows are rendered with the run's own tokenizer: the served one when the run's base is served
             served = config.base == self.loaded.facts.source
             tokenizer = self.loaded.tokenizer if served else load_tokenizer(config.base)
@@ -79,11 +79,12 @@ class TrainHandlers:
     def save_config(self, *values):
         try:
             config = to_config(self.values_of(values), need_dataset=False)  # settings alone make a template
+            folder = paths.home() / "configs"
+            folder.mkdir(exist_ok=True)
+            name = config.name or Path(config.dataset).stem or "train"
+            path = paths.named_path(folder, name, ".yaml", what="The run name")
         except LoraForgeError as error:
             raise refusal(error) from None
-        folder = paths.home() / "configs"
-        folder.mkdir(exist_ok=True)
-        path = folder / f"{config.name or Path(config.dataset).stem or 'train'}.yaml"
         config.to_yaml(path)
         return gr.File(value=str(path), visible=True)
 
@@ -97,10 +98,9 @@ class TrainHandlers:
         return [PRESET_VALUES[name].get(n, gr.skip()) for n in self.names]
 
 
-def copy_upload(path: Path) -> Path:
-    """Keep an uploaded dataset under LORAFORGE_HOME/uploads (Gradio's temp copy may vanish before a resume)."""
-    target = paths.home() / "uploads" / file_sha256(path)[:12] / path.name  # messages and run names keep its name
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if not target.exists():
-        shutil.copyfile(path, target)
-    return target
+def readable_config(config: TrainConfig) -> TrainConfig:
+    """The config, once the page may read its dataset and eval file (app.web.readable)."""
+    check_readable(config.dataset)
+    if config.eval_file:
+        check_readable(config.eval_file, what="The eval file")
+    return config

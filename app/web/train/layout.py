@@ -2,18 +2,17 @@
 Nothing here reacts to anything: app.web.train.tab wires the events to app.web.train.handlers."""
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import gradio as gr
 import torch
 
 from app.web.model_facts import describe_model
+from app.web.readable import SAMPLES
 from app.web.train.form import PRESET_VALUES, build_form
 from app.web.train.preview import PREVIEW_COLUMNS
 from core.models.loading import LoadedModel
 from core.training.config import TrainConfig
 
-SAMPLES = Path(__file__).resolve().parents[3] / "assets" / "samples"
 DATASET_TYPES = [".jsonl", ".json", ".csv", ".parquet"]
 NO_DATASET = "Choose a dataset to see what the run would train on."
 

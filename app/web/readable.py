@@ -1,0 +1,40 @@
+"""Which of the server's files the page reads when a person names one in a field (a dataset, an eval file, an
+adapter folder to import).
+
+The page runs with its user's rights, and before the Host guard (app.web.guard) any site could drive it; so even
+for its own page it reads only: files under LORAFORGE_HOME (except the database), the bundled samples, and a path
+typed into a field that says it takes one, as long as no part of that path is hidden (a folder such as ~/.ssh or
+~/.config holds other tools' secrets and settings, not datasets). Devices, /proc and /sys are never read.
+"""
+
+import os
+from pathlib import Path
+
+from core import paths
+from core.errors import LoraForgeError
+from core.store.database import DB_NAME
+
+SAMPLES = Path(__file__).resolve().parents[2] / "assets" / "samples"
+SYSTEM = (Path("/proc"), Path("/sys"), Path("/dev"))
+
+
+class NotReadable(LoraForgeError):
+    """The page does not read this file for a person."""
+
+
+def check_readable(typed: str, what: str = "The dataset") -> str:
+    """`typed` as given, once the page may read it; NotReadable naming the way out otherwise."""
+    path = Path(os.path.abspath(Path(typed).expanduser()))
+    real = path.resolve()
+    home = paths.home().resolve()
+    if real.name.startswith(DB_NAME) and real.parent == home:
+        raise NotReadable(f"{typed} is LoRA Forge's own database, not a dataset. Choose a dataset file.")
+    if any(real == root or root in real.parents for root in SYSTEM):
+        raise NotReadable(f"{typed} is a system file, not a dataset. Choose a dataset file.")
+    if home in real.parents or SAMPLES.resolve() in real.parents:
+        return typed
+    hidden = next((part for part in real.parts if part.startswith(".") and part not in (".", "..")), None)
+    if hidden:
+        raise NotReadable(f"{what} {typed} lies in a hidden folder ({hidden}), which holds other tools' files; the "
+                          "page does not read there. Upload the file instead, or copy it to a plain folder.")
+    return typed
