@@ -102,7 +102,7 @@ def test_a_background_process_waits_out_a_lock_longer_than_its_busy_timeout_and_
          "c.execute('BEGIN IMMEDIATE'); print('locked', flush=True); time.sleep(1.5); c.rollback()", str(path)],
         stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "locked"
-    with Store(path, busy_timeout=0.2, patience=30) as store:
+    with Store(path, busy_timeout=0.2, patience=30) as store:  # as every store of a job process opens
         store.add_metrics(run_id, [{"step": s, "loss": 0.0} for s in range(100, 200)])
         assert len(store.metrics(run_id)) == 103
     assert holder.wait(timeout=30) == 0

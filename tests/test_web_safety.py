@@ -4,6 +4,7 @@ rebinding) or a foreign Origin is refused before Gradio sees it, and gets no COR
 
 import asyncio
 import http.client
+import json
 import re
 from pathlib import Path
 from urllib.parse import quote, urlparse
@@ -178,3 +179,51 @@ def test_failed_logins_are_slowed_down_and_the_right_one_is_not(monkeypatch):
     assert results == [False] * 6 and waits == [login_delay(n) for n in range(4, 7)] == [1.0, 2.0, 4.0]
     assert asyncio.run(check(USER, PASSWORD)) and waits == [1.0, 2.0, 4.0]
     assert login_delay(40) == 30.0
+
+
+def read_stream(url: str, path: str, until: bytes = b"event: ", seconds: float = 60) -> bytes:
+    """A server-sent-event stream of the page's API, read until an event arrives (or `seconds` pass)."""
+    parsed = urlparse(url)
+    connection = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=seconds)
+    try:
+        connection.request("GET", path, headers={"Host": parsed.netloc})
+        reply, seen = connection.getresponse(), b""
+        while until not in seen or not seen.endswith(b"\n\n"):
+            piece = reply.read1(1 << 16)
+            if not piece:
+                break
+            seen += piece
+        return seen
+    finally:
+        connection.close()
+
+
+@pytest.mark.browser  # a real server process
+def test_a_request_cannot_pass_a_server_file_off_as_its_upload(open_server, tmp_path):
+    """Gradio refuses a file a request names unless it was uploaded, but only once the page counts as launched,
+    which mounting alone did not mark: the upload handler then copied any server file into LORAFORGE_HOME."""
+    url, home = open_server
+    secret = tmp_path / ".aws" / "creds.csv"
+    secret.parent.mkdir()
+    secret.write_text("key,value\nsecret,1\n")
+    body = json.dumps({"data": [{"path": str(secret), "meta": {"_type": "gradio.FileData"}}]}).encode()
+    status, _, reply = request(url, "/gradio_api/call/keep_upload", "POST", {"Content-Type": "application/json"},
+                               body)
+    assert status == 200, reply
+    stream = read_stream(url, f"/gradio_api/call/keep_upload/{json.loads(reply)['event_id']}")
+    assert b"event: error" in stream and b"secret" not in stream
+    assert not list(home.rglob("creds.csv"))
+
+
+def test_an_address_of_this_machine_is_served_when_listening_everywhere_and_a_foreign_name_is_not():
+    from starlette.datastructures import Headers
+
+    from app.web.guard import HostGuard, served_hosts
+
+    guard = HostGuard(None, served_hosts("0.0.0.0", ["forge.lan", "[fd00::9]:7860"]))
+    for host in ("192.0.2.2:7860", "[fd00::2]:7860", "127.0.0.1:7860", "localhost:7860", "forge.lan:7860",
+                 "FORGE.LAN", "[fd00::9]"):
+        assert guard.problem(Headers({"host": host})) is None, host
+    for host in ("evil.example:7860", "", "localhost.evil.example", "forge.lan.evil.example"):
+        assert "does not serve the host" in guard.problem(Headers({"host": host})), host
+    assert "--allowed-host" in guard.problem(Headers({"host": "evil.example"}))

@@ -19,6 +19,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from app.cli.options import add_model_options, load_model
+from app.web.guard import WILDCARDS
+from app.web.readable import served_folders
 from core import paths
 from core.errors import LoraForgeError
 from core.store.database import DB_NAME
@@ -53,8 +55,9 @@ def run(args: argparse.Namespace) -> int:
     print("Loading the base model…", file=sys.stderr, flush=True)
     loaded, _ = load_model(args)
     server = build_server(loaded, args.host, args.port, auth, max_upload, args.allowed_host)
-    url = f"http://{args.host}:{args.port}"
-    print(f"LoRA Forge is ready on {url}", file=sys.stderr, flush=True)
+    url = f"http://{'127.0.0.1' if args.host in WILDCARDS else args.host}:{args.port}"
+    elsewhere = " (from other machines: this machine's address)" if args.host in WILDCARDS else ""
+    print(f"LoRA Forge is ready on {url}{elsewhere}", file=sys.stderr, flush=True)
     if not args.no_browser and _has_display():
         webbrowser.open(url)
     uvicorn.run(server, host=args.host, port=args.port, log_level="warning")
@@ -79,22 +82,19 @@ def build_server(loaded, host: str, port: int, auth: tuple[str, str] | None, max
         blocked_paths=[str(paths.home() / f"{DB_NAME}{suffix}") for suffix in ("", "-wal", "-shm", "-journal")],
         max_file_size=max_upload, theme=THEME, css_paths=[STYLESHEET], show_error=False,
     )
+    # Gradio checks the file paths a request names (only uploads may come in, only served folders go out) once
+    # a page counts as launched, which mounting alone does not mark.
+    page.has_launched = True
     server.add_middleware(HostGuard, hosts=served_hosts(host, allowed_hosts))
     return server
 
 
-def served_folders() -> list[Path]:
-    """The only folders under LORAFORGE_HOME the page serves files from: what a person may download."""
-    folders = [paths.home() / "exports", paths.home() / "configs"]
-    for folder in folders:
-        folder.mkdir(exist_ok=True)
-    return folders
-
-
 def throttled_login(user: str, password: str) -> Callable[[str, str], Awaitable[bool]]:
     """Gradio's login check: the right user and password, compared in constant time; after a few failures each
-    answer is delayed (1, 2, 4 … s, at most MAX_LOGIN_DELAY) so guessing is slow, without blocking the server."""
+    answer is delayed (1, 2, 4 … s, at most MAX_LOGIN_DELAY), one failed answer at a time so that guesses sent in
+    parallel wait in turn, without blocking the server."""
     failures: list[float] = []
+    turns: list[asyncio.Lock] = []  # made on first use, inside the server's event loop
 
     async def check(given_user: str, given_password: str) -> bool:
         right = hmac.compare_digest(given_user.encode(), user.encode()) & hmac.compare_digest(
@@ -104,7 +104,9 @@ def throttled_login(user: str, password: str) -> Callable[[str, str], Awaitable[
         now = time.monotonic()
         failures[:] = [moment for moment in failures if now - moment < LOGIN_WINDOW] + [now]
         if len(failures) > FREE_LOGIN_FAILURES:
-            await asyncio.sleep(login_delay(len(failures)))
+            turns[:] = turns or [asyncio.Lock()]
+            async with turns[0]:
+                await asyncio.sleep(login_delay(len(failures)))
         return False
 
     return check

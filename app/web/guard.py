@@ -3,13 +3,15 @@
 Browsers guard a page on 127.0.0.1 from other sites by its origin, but a site that rebinds its own name to
 127.0.0.1 (DNS rebinding) sends `Host: evil.example`, and Gradio then grants any Origin with credentials. So
 before Gradio sees a request:
-    Host    must name this server: 127.0.0.1, localhost, ::1, the --host given, or (listening on every
-            interface) this machine's own names and addresses                                 -> else 403
+    Host    must name this server: an IP address (rebinding needs a domain name of the attacker's), localhost,
+            the --host given, --allowed-host names, or (listening on every interface) this machine's names
+                                                                                              -> else 403
     Origin  when a browser sends one, must be this server's own (scheme, the Host, the port)   -> else 403
 The second rule also refuses cross-site uploads and another local page's requests, so no foreign Origin ever
 gets a CORS grant.
 """
 
+import ipaddress
 import socket
 from collections.abc import Iterable
 from urllib.parse import urlsplit
@@ -23,8 +25,10 @@ WILDCARDS = {"0.0.0.0", "::", ""}
 
 
 def served_hosts(host: str, extra: Iterable[str] = ()) -> set[str]:
-    """The host names a request may use: loopback, the one listened on, and for a wildcard this machine's own."""
-    names = set(LOOPBACK_NAMES) | {host.lower().strip("[]")} | {name.lower() for name in extra}
+    """The host names a request may use: loopback, the one listened on, the extra ones given, and for a wildcard
+    this machine's own names."""
+    host = host.strip().strip("[]")
+    names = set(LOOPBACK_NAMES) | {host.lower()} | {host_name(name) or name.lower() for name in extra}
     if host in WILDCARDS:
         names |= {socket.gethostname().lower(), socket.getfqdn().lower()}
         try:
@@ -32,6 +36,14 @@ def served_hosts(host: str, extra: Iterable[str] = ()) -> set[str]:
         except OSError:
             pass
     return names - WILDCARDS
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        return False
 
 
 def host_name(value: str) -> str:
@@ -57,8 +69,10 @@ class HostGuard:
 
     def problem(self, headers: Headers) -> str | None:
         host = headers.get("host", "")
-        if host_name(host) not in self.hosts:
-            return f"LoRA Forge does not serve the host {host!r}. Open it at the address it printed when it started."
+        name = host_name(host)
+        if not (_is_ip(name) or name in self.hosts):
+            return (f"LoRA Forge does not serve the host {host!r}. Open it at the address it printed when it "
+                    "started, or start it with --allowed-host NAME for another name of this machine.")
         origin = headers.get("origin")
         if origin is not None and urlsplit(origin).netloc.lower() != host.lower():
             return f"LoRA Forge answers only its own page, not requests from {origin!r}."

@@ -1,10 +1,11 @@
 """Which of the server's files the page reads when a person names one in a field (a dataset, an eval file, an
-adapter folder to import).
+adapter folder to import), and which it serves for download.
 
 The page runs with its user's rights, and before the Host guard (app.web.guard) any site could drive it; so even
 for its own page it reads only: files under LORAFORGE_HOME (except the database), the bundled samples, and a path
 typed into a field that says it takes one, as long as no part of that path is hidden (a folder such as ~/.ssh or
-~/.config holds other tools' secrets and settings, not datasets). Devices, /proc and /sys are never read.
+~/.config holds other tools' secrets and settings, not datasets). Devices, /proc, /sys and the system's
+configuration (/etc, /run, /var/lib) are never read.
 """
 
 import os
@@ -15,7 +16,22 @@ from core.errors import LoraForgeError
 from core.store.database import DB_NAME
 
 SAMPLES = Path(__file__).resolve().parents[2] / "assets" / "samples"
-SYSTEM = (Path("/proc"), Path("/sys"), Path("/dev"))
+SYSTEM = tuple(Path(folder) for folder in ("/proc", "/sys", "/dev", "/etc", "/run", "/boot", "/var/lib", "/var/run"))
+
+
+def served_folders() -> list[Path]:
+    """The only folders under LORAFORGE_HOME the page serves files from: what a person may download (exports,
+    saved configs). Nothing else is offered for download."""
+    folders = [paths.home() / "exports", paths.home() / "configs"]
+    for folder in folders:
+        folder.mkdir(exist_ok=True)
+    return folders
+
+
+def servable(path: Path) -> bool:
+    """Whether the page may offer `path` for download (it lies in a served folder, links resolved)."""
+    real = Path(path).resolve()
+    return any(folder.resolve() in real.parents for folder in served_folders())
 
 
 class NotReadable(LoraForgeError):

@@ -30,9 +30,9 @@ class ExportError(LoraForgeError):
     """An export cannot be made as asked (bad output path, full disk, unsupported model)."""
 
 
-def check_target(out: Path, force: bool) -> None:
+def check_target(out: Path, force: bool, recorded: bool = False) -> None:
     """Refuse to overwrite an existing file or non-empty folder unless `force`, and even then unless LoRA Forge
-    wrote it; refuse a symbolic link whatever it points to."""
+    wrote it (marked, or `recorded` as an export of its own); refuse a symbolic link whatever it points to."""
     if out.is_symlink():
         raise ExportError(f"The output {out} is a symbolic link; LoRA Forge never writes through one. Choose the "
                           "folder it points to, or another output.")
@@ -40,6 +40,9 @@ def check_target(out: Path, force: bool) -> None:
         return
     kind = "folder" if out.is_dir() else "file"
     if out.exists() and force and not written_here(out):
+        if recorded and (out.is_dir() or zipfile.is_zipfile(out)):
+            _mark(out)  # an export of LoRA Forge's from before the marker: marked now, so it can be replaced
+            return
         raise ExportError(f"The output {kind} {out} holds files LoRA Forge did not write, so it is left alone: "
                           f"Force overwrite replaces only an earlier export. Choose another output, or move that "
                           f"{kind} away yourself.")
@@ -86,6 +89,8 @@ def written_here(path: Path) -> bool:
         return False
     if path.is_dir():
         return (path / MARK).is_file()
+    if not path.is_file():
+        return False  # a device or a pipe: nothing LoRA Forge writes
     try:
         with zipfile.ZipFile(path) as archive:
             return archive.comment == ZIP_MARK

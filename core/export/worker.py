@@ -9,7 +9,9 @@ def main(argv: list[str]) -> int:
         print("usage: python -m core.export.worker EXPORT_ID", file=sys.stderr)
         return 2
     from core.export.jobs import run_export_job
+    from core.store.database import JOB_PATIENCE, Store
 
+    Store.default_patience = JOB_PATIENCE  # an export's result must outlast another process's long transaction
     return 0 if run_export_job(int(argv[0])) else 1
 
 

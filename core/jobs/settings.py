@@ -35,7 +35,7 @@ def load_job_settings() -> JobSettings:
     if file.is_file():
         try:
             values = json.loads(read_text_capped(file, 1 << 16, what="The job settings file"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
             raise SettingsError(f"{file} is not readable JSON ({error}). Fix it or delete it to use the defaults.")
         if not isinstance(values, dict):
             raise SettingsError(f"{file} must hold a JSON object such as {{\"max_jobs\": 1, \"auto_resume\": true}}.")

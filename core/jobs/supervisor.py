@@ -26,7 +26,7 @@ from typing import IO
 
 from core import paths
 from core.jobs.settings import load_job_settings
-from core.store.database import JOB_PATIENCE, Store
+from core.store.database import Store
 from core.store.errors import DatabaseBusy
 from core.store.processes import process_start_time
 
@@ -82,11 +82,11 @@ def serve() -> int:
             lock.truncate(0)
             lock.write(f"{os.getpid()}\n")  # who holds it, for people and tests; the flock is what counts
             lock.flush()
-            with Store(patience=JOB_PATIENCE) as store:
+            with Store() as store:
                 _Rounds(store).until_idle()
                 # Between the last look and the lock's release a run may have been queued by someone who
                 # saw the lock taken and so started no supervisor: look again after releasing it.
-        with Store(patience=JOB_PATIENCE) as store:
+        with Store() as store:
             if not store.list_runs("queued"):
                 _say("nothing queued or running; exiting")
                 return 0

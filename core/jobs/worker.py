@@ -19,6 +19,9 @@ def main(argv: list[str]) -> int:
     if len(argv) != 1 or argv[0] not in ROLES:
         print(f"usage: python -m core.jobs.worker {{{','.join(ROLES)}}}", file=sys.stderr)
         return 2
+    from core.store.database import JOB_PATIENCE, Store
+
+    Store.default_patience = JOB_PATIENCE  # this process's work must outlast another's long transaction
     if argv[0] == "supervisor":
         from core.jobs.supervisor import serve  # no torch: the supervisor starts in a second and stays small
 
@@ -31,7 +34,7 @@ def train_claimed_run() -> int:
     from core.jobs.background import run_claimed_job
     from core.jobs.runs import report_outcome
     from core.models.quiet import quiet_libraries
-    from core.store.database import JOB_PATIENCE, Store
+    from core.store.database import Store
     from core.training.events import log_events
     from core.training.run_folder import RunFolder
 
@@ -39,7 +42,7 @@ def train_claimed_run() -> int:
     run_id = sys.stdin.readline().strip()
     if not run_id:
         return 0  # the supervisor claimed nothing for this process
-    with Store(patience=JOB_PATIENCE) as store:
+    with Store() as store:
         log = RunFolder(store.get_run(run_id)["run_dir"]).job_log
         if log.parent.is_dir():
             _send_output_to(log)

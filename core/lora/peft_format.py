@@ -130,8 +130,8 @@ def read_config(folder: str | Path) -> AdapterConfig:
         )
     try:
         raw = json.loads(read_text_capped(path, MAX_CONFIG_BYTES, what="An adapter_config.json"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise AdapterFileError(f"{path} is not valid JSON ({error}). Save the adapter again.") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
+        raise AdapterFileError(f"{path} is not valid JSON ({str(error)[:200]}). Save the adapter again.") from None
     if not isinstance(raw, dict):
         raise AdapterFileError(f"{path} holds a JSON {type(raw).__name__}, not an object of settings (r, lora_alpha, "
                                "target_modules, ...). Save the adapter again.")

@@ -41,14 +41,18 @@ def new_run_id() -> str:
 class Store(AdapterRecords):
     """The LoRA Forge database: runs, metrics, samples, adapters, exports and chat votes."""
 
-    def __init__(self, path: str | Path | None = None, busy_timeout: float = 10.0, patience: float = 0.0):
+    default_patience = 0.0  # a background process raises it to JOB_PATIENCE for every store it opens
+
+    def __init__(self, path: str | Path | None = None, busy_timeout: float = 10.0, patience: float | None = None):
         """Open (creating if needed) the database at `path` (default LORAFORGE_HOME/loraforge.db) and
-        upgrade its schema. A write waits `busy_timeout` seconds for another process's lock; a background job,
-        whose work must not be lost to someone else's long transaction, passes `patience` (JOB_PATIENCE): it
-        then keeps waiting, a line on stderr each `busy_timeout`, up to that many seconds in all."""
+        upgrade its schema. A write waits `busy_timeout` seconds for another process's lock; with `patience`
+        (default: the process's default_patience; background jobs, whose work must not be lost to someone
+        else's long transaction, set JOB_PATIENCE) it then keeps waiting, a line on stderr each time, up to that
+        many seconds in all."""
         self.path = Path(path) if path is not None else paths.home() / DB_NAME
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.busy_timeout, self.patience = busy_timeout, patience
+        self.busy_timeout = busy_timeout
+        self.patience = Store.default_patience if patience is None else patience
         self._lock = threading.RLock()  # one connection shared by the threads of a process (the web UI)
         self._conn = sqlite3.connect(
             self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
@@ -105,7 +109,7 @@ class Store(AdapterRecords):
     def _begin(self) -> None:
         """Take the write lock, retrying while another process holds it and patience lasts: nothing of the
         transaction has run yet, so a retry repeats nothing."""
-        waited = 0.0
+        started = time.monotonic()
         while True:
             try:
                 self._conn.execute("BEGIN IMMEDIATE")
@@ -113,7 +117,7 @@ class Store(AdapterRecords):
             except sqlite3.OperationalError as error:
                 if (getattr(error, "sqlite_errorcode", 0) & 0xFF) not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
                     raise
-                waited += self.busy_timeout
+                waited = max(time.monotonic() - started, self.busy_timeout)
                 if waited >= max(self.patience, self.busy_timeout):
                     raise DatabaseBusy(self.path, waited) from None
                 print(f"The LoRA Forge database {self.path} is locked by another process; still waiting to write "

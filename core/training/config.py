@@ -101,7 +101,8 @@ class TrainConfig:
         for name, (high, hint) in UPPER_BOUNDS.items():
             value = getattr(self, name)
             if value is not None and value > high:
-                raise ConfigError(f"{name} is {value:g}; use at most {high:g} ({hint}).")
+                shown = f"{value:g}" if isinstance(value, float) or value < 10**15 else f"{str(value)[:12]}..."
+                raise ConfigError(f"{name} is {shown}; use at most {high:g} ({hint}).")
         if not 0 <= self.seed < 2**32:
             raise ConfigError(f"seed is {self.seed}; use a whole number from 0 to {2**32 - 1}.")
         _choice("quant", self.quant, QUANTIZATIONS)
@@ -154,6 +155,9 @@ class TrainConfig:
                               "config. Choose the run.yaml you saved.") from None
         except yaml.YAMLError as error:
             raise ConfigError(f"Config file {name} is not valid YAML: {error}. Fix the line it names.") from None
+        except RecursionError:
+            raise ConfigError(f"Config file {name} nests too deeply to be a run config. Choose the run.yaml you "
+                              "saved.") from None
         if not isinstance(values, dict):
             raise ConfigError(f"Config file {name} must hold a mapping of setting: value.")
         return cls.from_dict(values, where=name)

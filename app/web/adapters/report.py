@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from app.web.readable import servable
 from core.export.parity import greedy_verdict
 from core.lora.targets import targets_text
 
@@ -74,6 +75,8 @@ def download_files(export: dict | None) -> list[str]:
     if export is None or export["status"] not in FINISHED:
         return []
     path = Path(export["path"])
+    if not servable(path):
+        return []  # written where the person chose: used where it lies, not served
     if path.is_file():
         return [str(path)]
     if not path.is_dir():
