@@ -191,3 +191,29 @@ def test_an_export_whose_process_died_is_marked_failed_and_its_partial_files_rem
     export = wait_for(lambda: finished(export_id), timeout=30, what="the dead export to be noticed")
     assert export["status"] == "failed" and "stopped before finishing" in export["error"]
     assert not partial.exists() and not out.exists()
+
+
+def test_a_composition_compressed_to_a_rank_reports_the_error_the_svd_predicts(two_adapters, tiny_llama_dir,
+                                                                               loraforge_home, capsys):
+    """`adapters compose --rank R`: the exact sum (rank 4 + 8 on q and v) compressed by SVD; at the full rank of
+    the sum nothing is lost, below it the reported error is the largest layer's share of dropped singular values."""
+    argv = ["adapters", "compose", "--weights", "0.7,-0.4", "--base", str(tiny_llama_dir)]
+    for folder in two_adapters:
+        argv += ["--adapter", str(folder)]
+    assert main([*argv, "--name", "exact-12", "--rank", "12"]) == 0
+    out = capsys.readouterr()
+    exact = json.loads(out.out.strip().splitlines()[-1])
+    assert inspect_adapter(exact["path"]).ranks == [12]
+    said = "compressed to rank 12: largest relative error of a layer's update "
+    assert float(out.err.split(said)[1].split()[0]) < 1e-5
+    weighted = live_logits(tiny_llama_dir, dict(zip(two_adapters, (0.7, -0.4))), IDS)
+    assert torch.allclose(live_logits(tiny_llama_dir, {exact["path"]: 1.0}, IDS), weighted, atol=1e-5)
+
+    assert main([*argv, "--name", "rank-2", "--rank", "2"]) == 0
+    out = capsys.readouterr()
+    compressed = json.loads(out.out.strip().splitlines()[-1])
+    assert inspect_adapter(compressed["path"]).ranks == [2]
+    error = float(out.err.split("largest relative error of a layer's update ")[1].split()[0])
+    assert 0.05 < error < 1
+    assert main([*argv, "--name", "bad", "--rank", "0"]) == 2
+    assert "is not a whole number from 1 to 4096" in capsys.readouterr().err

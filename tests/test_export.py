@@ -239,3 +239,11 @@ def test_exported_files_follow_the_umask_like_any_new_file(tiny_llama_dir, adapt
     assert sum(p.suffix == ".safetensors" for p in files) > 3
     modes = {str(p.relative_to(tmp_path)): oct(p.stat().st_mode & 0o777) for p in files}
     assert modes == dict.fromkeys(modes, oct(0o666 & ~umask))
+
+
+def test_an_export_recorded_before_the_marker_can_still_be_replaced(tiny_llama_dir, adapters, tmp_path):
+    out = tmp_path / "old-export"
+    export_adapters([str(adapters[0])], "merged", out, base=str(tiny_llama_dir))
+    (out / MARK).unlink()  # as an export written before exports were marked
+    export_adapters([str(adapters[0])], "merged", out, base=str(tiny_llama_dir), force=True)
+    assert (out / MARK).is_file() and (out / "model.safetensors").is_file()

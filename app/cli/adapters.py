@@ -37,7 +37,20 @@ def register(verbs) -> None:
     compose.add_argument("--name", required=True,
                          help="the new adapter's name (its folder under LORAFORGE_HOME/adapters)")
     compose.add_argument("--model", "--base", dest="model", help="base model (default: the adapters' own)")
+    compose.add_argument("--rank", type=int, help="compress the sum to this rank by SVD, the error reported "
+                                                   "(default: the exact sum, whose rank is the parts' total)")
     compose.set_defaults(handler=run_compose)
+    extract = actions.add_parser("extract", help="register a new adapter extracted from a fully fine-tuned model "
+                                                 "(truncated SVD of its change to the base)")
+    extract.add_argument("--base", required=True, help="the base model folder ('default' for the embedded one)")
+    extract.add_argument("--tuned", required=True, help="the fine-tuned model's folder (same architecture)")
+    extract.add_argument("--rank", default="16", help="the adapter's rank, or 'auto' with --energy (default 16)")
+    extract.add_argument("--energy", type=float, help="with --rank auto: the share of each layer's change to keep "
+                                                      "(0.9 = 90%%), which picks a rank per layer")
+    extract.add_argument("--targets", default="all-linear", help="qv, attention, mlp, all-linear, or module names "
+                                                                 "separated by commas (default all-linear)")
+    extract.add_argument("--name", required=True, help="the new adapter's name")
+    extract.set_defaults(handler=run_extract)
 
 
 def run_inspect(args: argparse.Namespace) -> int:
@@ -86,7 +99,7 @@ def run_import(args: argparse.Namespace) -> int:
 
 def run_compose(args: argparse.Namespace) -> int:
     result, adapter = compose_adapter(args.adapter, args.weights, args.name, base=args.model,
-                                      progress=lambda line: print(line, file=sys.stderr, flush=True))
+                                      progress=lambda line: print(line, file=sys.stderr, flush=True), rank=args.rank)
     check = result.parity["checks"][0]
     print(f"Adapter {adapter['id']} ({adapter['name']}, rank {adapter['rank']}) composed in {adapter['path']}: "
           f"largest logit difference from the live weighted set {check['max_logit_diff']:.2e}.")
@@ -94,6 +107,35 @@ def run_compose(args: argparse.Namespace) -> int:
         print(f"WARNING: {warning}", file=sys.stderr)
     print(json.dumps(adapter))
     return PARITY_FAILED_EXIT if result.status == STATUS_PARITY_FAILED else 0
+
+
+def run_extract(args: argparse.Namespace) -> int:
+    from core.export.extraction import extract, rank_choice
+
+    rank, energy = rank_choice(args.rank, args.energy)
+    targets = [name.strip() for name in args.targets.split(",")] if "," in args.targets else args.targets
+    done = extract(args.base, args.tuned, args.name, rank=rank, energy=energy, targets=targets,
+                   progress=lambda line: print(line, file=sys.stderr, flush=True))
+    report, parity = done.report, done.parity
+    ranks = sorted({layer.rank for layer in report.layers.values()})
+    ranks_text = f"{ranks[0]}-{ranks[-1]}" if len(ranks) > 1 else str(ranks[0])
+    kept = min(layer.energy_kept for layer in report.layers.values())
+    print(f"Adapter {done.adapter['id']} ({done.adapter['name']}) extracted into {done.adapter['path']}: "
+          f"{len(report.layers)} layers at rank {ranks_text}, "
+          f"largest relative error {report.max_relative_error:.3g}, at least {kept:.1%} of each layer's change kept.")
+    if report.unchanged_layers:
+        print(f"{len(report.unchanged_layers)} targeted layers did not change and are left out.")
+    if report.other_changes:
+        print(f"{report.other_change_share:.2%} of the change lies outside the targeted layers ("
+              f"{', '.join(sorted(report.other_changes)[:5])}{' ...' if len(report.other_changes) > 5 else ''}); "
+              "LoRA cannot carry it.")
+    print(f"Against the fine-tuned model: largest logit difference {parity.max_logit_diff:.3g} "
+          f"(largest |logit| {parity.logit_scale:.3g}), greedy answers agree on {parity.greedy_matches} of "
+          f"{parity.prompts} prompts.")
+    print(json.dumps({"adapter": done.adapter, "extraction": report.to_json(),
+                      "parity": {key: getattr(parity, key) for key in ("max_logit_diff", "logit_scale",
+                                                                       "greedy_matches", "prompts")}}))
+    return 0
 
 
 def _human_bytes(count: int) -> str:

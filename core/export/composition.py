@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from core import paths
-from core.export.exporter import ExportResult, check_export, export_adapters
+from core.export.exporter import ExportResult, check_export, check_rank, export_adapters
 from core.export.output import ExportError
 from core.jobs.adapters import register_adapter
 from core.store.database import Store
@@ -18,8 +18,9 @@ from core.store.database import Store
 COMPOSED = "composed"
 
 
-def check_composition(adapters: list[str], weights: list[float] | None, name: str) -> Path:
-    """The new adapter's folder, once the name is free and the adapters and weights make a valid set."""
+def check_composition(adapters: list[str], weights: list[float] | None, name: str, rank: int | None = None) -> Path:
+    """The new adapter's folder, once the name is free and the adapters, weights and rank make a valid set."""
+    check_rank(rank, "peft")
     folder_name = paths.slug(name)
     if not folder_name:
         raise ExportError("Give the new adapter a name (letters, digits, '-', '_' or '.'), e.g. pirate-dates-mix.")
@@ -44,10 +45,12 @@ def compose_adapter(
     base: str | None = None,
     progress: Callable[[str], None] | None = None,
     export_id: int | None = None,
+    rank: int | None = None,
 ) -> tuple[ExportResult, dict]:
-    """Write sum_i weight_i * adapter_i as the adapter `name` and register it; returns (the parity-checked
-    write, the new adapter's store row). `export_id` is the background job's row, as for export_adapters."""
-    folder = check_composition(adapters, weights, name)
+    """Write sum_i weight_i * adapter_i as the adapter `name` (exact, or compressed to `rank` by SVD, the
+    error reported) and register it; returns (the parity-checked write, the new adapter's store row).
+    `export_id` is the background job's row, as for export_adapters."""
+    folder = check_composition(adapters, weights, name, rank)
     adapter = {}
 
     def register(store: Store) -> dict:
@@ -55,5 +58,5 @@ def compose_adapter(
         return {"format": COMPOSED, "adapter_id": adapter["id"]}
 
     result = export_adapters(adapters, "peft", folder, weights=weights, base=base, progress=progress,
-                             export_id=export_id, on_written=register)
+                             export_id=export_id, on_written=register, rank=rank)
     return result, adapter

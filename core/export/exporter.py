@@ -83,6 +83,7 @@ def export_adapters(
     export_id: int | None = None,
     merged_dtype: str = AUTO_DTYPE,
     on_written: Callable[[Store], dict] | None = None,
+    rank: int | None = None,
 ) -> ExportResult:
     """Export one adapter, or the weighted sum of several, and check the export against the live model.
 
@@ -101,9 +102,12 @@ def export_adapters(
         on_written: called with the store once the files are in place, before the export is recorded as
             finished; the fields it returns join that record (a composition registers its adapter here, so no
             reader sees the job done before the adapter exists).
+        rank: format "peft" only: compress the weighted sum to this rank by SVD (core.lora.compose); the
+            parity check then reports what that costs instead of requiring agreement.
     """
     say = progress or (lambda _line: None)
     out, weights, sources = check_export(adapters, format, out, weights, gguf_type, force, merged_dtype)
+    check_rank(rank, format)
     base = base or _common_base([source.trained_on for source in sources])
     choices = [AdapterChoice(source.folder, weight) for source, weight in zip(sources, weights)]
 
@@ -114,7 +118,7 @@ def export_adapters(
     with staging(out) as tmp:
         say(f"Writing the {format} export")
         if format == "peft":
-            report = _export_peft(loaded, choices, tmp, out, reference)
+            report, compression = _export_peft(loaded, choices, tmp, out, reference, rank)
         elif format == "merged":
             dtype = stored_dtype(loaded.facts.folder) if merged_dtype == AUTO_DTYPE else merged_dtype
             report = _export_merged(loaded, tmp, reference, say, max_shard_bytes, dtype)
@@ -135,6 +139,8 @@ def export_adapters(
         else:
             store.update_export(export_id, **record, progress=None)
     warnings = [f"parity check failed: {problem}" for problem in report.problems]
+    if format == "peft" and rank is not None:
+        warnings.append(f"compressed to rank {rank}: largest relative error of a layer's update {compression:.3g}")
     return ExportResult(record["format"], str(out), status, report.to_json(), export_id, size, warnings)
 
 
@@ -151,8 +157,9 @@ def check_export(
     adapter, where each adapter is and what it was trained on). A background export runs this before it starts."""
     out = Path(os.path.abspath(Path(out).expanduser()))  # not resolved: a link given as --out is refused
     weights = _check_request(adapters, format, weights, gguf_type, merged_dtype)
-    check_target(out, force)
     with Store() as store:
+        # an export recorded at this path is LoRA Forge's even without the marker (written before there was one)
+        check_target(out, force, recorded=any(row["path"] == str(out) for row in store.exports()))
         sources = [adapter_source(store, reference) for reference in adapters]
     for folder in (source.folder for source in sources):
         for required in (CONFIG_FILE, WEIGHTS_FILE):
@@ -161,6 +168,17 @@ def check_export(
                     f"{folder} has no {required}, so it is not a PEFT adapter. Pass a run id or an adapter folder."
                 )
     return out, weights, sources
+
+
+def check_rank(rank: int | None, format: str) -> None:
+    """A compression rank, where one is asked for: a whole number from 1, for a PEFT export or a composition."""
+    if rank is None:
+        return
+    if format != "peft":
+        raise ExportError(f"A rank applies to PEFT exports and compositions only, not to a {format} export.")
+    if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= 4096:
+        raise ExportError(f"The rank {rank!r} is not a whole number from 1 to 4096. Choose e.g. 16, or leave it "
+                          "empty for the exact sum.")
 
 
 def _check_request(
@@ -238,13 +256,15 @@ def _export_gguf(
 
 
 def _export_peft(
-    loaded: LoadedModel, choices: list[AdapterChoice], tmp: Path, out: Path, reference: ModelOutputs
-) -> ParityReport:
-    """The adapter as one PEFT folder (a weighted set becomes one exact concatenated adapter), or a zip of it."""
+    loaded: LoadedModel, choices: list[AdapterChoice], tmp: Path, out: Path, reference: ModelOutputs,
+    rank: int | None,
+) -> tuple[ParityReport, float]:
+    """The adapter as one PEFT folder (a weighted set becomes one exact concatenated adapter, or its SVD
+    compression to `rank`), or a zip of it; with the compression's largest relative error (0 when exact)."""
     zipped = out.suffix == ".zip"
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch) / "adapter" if zipped else tmp
-        _write_peft_folder(loaded, choices, folder)
+        compression = _write_peft_folder(loaded, choices, folder, rank)
         if zipped:
             with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as archive:
                 for name in (CONFIG_FILE, WEIGHTS_FILE):
@@ -254,16 +274,22 @@ def _export_peft(
         load_adapter(loaded.model, folder, name="exported", activate=False)
     with active_adapters(loaded.model, "exported"):
         candidate = model_outputs(loaded.model, loaded.tokenizer)
-    return ParityReport([compare_outputs(reference, candidate, "peft", RELATIVE_TOLERANCES["peft"])])
+    if rank is None:
+        return ParityReport([compare_outputs(reference, candidate, "peft", RELATIVE_TOLERANCES["peft"])]), 0.0
+    # compressed on purpose: the figures say what the rank costs, and only NaN logits fail
+    check = compare_outputs(reference, candidate, f"peft rank {rank}", float("inf"), greedy_required=False)
+    return ParityReport([check]), compression
 
 
-def _write_peft_folder(loaded: LoadedModel, choices: list[AdapterChoice], folder: Path) -> None:
+def _write_peft_folder(loaded: LoadedModel, choices: list[AdapterChoice], folder: Path, rank: int | None) -> float:
     """Copy a single unweighted adapter as it is (its bytes, with a new file's mode rather than the source's:
-    one saved before save_tensors existed is 0600); otherwise save the exact weighted combination."""
-    if len(choices) == 1 and choices[0].weight == 1.0:
+    one saved before save_tensors existed is 0600); otherwise save the weighted combination, exact or compressed
+    to `rank`. Returns the compression's largest relative error."""
+    if len(choices) == 1 and choices[0].weight == 1.0 and rank is None:
         folder.mkdir(parents=True)
         for name in (CONFIG_FILE, WEIGHTS_FILE):
             shutil.copyfile(choices[0].folder / name, folder / name)
-        return
-    combine_adapters(loaded.model, active_gains(loaded.model), "combined")
+        return 0.0
+    report = combine_adapters(loaded.model, active_gains(loaded.model), "combined", rank=rank)
     save_adapter(loaded.model, "combined", folder, base_model_name=loaded.facts.base_model_id)
+    return report.max_relative_error

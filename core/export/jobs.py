@@ -20,11 +20,12 @@ from pathlib import Path
 from core import paths
 from core.errors import LoraForgeError
 from core.export.composition import COMPOSED, check_composition, compose_adapter
-from core.export.exporter import ExportResult, check_export, export_adapters, export_label
+from core.export.exporter import STATUS_DONE, ExportResult, check_export, export_adapters, export_label
+from core.export.extraction import EXTRACTED, check_extraction, extract
 from core.export.merged import AUTO_DTYPE
 from core.export.output import remove_leftovers
 from core.jobs.supervisor import ROOT
-from core.store.database import JOB_PATIENCE, Store
+from core.store.database import Store
 from core.store.processes import process_start_time
 
 RUNNING = "running"
@@ -46,12 +47,17 @@ class ExportRequest:
     force: bool = False
     name: str = ""
     merged_dtype: str = AUTO_DTYPE
+    rank: int | None = None  # a composition compressed, or an extraction made, to this rank
+    tuned: str = ""  # an extraction's fully fine-tuned model (format "extracted"; `base` is its base)
+    energy: float | None = None  # an extraction's share of each layer's change to keep, instead of a rank
 
 
 def start(request: ExportRequest) -> int:
     """Check the request (a mistake is raised here, before anything starts), record it, start its process."""
     if request.format == COMPOSED:
-        out = check_composition(request.adapters, request.weights, request.name)
+        out = check_composition(request.adapters, request.weights, request.name, request.rank)
+    elif request.format == EXTRACTED:
+        out = check_extraction(request.base or "", request.tuned, request.name, request.rank, request.energy)
     else:
         out = check_export(request.adapters, request.format, request.out, request.weights, request.gguf_type,
                            request.force, request.merged_dtype)[0]
@@ -71,7 +77,7 @@ def run_export_job(export_id: int) -> ExportResult | None:
     """Do export `export_id` in this process, after the exports started before it (each loads a full-precision
     base, so several at once would share the cores and double the memory); None when it failed (the row then
     says why)."""
-    with Store(patience=JOB_PATIENCE) as store:
+    with Store() as store:
         request = ExportRequest(**store.get_export(export_id)["request"])
 
         def say(line: str) -> None:
@@ -80,9 +86,11 @@ def run_export_job(export_id: int) -> ExportResult | None:
 
         _wait_for_our_turn(say)
         try:
+            if request.format == EXTRACTED:
+                return _extract(store, export_id, request, say)
             if request.format == COMPOSED:
                 return compose_adapter(request.adapters, request.weights, request.name, base=request.base,
-                                       progress=say, export_id=export_id)[0]
+                                       progress=say, export_id=export_id, rank=request.rank)[0]
             return export_adapters(request.adapters, request.format, request.out, weights=request.weights,
                                    gguf_type=request.gguf_type, base=request.base, force=request.force,
                                    progress=say, export_id=export_id, merged_dtype=request.merged_dtype)
@@ -95,6 +103,19 @@ def run_export_job(export_id: int) -> ExportResult | None:
                                 error=f"The export stopped on an unexpected error ({error!r}); "
                                       f"{log_path(export_id)} has the details.")
             raise
+
+
+def _extract(store: Store, export_id: int, request: ExportRequest, say) -> ExportResult:
+    """An extraction as a job: its adapter registered, its parity figures (against the tuned model) recorded."""
+    done = extract(request.base or "", request.tuned, request.name, rank=request.rank, energy=request.energy,
+                   progress=say)
+    parity = {"passed": done.parity.passed, "checks": [asdict(done.parity)],
+              "extraction": done.report.to_json()}
+    store.update_export(export_id, status=STATUS_DONE, parity=parity, adapter_id=done.adapter["id"],
+                        size_bytes=done.adapter["size_bytes"], progress=None)
+    warnings = [f"largest relative error of a layer's update {done.report.max_relative_error:.3g}"]
+    return ExportResult(EXTRACTED, done.adapter["path"], STATUS_DONE, parity, export_id, done.adapter["size_bytes"],
+                        warnings)
 
 
 def _wait_for_our_turn(say) -> None:

@@ -10,7 +10,7 @@ from core.store.errors import AdapterNotFound
 from core.store.run_status import now_iso
 from core.store.schema import encode_row
 
-ADAPTER_SOURCES = ("trained", "imported", "composed")
+ADAPTER_SOURCES = ("trained", "imported", "composed", "extracted")
 
 
 class AdapterRecords:

@@ -3,6 +3,7 @@ outputs show (adapters table, adapter choice, exports table, report, downloads, 
 Import registers a folder; compose and export start background jobs (core.export.jobs); a refused action raises
 app.web.refusal."""
 
+import hashlib
 from pathlib import Path
 
 import gradio as gr
@@ -13,6 +14,7 @@ from app.web.refusal import refusal
 from core import paths
 from core.errors import LoraForgeError
 from core.export.composition import COMPOSED
+from core.export.extraction import EXTRACTED, rank_choice
 from core.export.jobs import RUNNING, ExportRequest, refresh, start
 from core.export.merged import AUTO_DTYPE
 from core.jobs.adapters import import_adapter
@@ -64,10 +66,26 @@ class AdaptersHandlers:
                                 force=overwrite, merged_dtype=dtype if format == "merged" else AUTO_DTYPE)
         return self.start_job(selected, request)
 
-    def compose(self, selected: list[str], weights_text: str, new_name: str):
+    def compose(self, selected: list[str], weights_text: str, new_name: str, rank: str = ""):
+        """Compose the chosen adapters: the exact sum, or (a rank given) its SVD compression."""
         rows = _chosen(self.store, selected)
+        rank = rank.strip()
+        if rank and not rank.isdigit():
+            raise refusal(f"The rank {rank!r} is not a whole number. Give e.g. 16, or leave it empty for the "
+                          "exact sum.")
         request = ExportRequest(_references(rows), COMPOSED, weights=_weights(weights_text),
-                                base=_base(rows, self.loaded), name=new_name)
+                                base=_base(rows, self.loaded), name=new_name, rank=int(rank) if rank else None)
+        return self.start_job(selected, request)
+
+    def extract(self, selected: list[str], tuned: str, base: str, rank: str, energy: float | None, new_name: str):
+        """Extract an adapter from a fine-tuned model's folder, as a background job like the exports."""
+        try:
+            rank_value, energy_value = rank_choice(rank, energy or None)
+            request = ExportRequest([], EXTRACTED, base=check_readable(base.strip(), what="The base model"),
+                                    tuned=check_readable(tuned.strip(), what="The fine-tuned model"),
+                                    name=new_name, rank=rank_value, energy=energy_value)
+        except LoraForgeError as error:
+            raise refusal(error) from None
         return self.start_job(selected, request)
 
     def suggest_out(self, selected: list[str], format: str) -> str:
@@ -79,6 +97,8 @@ def default_out(adapters: list[dict], format: str) -> Path:
     """LORAFORGE_HOME/exports/<adapter-name>-<format> (the exports folder made here, as the export needs an
     existing parent); a PEFT export is a zip, so the page can offer it for download."""
     name = paths.slug("+".join(a["name"] for a in adapters)) or "adapter"
+    if len(name) > 80:  # a blend of many adapters: its start, and a short digest so two blends differ
+        name = f"{name[:64]}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
     folder = paths.home() / "exports"
     folder.mkdir(exist_ok=True)
     return paths.named_path(folder, f"{name}-{format}", ".zip" if format == "peft" else "", what="The export name")

@@ -24,7 +24,14 @@ class AdaptersLayout:
     chosen: gr.Dropdown
     weights: gr.Textbox
     name: gr.Textbox
+    rank: gr.Textbox
     compose_button: gr.Button
+    tuned: gr.Textbox
+    extract_base: gr.Textbox
+    extract_rank: gr.Textbox
+    extract_energy: gr.Number
+    extract_name: gr.Textbox
+    extract_button: gr.Button
     fmt: gr.Radio
     gguf_type: gr.Radio
     merged_dtype: gr.Radio
@@ -37,7 +44,7 @@ class AdaptersLayout:
     timer: gr.Timer
 
 
-def build_layout() -> AdaptersLayout:
+def build_layout(served_base: str) -> AdaptersLayout:
     table = gr.Dataframe(headers=ADAPTER_COLUMNS, label="Adapters (trained, imported and composed)",
                          interactive=False, elem_id="adapters-table", wrap=True)
     with gr.Row(equal_height=True):
@@ -51,8 +58,21 @@ def build_layout() -> AdaptersLayout:
         weights = gr.Textbox(label="Weights, one per adapter (empty: 1 each)", placeholder="1, 0.5",
                              elem_id="export-weights", scale=1)
     with gr.Row(equal_height=True):
-        name = gr.Textbox(label="New adapter's name", placeholder="pirate-dates-mix", elem_id="compose-name", scale=6)
+        name = gr.Textbox(label="New adapter's name", placeholder="pirate-dates-mix", elem_id="compose-name", scale=5)
+        rank = gr.Textbox(label="Rank (empty: the exact sum)", placeholder="e.g. 16", elem_id="compose-rank", scale=1)
         compose_button = gr.Button("Compose into a new adapter", scale=1, elem_id="compose")
+    with gr.Accordion("Extract an adapter from a fully fine-tuned model", open=False):
+        with gr.Row(equal_height=True):
+            tuned = gr.Textbox(label="Fine-tuned model folder", elem_id="extract-tuned", scale=3,
+                               placeholder="/path/to/fine-tuned (config.json and *.safetensors)")
+            extract_base = gr.Textbox(served_base, label="Its base model ('default' or a folder)", scale=2,
+                                      elem_id="extract-base")
+        with gr.Row(equal_height=True):
+            extract_rank = gr.Textbox("16", label="Rank (or 'auto' with an energy share)", elem_id="extract-rank")
+            extract_energy = gr.Number(None, label="Energy share to keep (with 'auto', e.g. 0.9)", minimum=0,
+                                       maximum=1, elem_id="extract-energy")
+            extract_name = gr.Textbox(label="New adapter's name", elem_id="extract-name", placeholder="from-full-tune")
+            extract_button = gr.Button("Extract", elem_id="extract")
     with gr.Row():
         fmt = gr.Radio(FORMATS, value="merged", label="Format", elem_id="export-format")
         gguf_type = gr.Radio(list(GGUF_TYPES), value="f16", label="GGUF type", elem_id="export-gguf-type")
@@ -69,6 +89,8 @@ def build_layout() -> AdaptersLayout:
                            elem_id="exports-table", wrap=True)
     timer = gr.Timer(REFRESH_SECONDS, active=False)
     return AdaptersLayout(table=table, folder=folder, import_button=import_button, chosen=chosen, weights=weights,
-                          name=name, compose_button=compose_button, fmt=fmt, gguf_type=gguf_type,
+                          name=name, rank=rank, compose_button=compose_button, tuned=tuned,
+                          extract_base=extract_base, extract_rank=extract_rank, extract_energy=extract_energy,
+                          extract_name=extract_name, extract_button=extract_button, fmt=fmt, gguf_type=gguf_type,
                           merged_dtype=merged_dtype, out=out, force=force, export_button=export_button, report=report,
                           download=download, history=history, timer=timer)

@@ -25,7 +25,7 @@ class AdaptersTab:
 
 
 def build_adapters_tab(loaded: LoadedModel, store: Store) -> AdaptersTab:
-    ui = build_layout()
+    ui = build_layout(loaded.facts.source)
     outputs = [ui.table, ui.chosen, ui.history, ui.report, ui.download, ui.timer]
     act = AdaptersHandlers(loaded, store)
 
@@ -34,6 +34,8 @@ def build_adapters_tab(loaded: LoadedModel, store: Store) -> AdaptersTab:
         event(act.suggest_out, [ui.chosen, ui.fmt], ui.out, show_progress="hidden")
     ui.export_button.click(act.export, [ui.chosen, ui.weights, ui.fmt, ui.gguf_type, ui.merged_dtype, ui.out, ui.force],
                            outputs)
-    ui.compose_button.click(act.compose, [ui.chosen, ui.weights, ui.name], outputs)
+    ui.compose_button.click(act.compose, [ui.chosen, ui.weights, ui.name, ui.rank], outputs)
+    ui.extract_button.click(act.extract, [ui.chosen, ui.tuned, ui.extract_base, ui.extract_rank, ui.extract_energy,
+                                          ui.extract_name], outputs)
     ui.timer.tick(act.render, ui.chosen, outputs, show_progress="hidden")
     return AdaptersTab(render=lambda: act.render(), outputs=outputs)
