@@ -120,3 +120,41 @@ def test_the_page_extracts_as_a_background_job(loraforge_home, tiny_llama_dir, t
     assert row["parity"]["extraction"]["max_relative_error"] < 1e-2
     with pytest.raises(Exception, match="already exists"):
         start(ExportRequest([], EXTRACTED, base=str(tiny_llama_dir), tuned=str(tuned_dir), name="bg", rank=2))
+
+
+STREAMED = """
+import json, sys
+from pathlib import Path
+import torch, transformers  # the runtime, loaded before the baseline
+from core.lora.extract import extract_from_checkpoints
+
+def status(key):
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(key)) * 1024
+
+baseline = status("VmRSS:")
+extract_from_checkpoints(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), rank=4)
+print(json.dumps({"extra_bytes": status("VmHWM:") - baseline}))
+"""
+
+
+def test_a_sharded_extraction_streams_instead_of_loading_both_models(tmp_path):
+    """Two 33 M-parameter checkpoints (134 MB each in fp32): the extraction's memory above its runtime stays
+    under one copy, where loading both models would need two."""
+    import subprocess
+    import sys
+
+    base = make_tiny_llama(tmp_path / "base", hidden_size=512, intermediate_size=2048, num_hidden_layers=8,
+                           num_attention_heads=8, num_key_value_heads=8)
+    model = AutoModelForCausalLM.from_pretrained(base)
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if name.endswith("v_proj"):
+                module.weight += 0.01
+    model.save_pretrained(tmp_path / "tuned", max_shard_size="20MB")
+    one_copy = sum(p.numel() * 4 for p in model.parameters())
+    del model
+    assert one_copy > 120e6 and (tmp_path / "tuned" / INDEX_FILE).is_file()
+    done = subprocess.run([sys.executable, "-c", STREAMED, str(base), str(tmp_path / "tuned"), str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=600, check=True)
+    extra = json.loads(done.stdout.strip().splitlines()[-1])["extra_bytes"]
+    assert extra < one_copy, (extra, one_copy)
