@@ -139,3 +139,38 @@ def test_a_failed_job_shows_its_error_in_orange():
               "error": "The disk is full: writing the export /x/out failed"}
     report = report_markdown(export)
     assert "color:#c2410c" in report and "Export 4 (merged) failed: The disk is full" in report
+
+
+def test_person_extracts_an_adapter_from_a_fine_tuned_folder(web_home, tiny_llama_dir, tmp_path):
+    """The Extract action: a fine-tuned copy's folder and an energy share in, a registered adapter out, with its
+    comparison against the tuned model in the report."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if name.endswith(("q_proj", "v_proj")):
+                d_out, d_in = module.weight.shape
+                module.weight += 0.05 * torch.randn(d_out, 2, generator=generator) @ torch.randn(
+                    2, d_in, generator=generator)
+    model.save_pretrained(tmp_path / "tuned")
+    AutoTokenizer.from_pretrained(tiny_llama_dir).save_pretrained(tmp_path / "tuned")
+    with served_app(web_home, "--model", str(tiny_llama_dir)) as url, browser_page() as page:
+        page.goto(url)
+        page.get_by_role("tab", name="Adapters & Export").click()
+        page.get_by_text("Extract an adapter from a fully fine-tuned model").click()
+        page.locator("#extract-tuned textarea").fill(str(tmp_path / "tuned"))
+        page.locator("#extract-rank textarea").fill("auto")
+        page.locator("#extract-energy textarea").fill("99%")
+        page.locator("#extract-name textarea").fill("from-tuned")
+        page.locator("#extract").click()
+        report = wait_for_report(page, "from-tuned")
+        assert "Extracted the adapter" in report and "status done" in report and "agree (3/3" in report
+        wait_for_text(page, "#adapters-table", "extracted")
+        assert "Traceback" not in page.content()
+        screenshot(page, "adapters-extracted")
+    with Store(web_home / "loraforge.db") as store:
+        [adapter] = store.adapters()
+    assert (adapter["name"], adapter["source"], adapter["targets"]) == ("from-tuned", "extracted",
+                                                                         ["q_proj", "v_proj"])

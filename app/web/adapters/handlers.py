@@ -77,10 +77,10 @@ class AdaptersHandlers:
                                 base=_base(rows, self.loaded), name=new_name, rank=int(rank) if rank else None)
         return self.start_job(selected, request)
 
-    def extract(self, selected: list[str], tuned: str, base: str, rank: str, energy: float | None, new_name: str):
+    def extract(self, selected: list[str], tuned: str, base: str, rank: str, energy: str, new_name: str):
         """Extract an adapter from a fine-tuned model's folder, as a background job like the exports."""
         try:
-            rank_value, energy_value = rank_choice(rank, energy or None)
+            rank_value, energy_value = rank_choice(rank, _share(energy))
             request = ExportRequest([], EXTRACTED, base=check_readable(base.strip(), what="The base model"),
                                     tuned=check_readable(tuned.strip(), what="The fine-tuned model"),
                                     name=new_name, rank=rank_value, energy=energy_value)
@@ -91,6 +91,17 @@ class AdaptersHandlers:
     def suggest_out(self, selected: list[str], format: str) -> str:
         rows = [a for a in self.store.adapters() if str(a["id"]) in (selected or [])]
         return str(default_out(rows, format)) if rows else ""
+
+
+def _share(text: str) -> float | None:
+    """An energy share typed in the page: empty for none, else a number ('90%' reads as 0.9)."""
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        return float(text.removesuffix("%")) / (100 if text.endswith("%") else 1)
+    except ValueError:
+        raise LoraForgeError(f"The energy share {text!r} is not a number. Give e.g. 0.9 (or 90%).") from None
 
 
 def default_out(adapters: list[dict], format: str) -> Path:

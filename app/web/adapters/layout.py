@@ -29,7 +29,7 @@ class AdaptersLayout:
     tuned: gr.Textbox
     extract_base: gr.Textbox
     extract_rank: gr.Textbox
-    extract_energy: gr.Number
+    extract_energy: gr.Textbox
     extract_name: gr.Textbox
     extract_button: gr.Button
     fmt: gr.Radio
@@ -45,7 +45,7 @@ class AdaptersLayout:
 
 
 def build_layout(served_base: str) -> AdaptersLayout:
-    table = gr.Dataframe(headers=ADAPTER_COLUMNS, label="Adapters (trained, imported and composed)",
+    table = gr.Dataframe(headers=ADAPTER_COLUMNS, label="Adapters (trained, imported, composed, extracted)",
                          interactive=False, elem_id="adapters-table", wrap=True)
     with gr.Row(equal_height=True):
         folder = gr.Textbox(label="Import adapter folder", scale=6, elem_id="import-path",
@@ -69,8 +69,8 @@ def build_layout(served_base: str) -> AdaptersLayout:
                                       elem_id="extract-base")
         with gr.Row(equal_height=True):
             extract_rank = gr.Textbox("16", label="Rank (or 'auto' with an energy share)", elem_id="extract-rank")
-            extract_energy = gr.Number(None, label="Energy share to keep (with 'auto', e.g. 0.9)", minimum=0,
-                                       maximum=1, elem_id="extract-energy")
+            extract_energy = gr.Textbox(label="Energy share to keep (with 'auto')", placeholder="e.g. 0.9",
+                                        elem_id="extract-energy")
             extract_name = gr.Textbox(label="New adapter's name", elem_id="extract-name", placeholder="from-full-tune")
             extract_button = gr.Button("Extract", elem_id="extract")
     with gr.Row():

@@ -51,7 +51,8 @@ def report_markdown(export: dict | None) -> str:
     with the live adapter; a failure stands out in orange."""
     if export is None:
         return ""
-    verb = "Composed the adapter" if export["format"] == "composed" else f"Exported `{export['format']}`"
+    verbs = {"composed": "Composed the adapter", "extracted": "Extracted the adapter"}
+    verb = verbs.get(export["format"], f"Exported `{export['format']}`")
     if export["status"] == "running":
         return f"**Running** export {export['id']} (`{export['format']}` to `{export['path']}`): {export['progress']} …"
     if export["status"] not in FINISHED:
