@@ -31,3 +31,23 @@ def live_logits(base: str | Path, adapters: dict[Path, float], ids: torch.Tensor
         gains[f"a{index}"] = weight
     set_active(loaded.model, gains)
     return loaded.model(ids).logits
+
+
+def make_fine_tuned_copy(base: Path, folder: Path, rank: int = 2, seed: int = 7, noise: float = 0.0,
+                         max_shard_size: str = "5GB") -> Path:
+    """A "fully fine-tuned" copy of `base` whose q and v projections changed by a random rank-`rank` update
+    (scale 0.05) plus `noise`, saved as a Hugging Face folder with the base's tokenizer."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(base)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if name.endswith(("q_proj", "v_proj")):
+                d_out, d_in = module.weight.shape
+                up, down = torch.randn(d_out, rank, generator=generator), torch.randn(rank, d_in, generator=generator)
+                module.weight += 0.05 * up @ down + noise * torch.randn(d_out, d_in, generator=generator)
+        model.model.norm.weight += 1e-6  # a change LoRA cannot carry (small, so logits stay comparable)
+    model.save_pretrained(folder, max_shard_size=max_shard_size)
+    AutoTokenizer.from_pretrained(base).save_pretrained(folder)
+    return Path(folder)

@@ -5,12 +5,13 @@ import json
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 
 from app.cli import main
 from core.lora.errors import AdapterConfigError
 from core.lora.extract import INDEX_FILE, extract_from_checkpoints
 from core.store.database import Store
+from tests.export_helpers import make_fine_tuned_copy
 from tests.tiny_models import make_tiny_gpt2, make_tiny_llama
 
 NOISE = 1e-5
@@ -19,19 +20,9 @@ TRUE_RANK = 2
 
 @pytest.fixture(scope="module")
 def tuned_dir(tiny_llama_dir, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tuned")
-    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
-    generator = torch.Generator().manual_seed(7)
-    with torch.no_grad():
-        for name, module in model.named_modules():
-            if name.endswith(("q_proj", "v_proj")):
-                d_out, d_in = module.weight.shape
-                up = torch.randn(d_out, TRUE_RANK, generator=generator)
-                down = torch.randn(TRUE_RANK, d_in, generator=generator)
-                module.weight += 0.05 * up @ down + NOISE * torch.randn(d_out, d_in, generator=generator)
-        model.model.norm.weight += 1e-6  # a change LoRA cannot carry (small: the logits test below is tight)
-    model.save_pretrained(folder, max_shard_size="40KB")  # sharded: the extraction streams through the index
-    AutoTokenizer.from_pretrained(tiny_llama_dir).save_pretrained(folder)
+    # sharded: the extraction streams through the index
+    folder = make_fine_tuned_copy(tiny_llama_dir, tmp_path_factory.mktemp("tuned"), rank=TRUE_RANK, noise=NOISE,
+                                  max_shard_size="40KB")
     assert (folder / INDEX_FILE).is_file()
     return folder
 

@@ -13,7 +13,7 @@ from safetensors import safe_open
 from app.web.adapters.report import report_markdown
 from core.store.database import Store
 from tests.browser import browser_page, screenshot, served_app
-from tests.export_helpers import make_adapter
+from tests.export_helpers import make_adapter, make_fine_tuned_copy
 
 pytestmark = pytest.mark.browser
 EXPORT_TIMEOUT_MS = 120_000
@@ -144,18 +144,7 @@ def test_a_failed_job_shows_its_error_in_orange():
 def test_person_extracts_an_adapter_from_a_fine_tuned_folder(web_home, tiny_llama_dir, tmp_path):
     """The Extract action: a fine-tuned copy's folder and an energy share in, a registered adapter out, with its
     comparison against the tuned model in the report."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
-    generator = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for name, module in model.named_modules():
-            if name.endswith(("q_proj", "v_proj")):
-                d_out, d_in = module.weight.shape
-                module.weight += 0.05 * torch.randn(d_out, 2, generator=generator) @ torch.randn(
-                    2, d_in, generator=generator)
-    model.save_pretrained(tmp_path / "tuned")
-    AutoTokenizer.from_pretrained(tiny_llama_dir).save_pretrained(tmp_path / "tuned")
+    make_fine_tuned_copy(tiny_llama_dir, tmp_path / "tuned")
     with served_app(web_home, "--model", str(tiny_llama_dir)) as url, browser_page() as page:
         page.goto(url)
         page.get_by_role("tab", name="Adapters & Export").click()
