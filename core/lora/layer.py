@@ -21,6 +21,10 @@ so the output equals the base model's bit for bit. Two faster forms of the same 
   then sees the adapted output. A plain nn.Linear with no hooks of its own is not called as a module there:
   its product runs directly, as in the fused training path.
 
+Serving many adapters at once, each row of a batch may carry its own active set (`routes`, set by
+`core.lora.model.routed_adapters`): the base product runs once for the whole batch, then each group of rows
+gets its own adapters' updates (the segmented multi-LoRA product of vLLM and LoRAX).
+
 Merging is explicit and run-once: `merge()` folds the active adapters into W (checking the result is finite
 before writing), `unmerge()` takes them out again. With each DoRA factor f fixed at merge time the result is
 linear in W per row,
@@ -153,6 +157,7 @@ class LoraLayer(nn.Module):
         self.adapters = nn.ModuleDict()
         self._plain_linear = type(base_layer) is nn.Linear
         self.active: dict[str, float] = {}
+        self.routes: tuple | None = None  # (rows or None, gains, scaled) per group: see routed_adapters
         self.merged: dict[str, float] = {}
         self._merge_factors: dict[str, torch.Tensor] = {}
 
@@ -189,34 +194,62 @@ class LoraLayer(nn.Module):
     @active.setter
     def active(self, gains: dict[str, float]) -> None:
         self._active = gains
+        self._scaled_adapters = self.scaled(gains)
+
+    def scaled(self, gains: dict[str, float]) -> tuple[tuple[LoraAdapter, float], ...] | None:
+        """(adapter, gain * s) per adapter of `gains`, for the fused and in-place paths; None when one is DoRA."""
         adapters = [(self.adapters[name], gain) for name, gain in gains.items()]
-        self._scaled_adapters = None if any(adapter.use_dora for adapter, _ in adapters) else tuple(
-            (adapter, gain * adapter.scaling) for adapter, gain in adapters
-        )
+        if any(adapter.use_dora for adapter, _ in adapters):
+            return None
+        return tuple((adapter, gain * adapter.scaling) for adapter, gain in adapters)
 
     def base_weight(self) -> torch.Tensor:
         """The frozen weight as a dense (d_out, d_in) tensor, dequantized if needed."""
         return read_weight(self.base_layer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.routes is not None:
+            return self._routed_forward(x)
         if self.merged or not self._active:
             return self.base_layer(x)
+        return self._adapted(x, self._active, self._scaled_adapters)
+
+    def _adapted(self, x: torch.Tensor, gains: dict[str, float], scaled: tuple | None) -> torch.Tensor:
+        """The base output plus the updates of `gains` (non-empty), by the cheapest path that applies."""
         if torch.is_grad_enabled():
-            if self._trains_fused(x):
-                return lora_linear(x, self.base_layer, self._scaled_adapters)
-        elif self._scaled_adapters is not None and x.dtype is torch.float32 and not self.training:
+            if self._trains_fused(x, gains, scaled):
+                return lora_linear(x, self.base_layer, scaled)
+        elif scaled is not None and x.dtype is torch.float32 and not self.training:
             # inference with no DoRA or dropout in play: the decode hot path, so tested in the cheapest order
             base_out = self._base_forward(x)
             if base_out.dtype is torch.float32 and base_out.is_contiguous():  # autocast would have made it 16-bit
-                add_in_place(base_out, x, self._scaled_adapters)
+                add_in_place(base_out, x, scaled)
                 return base_out
-            return self._add_updates(x, base_out)
-        return self._add_updates(x, self._base_forward(x))
+            return self._add_updates(x, base_out, gains)
+        return self._add_updates(x, self._base_forward(x), gains)
 
-    def _add_updates(self, x: torch.Tensor, base_out: torch.Tensor) -> torch.Tensor:
-        """The general form: each active adapter's update added out of place (autograd, dropout, DoRA, autocast)."""
+    def _routed_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Each group of rows (a 1-D index tensor into dim 0, or None for every row) with its own active set: the
+        base product once for the whole batch, then each group's updates; rows in no group stay the base's."""
+        if len(self.routes) == 1 and self.routes[0][0] is None:  # one set for the whole batch: the usual paths
+            _, gains, scaled = self.routes[0]
+            return self._adapted(x, gains, scaled) if gains else self._base_forward(x)
+        out = self._base_forward(x)
+        for rows, gains, scaled in self.routes:
+            if not gains:
+                continue
+            part, inputs = out.index_select(0, rows), x.index_select(0, rows)
+            if scaled is not None and part.dtype is torch.float32 and x.dtype is torch.float32 and not self.training:
+                add_in_place(part, inputs, scaled)
+            else:
+                part = self._add_updates(inputs, part, gains)
+            out.index_copy_(0, rows, part)
+        return out
+
+    def _add_updates(self, x: torch.Tensor, base_out: torch.Tensor, gains: dict[str, float]) -> torch.Tensor:
+        """The general form: each adapter's update added out of place (autograd, dropout, DoRA, autocast)."""
         result = base_out
-        for name, gain in self.active.items():
+        for name, gain in gains.items():
             adapter = self.adapters[name]
             if adapter.use_dora:
                 result = result + gain * self._dora_update(adapter, x, base_out)
@@ -224,7 +257,7 @@ class LoraLayer(nn.Module):
                 result = adapter.add_to(result, x, gain)
         return result.to(base_out.dtype)
 
-    def _trains_fused(self, x: torch.Tensor) -> bool:
+    def _trains_fused(self, x: torch.Tensor, gains: dict[str, float], scaled: tuple | None) -> bool:
         """Whether the forward may run as one autograd node (core.lora.fused): a frozen fp32 or bf16 nn.Linear and
         input of its dtype without autocast, no DoRA, and no dropout in play."""
         base = self.base_layer
@@ -234,13 +267,13 @@ class LoraLayer(nn.Module):
             and base.weight.dtype is x.dtype
             and not base.weight.requires_grad
             and (base.bias is None or not base.bias.requires_grad)
-            and self._scaled_adapters is not None
+            and scaled is not None
             and not torch.is_autocast_enabled(x.device.type)
             and all(
                 self.adapters[name].lora_A.dtype is torch.float32
                 and self.adapters[name].lora_B.dtype is torch.float32
                 and (not self.training or isinstance(self.adapters[name].dropout, nn.Identity))
-                for name in self.active
+                for name in gains
             )
         )
 

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import torch
 from torch import nn
 
 from core.lora.errors import AdapterConfigError, AdapterStateError
@@ -178,6 +179,39 @@ def active_adapters(model: nn.Module, gains: dict[str, float] | str | None) -> I
     finally:
         for path, layer in lora_layers(model).items():
             layer.active = previous.get(path, {})
+
+
+@contextmanager
+def routed_adapters(model: nn.Module, row_gains: list[dict[str, float]]) -> Iterator[nn.Module]:
+    """Run a block where row i of the batch gets active set `row_gains[i]` ({} = the plain base), rows with the
+    same set grouped so each adapter's product runs once per group: one batch serves requests for different
+    adapters. The model's own active set is neither used nor changed."""
+    known = adapter_names(model)
+    groups: dict[tuple, list[int]] = {}
+    for row, gains in enumerate(row_gains):
+        unknown = [name for name in gains if name not in known]
+        if unknown:
+            raise AdapterConfigError(f"No adapter named {unknown[0]!r} is loaded; loaded: "
+                                     f"{', '.join(map(repr, known)) or 'none'}. Load it first.")
+        groups.setdefault(tuple(sorted(gains.items())), []).append(row)
+    layers = list(lora_layers(model).values())
+    merged = [layer.path for layer in layers if layer.merged]
+    if merged:
+        raise AdapterStateError(f"Adapters are merged into {merged[0]} and others; unmerge before serving adapters.")
+    device = next(model.parameters()).device
+    whole = len(groups) == 1
+    indexed = [(None if whole else torch.tensor(rows, device=device), dict(key)) for key, rows in groups.items()]
+    try:
+        for layer in layers:
+            routes = []
+            for rows, gains in indexed:
+                here = {name: gain for name, gain in gains.items() if name in layer.adapters}
+                routes.append((rows, here, layer.scaled(here)))
+            layer.routes = tuple(routes)
+        yield model
+    finally:
+        for layer in layers:
+            layer.routes = None
 
 
 def merge(model: nn.Module) -> None:
