@@ -42,12 +42,15 @@ def server_log(home: Path, url: str) -> str:
 
 
 @contextmanager
-def served_app(home: Path, *extra_args: str, startup_timeout: float = 240):
-    """Start `launch.py serve` in its own process group; yield its URL once the page answers; stop it after."""
+def served_app(home: Path, *extra_args: str, startup_timeout: float = 240, verb: str = "serve",
+               ready_path: str = "", ready_status: int = 200):
+    """Start `launch.py serve` (or `verb`) in its own process group; yield its URL once the page (or `ready_path`)
+    answers with `ready_status`; stop it after."""
     port = free_port()
     log = open(home.parent / f"server-{port}.log", "w")
+    options = ["--no-browser"] if verb == "serve" else []
     process = subprocess.Popen(
-        [sys.executable, "launch.py", "serve", "--no-browser", "--port", str(port), *extra_args],
+        [sys.executable, "launch.py", verb, *options, "--port", str(port), *extra_args],
         cwd=REPO, env={**os.environ, "LORAFORGE_HOME": str(home)}, stdout=log, stderr=subprocess.STDOUT,
         start_new_session=True,
     )
@@ -58,9 +61,12 @@ def served_app(home: Path, *extra_args: str, startup_timeout: float = 240):
             if process.poll() is not None:
                 raise AssertionError(f"server exited with {process.returncode}: {Path(log.name).read_text()[-3000:]}")
             try:
-                with urllib.request.urlopen(url, timeout=2) as response:
-                    if response.status == 200:
+                with urllib.request.urlopen(url + ready_path, timeout=2) as response:
+                    if response.status == ready_status:
                         break
+            except urllib.error.HTTPError as error:
+                if error.code == ready_status:
+                    break
             except OSError:
                 pass
             if time.monotonic() > deadline:

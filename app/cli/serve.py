@@ -9,7 +9,6 @@ a whole: the database, its WAL and the run folders are not reachable through any
 import argparse
 import asyncio
 import hmac
-import ipaddress
 import os
 import re
 import sys
@@ -18,8 +17,9 @@ import webbrowser
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from app.cli.api import add_api_options, api_key, build_engine
 from app.cli.options import add_model_options, load_model
-from app.web.guard import WILDCARDS
+from app.web.guard import WILDCARDS, is_exposed
 from app.web.readable import served_folders
 from core import paths
 from core.errors import LoraForgeError
@@ -43,6 +43,7 @@ def register(verbs) -> None:
                         help="another name the page is reached by (a DNS alias), for the Host check; repeatable")
     parser.add_argument("--no-browser", action="store_true", help="do not open a browser tab")
     add_model_options(parser)
+    add_api_options(parser)
     parser.set_defaults(handler=run)
 
 
@@ -53,8 +54,10 @@ def run(args: argparse.Namespace) -> int:
     max_upload = _max_upload()
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     print("Loading the base model…", file=sys.stderr, flush=True)
+    key = api_key(args)
     loaded, _ = load_model(args)
-    server = build_server(loaded, args.host, args.port, auth, max_upload, args.allowed_host)
+    server = build_server(loaded, args.host, args.port, auth, max_upload, args.allowed_host,
+                          api=(build_engine(loaded, args), key))
     url = f"http://{'127.0.0.1' if args.host in WILDCARDS else args.host}:{args.port}"
     elsewhere = " (from other machines: this machine's address)" if args.host in WILDCARDS else ""
     print(f"LoRA Forge is ready on {url}{elsewhere}", file=sys.stderr, flush=True)
@@ -65,15 +68,19 @@ def run(args: argparse.Namespace) -> int:
 
 
 def build_server(loaded, host: str, port: int, auth: tuple[str, str] | None, max_upload: str,
-                 allowed_hosts: list[str] = ()):
-    """The ASGI app: the page mounted in a FastAPI app whose outermost layer is the Host and Origin guard."""
+                 allowed_hosts: list[str] = (), api: tuple | None = None):
+    """The ASGI app: the page mounted in a FastAPI app whose outermost layer is the Host and Origin guard, with
+    the OpenAI-compatible routes under /v1 when `api` is (engine, API key or None)."""
     import gradio as gr
     from fastapi import FastAPI
 
     from app.web.guard import HostGuard, served_hosts
     from app.web.page import STYLESHEET, THEME, build_page  # gradio is slow to import; the other verbs don't need it
+    from core.serve.routes import api_router
 
     server = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+    if api is not None:  # before the page, which is mounted at the root and would answer every path
+        server.include_router(api_router(loaded, *api, is_exposed(host)))
     page = build_page(loaded).queue(default_concurrency_limit=1)
     gr.mount_gradio_app(
         server, page, path="", server_name=host, server_port=port,
@@ -136,7 +143,7 @@ def _check_exposure(host: str, auth: str | None) -> tuple[str, str] | None:
         if not (user and sep and password):
             raise LoraForgeError("--auth must look like user:password, both parts non-empty.")
         return user, password
-    if host != "localhost" and not _is_loopback(host):
+    if is_exposed(host):
         raise LoraForgeError(
             f"Listening on {host} exposes LoRA Forge to other machines. Add --auth user:password (or "
             f"--auth-file, or {AUTH_ENV}, which `ps` does not show), or leave --host at 127.0.0.1."
@@ -150,13 +157,6 @@ def _max_upload() -> str:
     if not re.fullmatch(r"[0-9]+ ?(b|kb|mb|gb|tb)", limit):
         raise LoraForgeError(f"LORAFORGE_MAX_UPLOAD={limit!r} is not a size; write it like 500mb or 2gb.")
     return limit
-
-
-def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _has_display() -> bool:

@@ -38,6 +38,16 @@ def served_hosts(host: str, extra: Iterable[str] = ()) -> set[str]:
     return names - WILDCARDS
 
 
+def is_exposed(host: str) -> bool:
+    """Whether listening on `host` reaches beyond this machine (anything but localhost or a loopback address)."""
+    if host == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return True
+
+
 def _is_ip(name: str) -> bool:
     try:
         ipaddress.ip_address(name)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from core.chat.turns import model_turns
 from core.errors import LoraForgeError
 from core.lora.model import adapter_names
 from core.lora.peft_format import load_adapter
@@ -87,14 +88,21 @@ def model_gains(model: nn.Module, contender: Contender, adapters: list[dict]) ->
         if adapter_id not in rows:
             raise ContenderError(f"Adapter {adapter_id} is no longer registered (was its run deleted?). "
                                  "Choose another one.")
-        name = f"adapter-{adapter_id}"
+        gains[load_registered(model, rows[adapter_id], "adapter")] = weight
+    return gains
+
+
+def load_registered(model: nn.Module, adapter: dict, prefix: str) -> str:
+    """Load a registered adapter (a store row) into `model` as `<prefix>-<id>` unless it is there already, taking
+    the model's turn (core.chat.turns); returns that name."""
+    name = f"{prefix}-{adapter['id']}"
+    with model_turns(model):
         if name not in adapter_names(model):
             try:
-                load_adapter(model, rows[adapter_id]["path"], name=name, activate=False)
+                load_adapter(model, adapter["path"], name=name, activate=False)
             except LoraForgeError as error:
-                raise ContenderError(f"Cannot load adapter {rows[adapter_id]['name']}: {error}") from None
-        gains[name] = weight
-    return gains
+                raise ContenderError(f"Cannot load adapter {adapter['name']}: {error}") from None
+    return name
 
 
 def _find(reference: str, adapters: list[dict]) -> dict:

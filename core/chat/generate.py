@@ -11,6 +11,7 @@ from threading import Thread
 import torch
 from transformers import TextIteratorStreamer
 
+from core.chat.turns import model_turns
 from core.errors import LoraForgeError
 
 Message = dict[str, str]
@@ -71,7 +72,7 @@ def stream_reply(model, tokenizer, messages: list[Message], sampling: Sampling |
         try:
             if sampling.seed is not None:
                 torch.manual_seed(sampling.seed)
-            with torch.inference_mode():
+            with model_turns(model), torch.inference_mode():
                 model.generate(**options)
         except BaseException as error:  # surfaced on the caller's thread below
             errors.append(error)
