@@ -28,7 +28,7 @@ def imported_modules(path: Path) -> set[str]:
 
 # core's packages from the bottom up: a package may import those below it, never one beside or above it. The
 # modules directly in core/ (errors, paths, hub, lazy_api) are the base every package may import.
-LAYERS = (("models",), ("lora", "data"), ("chat",), ("training",), ("store",), ("jobs",), ("export",))
+LAYERS = (("models",), ("lora", "data"), ("chat",), ("training",), ("store",), ("jobs",), ("export", "serve"))
 
 
 def backward_edges(core: Path) -> list[str]:

@@ -1,0 +1,145 @@
+"""The API engine in this process: adapters kept within a bound, a full queue answered 429, a client that goes
+away mid-stream stops its generation, and the web app serving the same routes under /v1."""
+
+import asyncio
+import queue
+import threading
+import time
+
+import httpx
+import pytest
+import uvicorn
+
+from app.cli.api import build_api_server
+from core.chat.generate import Sampling
+from core.jobs.adapters import register_adapter
+from core.lora.model import adapter_names
+from core.models.loading import load_base_model
+from core.serve.engine import Engine, Job
+from core.store.database import Store
+from tests.browser import free_port
+from tests.test_api_server import make_adapter
+
+GREEDY = Sampling(max_new_tokens=12, temperature=0)
+
+
+@pytest.fixture
+def served(tiny_llama_dir, loraforge_home):
+    """The tiny Llama with three registered adapters, a fresh engine, and a way to run one job to its end."""
+    with Store() as store:
+        rows = [register_adapter(store, make_adapter(tiny_llama_dir, loraforge_home.parent / f"a{i}", seed=i),
+                                 source="imported", name=f"a{i}") for i in range(3)]
+    loaded = load_base_model(str(tiny_llama_dir))
+    return loaded, rows
+
+
+def answer(engine: Engine, adapters, prompt=(1, 5, 9)) -> str:
+    events: queue.Queue = queue.Queue()
+    engine.submit(Job(list(prompt), adapters, GREEDY, (), emit=events.put))
+    text = ""
+    while True:
+        kind, value = events.get(timeout=60)
+        if kind == "text":
+            text += value
+        elif kind == "error":
+            raise value
+        else:
+            return text
+
+
+def test_adapters_beyond_the_bound_are_dropped_and_reload_the_same(served):
+    loaded, rows = served
+    engine = Engine(loaded.model, loaded.tokenizer, max_adapters=2)
+    first = [answer(engine, ((row, 1.0),)) for row in rows]
+    assert len(set(first)) == 3
+    assert sorted(n for n in adapter_names(loaded.model) if n.startswith("serve-")) == [
+        f"serve-{rows[1]['id']}", f"serve-{rows[2]['id']}"]  # the least recently used (a0) went
+    assert answer(engine, ((rows[0], 1.0),)) == first[0]
+    assert len([n for n in adapter_names(loaded.model) if n.startswith("serve-")]) == 2
+
+
+class SlowSteps:
+    """Make each decoding step take `delay` seconds, so what happens between steps can be watched."""
+
+    def __init__(self, monkeypatch, delay: float) -> None:
+        from core.chat import decoding
+
+        self.steps = 0
+        original = decoding.DecodingBatch.step
+
+        def step(batch):
+            self.steps += 1
+            time.sleep(delay)
+            return original(batch)
+
+        monkeypatch.setattr(decoding.DecodingBatch, "step", step)
+
+
+@pytest.fixture
+def api_url(served):
+    """The /v1 routes of `launch.py api` on a real socket, in a server thread of this process."""
+    loaded, _ = served
+    engine = Engine(loaded.model, loaded.tokenizer, max_batch=1, max_waiting=1)
+    server = uvicorn.Server(uvicorn.Config(build_api_server(loaded, engine, "127.0.0.1", None),
+                                           port=free_port(), log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{server.config.port}/v1", engine
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_a_client_leaving_mid_stream_stops_its_generation(api_url, monkeypatch):
+    url, engine = api_url
+    body = {"model": "a1", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 200, "temperature": 0}
+    whole = httpx.post(f"{url}/chat/completions", json=body, timeout=60).json()
+    assert whole["usage"]["completion_tokens"] > 100  # left alone, this answer runs long
+    slow = SlowSteps(monkeypatch, 0.05)
+    body["stream"] = True
+    with httpx.stream("POST", f"{url}/chat/completions", json=body, timeout=30) as response:
+        lines = response.iter_lines()
+        received = [next(lines) for _ in range(6)]
+    assert sum(line.startswith("data: ") for line in received) >= 3 and "data: [DONE]" not in received
+    deadline = time.monotonic() + 5
+    while engine._running and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not engine._running
+    steps_at_leave = slow.steps
+    time.sleep(0.3)
+    assert slow.steps == steps_at_leave < 60  # nothing decodes for the gone client (200 tokens would take 10 s)
+
+
+def test_a_full_queue_answers_429_in_openai_shape(api_url, monkeypatch):
+    url, _ = api_url
+    SlowSteps(monkeypatch, 0.05)
+    body = {"model": "base", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 20, "temperature": 0}
+
+    async def fire():
+        async with httpx.AsyncClient(timeout=60) as client:
+            return await asyncio.gather(*(client.post(f"{url}/chat/completions", json=body) for _ in range(5)))
+
+    answers = asyncio.run(fire())
+    statuses = sorted(answer.status_code for answer in answers)
+    assert statuses.count(200) >= 2 and 429 in statuses  # one decodes, one waits, the rest are refused
+    refused = next(answer.json() for answer in answers if answer.status_code == 429)
+    assert refused["error"]["type"] == "rate_limit_error" and "busy" in refused["error"]["message"]
+
+
+def test_the_web_app_serves_the_api_under_v1(served):
+    from fastapi.testclient import TestClient
+
+    from app.cli.serve import build_server
+
+    loaded, _ = served
+    engine = Engine(loaded.model, loaded.tokenizer)
+    app = build_server(loaded, "127.0.0.1", 7860, None, "2gb", api=(engine, None))
+    with TestClient(app, base_url="http://127.0.0.1:7860") as client:
+        names = [entry["id"] for entry in client.get("/v1/models").json()["data"]]
+        reply = client.post("/v1/chat/completions", json={"model": "a2", "messages": [
+            {"role": "user", "content": "Hi"}], "max_tokens": 5, "temperature": 0})
+        page = client.get("/")
+    assert names == ["base", "a0", "a1", "a2"]
+    assert reply.status_code == 200 and reply.json()["choices"][0]["message"]["content"]
+    assert page.status_code == 200 and "gradio" in page.text.lower()
