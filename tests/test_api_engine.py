@@ -8,12 +8,14 @@ import time
 
 import httpx
 import pytest
+import torch
 import uvicorn
 
 from app.cli.api import build_api_server
-from core.chat.generate import Sampling
+from core.chat.generate import Sampling, conversation, stream_reply
 from core.jobs.adapters import register_adapter
-from core.lora.model import adapter_names
+from core.lora.model import LoraSettings, active_adapters, adapter_modules, adapter_names, add_adapter, delete_adapter
+from core.lora.peft_format import load_adapter, save_adapter
 from core.models.loading import load_base_model
 from core.serve.engine import Engine, Job
 from core.store.database import Store
@@ -143,3 +145,60 @@ def test_the_web_app_serves_the_api_under_v1(served):
     assert names == ["base", "a0", "a1", "a2"]
     assert reply.status_code == 200 and reply.json()["choices"][0]["message"]["content"]
     assert page.status_code == 200 and "gradio" in page.text.lower()
+
+
+def test_foreign_hosts_and_pages_are_refused(api_url):
+    url, _ = api_url
+    body = {"model": "base", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+    rebound = httpx.post(f"{url}/chat/completions", json=body, headers={"Host": "evil.example"})
+    from_a_page = httpx.post(f"{url}/chat/completions", json=body, headers={"Origin": "http://evil.example"})
+    assert rebound.status_code == 403 and from_a_page.status_code == 403
+    assert httpx.post(f"{url}/chat/completions", json=body, timeout=60).status_code == 200
+
+
+def test_the_web_app_on_another_interface_keeps_the_api_off_without_a_key(served):
+    from fastapi.testclient import TestClient
+
+    from app.cli.serve import build_server
+
+    loaded, _ = served
+    app = build_server(loaded, "0.0.0.0", 7860, ("me", "pw"), "2gb", api=(Engine(loaded.model, loaded.tokenizer), None))
+    with TestClient(app, base_url="http://127.0.0.1:7860") as client:
+        refused = client.get("/v1/models")
+    assert refused.status_code == 401 and "LORAFORGE_API_KEY" in refused.json()["error"]["message"]
+
+
+@pytest.mark.slow
+def test_the_default_model_answers_as_the_cli_does(default_model, loraforge_home):
+    """Real weights: a greedy answer through the engine, with an adapter and without, equals `stream_reply`
+    (the CLI's path) under the same adapter."""
+    model, tokenizer = default_model.model, default_model.tokenizer
+    add_adapter(model, "made", LoraSettings(r=8, targets="attention"), activate=False)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for adapter in adapter_modules(model, "made").values():
+            adapter.lora_B.copy_(torch.randn(adapter.lora_B.shape, generator=generator) * 0.02)
+    folder = save_adapter(model, "made", loraforge_home.parent / "made")
+    delete_adapter(model, "made")
+    with Store() as store:
+        row = register_adapter(store, folder, source="imported", name="made")
+    messages = conversation("Name three colours of the rainbow.")
+    prompt = list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)["input_ids"])
+    engine = Engine(model, tokenizer)
+    try:
+        for adapters in ((), ((row, 1.0),)):
+            events: queue.Queue = queue.Queue()
+            engine.submit(Job(prompt, adapters, Sampling(max_new_tokens=40, temperature=0), (), emit=events.put))
+            served_text = ""
+            while (event := events.get(timeout=120))[0] == "text":
+                served_text += event[1]
+            assert event[0] == "done"
+            load_adapter(model, folder, name="oracle", activate=False)
+            with active_adapters(model, {"oracle": 1.0} if adapters else {}):
+                *_, expected = stream_reply(model, tokenizer, messages, Sampling(max_new_tokens=40, temperature=0))
+            delete_adapter(model, "oracle")
+            assert served_text == expected
+    finally:  # the model is shared with other tests: leave it as it came
+        for name in adapter_names(model):
+            if name.startswith(("serve-", "oracle")):
+                delete_adapter(model, name)
