@@ -202,3 +202,30 @@ def test_the_default_model_answers_as_the_cli_does(default_model, loraforge_home
         for name in adapter_names(model):
             if name.startswith(("serve-", "oracle")):
                 delete_adapter(model, name)
+
+
+def test_the_pages_chat_and_the_api_share_the_model_without_mixing(served):
+    """The page's chat switches the model's active set for a whole answer while the engine steps its batch with
+    per-row adapters: each takes its turn at the model, and neither answer changes."""
+    loaded, rows = served
+    model, tokenizer = loaded.model, loaded.tokenizer
+    load_adapter(model, rows[0]["path"], name="page", activate=False)
+    messages = conversation("Hello there")
+    sampling = Sampling(max_new_tokens=40, temperature=0)
+
+    def page_answer() -> str:
+        with active_adapters(model, {"page": 1.0}):
+            *_, text = stream_reply(model, tokenizer, messages, sampling)
+        return text
+
+    engine = Engine(model, tokenizer)
+    alone = (page_answer(), answer(engine, ((rows[1], 1.0),)))
+    for _ in range(3):
+        results: list[str] = []
+        page = threading.Thread(target=lambda: results.append(page_answer()))
+        page.start()
+        served_text = answer(engine, ((rows[1], 1.0),))
+        page.join()
+        assert (results[0], served_text) == alone
+    *_, base_text = stream_reply(model, tokenizer, messages, sampling)
+    assert alone[0] != base_text and alone[1] != answer(engine, ())  # both adapters change their answers

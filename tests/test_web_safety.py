@@ -14,6 +14,7 @@ from starlette.routing import Mount
 
 from app.cli.serve import build_server, login_delay, throttled_login
 from core.models.loading import load_base_model
+from core.serve.engine import Engine
 from tests.browser import served_app
 
 SQLITE_MAGIC = b"SQLite format 3"
@@ -59,7 +60,8 @@ def route_paths(tiny_llama_dir, tmp_path_factory, open_server) -> list[str]:
     """Every route the served app has (the same build_server the servers run), the page's own mount included."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("LORAFORGE_HOME", str(tmp_path_factory.mktemp("routes-home")))
-        app = build_server(load_base_model(str(tiny_llama_dir)), "127.0.0.1", 7860, None, "2gb")
+        loaded = load_base_model(str(tiny_llama_dir))
+        app = build_server(loaded, "127.0.0.1", 7860, None, "2gb", api=(Engine(loaded.model, loaded.tokenizer), None))
 
     def walk(routes, prefix=""):
         for route in routes:
@@ -93,7 +95,8 @@ def login_cookie(url: str) -> str:
 
 @pytest.mark.browser  # a real server process
 def test_no_route_serves_the_database_with_or_without_a_login(route_paths, open_server, login_server):
-    assert "/gradio_api/file={path_or_url:path}" in route_paths and len(route_paths) > 60
+    assert "/gradio_api/file={path_or_url:path}" in route_paths and "/v1/chat/completions" in route_paths
+    assert len(route_paths) > 60
     for (url, home), cookie in ((open_server, None), (login_server, login_cookie(login_server[0]))):
         assert (home / "loraforge.db").is_file()
         for path in db_requests(route_paths, home):
