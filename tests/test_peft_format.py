@@ -73,10 +73,6 @@ def corrupt_module(tensors, config):
         tensors[peft_key("model.layers.7.self_attn.q_proj", field)] = tensors[peft_key(Q0, field)].clone()
 
 
-def corrupt_base(tensors, config):
-    config["base_model_name_or_path"] = "meta-llama/Llama-2-7b-hf"
-
-
 def corrupt_nan(tensors, config):
     tensors[peft_key("model.layers.1.self_attn.v_proj", "lora_A")][0, 0] = float("nan")
 
@@ -98,7 +94,6 @@ def corrupt_rank(tensors, config):
     [
         (corrupt_shape, r"q_proj.lora_B.weight.*shape \(32, 4\).*needs \(64, 4\)"),
         (corrupt_module, r"targets module 'model.layers.7.self_attn.q_proj'"),
-        (corrupt_base, r"made for base model 'meta-llama/Llama-2-7b-hf'"),
         (corrupt_nan, r"layers.1.self_attn.v_proj.lora_A.weight.*NaN or Inf"),
         (corrupt_inf, r"q_proj.lora_B.weight.*NaN or Inf"),
         (corrupt_missing_b, r"has no base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight"),

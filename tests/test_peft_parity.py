@@ -162,3 +162,26 @@ def test_default_model_adapter_gives_same_greedy_text_in_peft(default_model, tmp
     assert not torch.equal(our_ids, base_ids)  # the adapter changes what the model says
     assert our_text == tokenizer.decode(peft_ids[0], skip_special_tokens=True)
     assert torch.equal(our_ids, peft_ids)
+
+
+def test_an_adapter_made_on_a_base_in_another_folder_loads_and_answers_as_in_peft(tiny_llama_dir, tmp_path):
+    """A name is not an identity: PEFT records the base's folder as it was on the trainer's machine
+    (`my-models/llama3`); the same weights in a folder of another name take the adapter, as PEFT and vLLM do."""
+    import shutil
+
+    trained_on = tmp_path / "my-models" / "llama3"
+    shutil.copytree(tiny_llama_dir, trained_on)
+    torch.manual_seed(3)
+    theirs = get_peft_model(load(trained_on), peft_config(CASES["linear-llama"][1], init_lora_weights=False)).eval()
+    theirs.save_pretrained(tmp_path / "adapter")
+    assert str(trained_on) in (tmp_path / "adapter" / "adapter_config.json").read_text()
+    prompt = torch.tensor([[1, 17, 42, 99, 7]])
+    with torch.no_grad():
+        expected = theirs.generate(prompt, max_new_tokens=12, do_sample=False, pad_token_id=0)
+
+    ours = load(tiny_llama_dir)  # the same weights, a folder of another name
+    load_adapter(ours, tmp_path / "adapter")
+    with torch.no_grad():
+        answer = ours.generate(prompt, max_new_tokens=12, do_sample=False, pad_token_id=0)
+        plain = load(tiny_llama_dir).generate(prompt, max_new_tokens=12, do_sample=False, pad_token_id=0)
+    assert answer.tolist() == expected.tolist() and answer.tolist() != plain.tolist()

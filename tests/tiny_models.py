@@ -82,3 +82,33 @@ def make_tiny_gpt2(folder: Path, seed: int = 0) -> Path:
     GPT2LMHeadModel(config).save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
     return Path(folder)
+
+
+FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3")
+
+
+def make_tiny_family(folder: Path, family: str, seed: int = 0) -> Path:
+    """A random tiny model of one family (its own transformers class and config quirks: Qwen's q/k/v biases,
+    Qwen3's q/k norms, Gemma's soft-capping and sliding windows, Phi-3's fused qkv_proj and gate_up_proj) with
+    the byte-level BPE tokenizer, saved as a Hugging Face folder."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    tokenizer = make_tokenizer()
+    shape = dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=False,
+                 bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                 pad_token_id=tokenizer.pad_token_id)
+    quirks = {
+        "mistral": dict(sliding_window=None),
+        "qwen3": dict(head_dim=16),
+        "gemma2": dict(head_dim=16, sliding_window=32, query_pre_attn_scalar=16),
+        "gemma3_text": dict(head_dim=16, sliding_window=32, query_pre_attn_scalar=16),
+    }
+    model_type = "gemma3_text" if family == "gemma3" else family
+    config = AutoConfig.for_model(model_type, **shape, **quirks.get(model_type, {}))
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    return Path(folder)

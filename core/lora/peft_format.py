@@ -103,7 +103,6 @@ def load_adapter(model: nn.Module, folder: str | Path, name: str = "default", ac
     """Attach the PEFT adapter in `folder` as `name` (trainable, and active unless told otherwise)."""
     folder = Path(folder)
     config = read_config(folder)
-    _check_base(config, model, folder)
     tensors = _read_tensors(folder / WEIGHTS_FILE)
     layers = adaptable_modules(model)
     plan = {path: _build(path, parts, layers, config, folder) for path, parts in _group(tensors, folder).items()}
@@ -207,19 +206,10 @@ def _config_for(model: nn.Module, modules: dict[str, LoraAdapter], base_model_na
     )
 
 
-def _check_base(config: AdapterConfig, model: nn.Module, folder: Path) -> None:
-    """Refuse an adapter made for another base, comparing names only when both are known (paths by last part)."""
-    wanted = _short_name(config.base_model_name_or_path)
-    have = _short_name(getattr(model, "name_or_path", None))
-    if wanted and have and wanted.lower() != have.lower():
-        raise AdapterFileError(
-            f"The adapter in {folder} was made for base model {config.base_model_name_or_path!r}, but the loaded "
-            f"base is {have!r}. Load it onto {config.base_model_name_or_path!r} instead."
-        )
-
-
-def _short_name(name: str | None) -> str:
-    return Path(str(name).rstrip("/\\")).name if name else ""
+def _made_for(config: AdapterConfig) -> str:
+    """' (base model X)' when the adapter names its base: a hint for the person, never a check, since a name is
+    not an identity (the same base lives in folders of any name); shapes decide whether an adapter fits."""
+    return f" (base model {config.base_model_name_or_path!r})" if config.base_model_name_or_path else ""
 
 
 def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -258,7 +248,7 @@ def _build(
     if path not in layers:
         raise AdapterFileError(
             f"The adapter in {folder} targets module {path!r}, which this base model does not have (or is not a "
-            "linear layer). It was trained for another architecture; load it onto its own base model."
+            f"linear layer). It was trained for another architecture{_made_for(config)}; load it onto its own base."
         )
     layer = layers[path]
     base = layer.base_layer if isinstance(layer, LoraLayer) else layer
@@ -275,7 +265,7 @@ def _build(
             raise AdapterFileError(
                 f"{peft_key(path, field_name)} in {folder / WEIGHTS_FILE} has shape {tuple(tensor.shape)}, but module "
                 f"{path} (d_in={d_in}, d_out={d_out}, r={r}) needs {shape}. The adapter was made for a different "
-                "base model or rank; load it onto its own base."
+                f"base model or rank{_made_for(config)}; load it onto its own base."
             )
         if not torch.isfinite(tensor).all():
             raise AdapterFileError(

@@ -12,11 +12,13 @@ from torch import nn
 from core.lora.errors import AdapterConfigError
 from core.models.base_weights import is_adaptable
 
-# Suffixes per preset, covering Llama-style names and GPT-2's Conv1D names (c_attn is GPT-2's fused q,k,v).
+# Suffixes per preset, covering Llama-style names (Mistral, Qwen2/3, Gemma 2/3 share them), GPT-2's Conv1D names,
+# and fused projections: a model that computes q, k and v in one layer (Phi-3's qkv_proj, GPT-2's c_attn) gets
+# its adapter on that layer for "qv", as PEFT does when told that layer's name; Phi-3's gate_up_proj likewise.
 PRESETS: dict[str, tuple[str, ...]] = {
-    "qv": ("q_proj", "v_proj", "c_attn"),
-    "attention": ("q_proj", "k_proj", "v_proj", "o_proj", "c_attn", "attn.c_proj"),
-    "mlp": ("gate_proj", "up_proj", "down_proj", "c_fc", "mlp.c_proj"),
+    "qv": ("q_proj", "v_proj", "qkv_proj", "c_attn"),
+    "attention": ("q_proj", "k_proj", "v_proj", "qkv_proj", "o_proj", "c_attn", "attn.c_proj"),
+    "mlp": ("gate_proj", "up_proj", "gate_up_proj", "down_proj", "c_fc", "mlp.c_proj"),
     "all-linear": (),  # every adaptable layer except the LM head
 }
 DEFAULT_PRESET = "qv"
