@@ -9,15 +9,18 @@ import dataclasses
 import json
 import math
 
+import gguf
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from core.chat.generate import Sampling, conversation, stream_reply
 from core.export.exporter import export_adapters
+from core.export.gguf import GgufExportError
 from core.lora.model import LoraSettings, add_adapter
-from core.lora.peft_format import load_adapter
+from core.lora.peft_format import load_adapter, save_adapter
 from core.training.loop import train
+from tests.export_helpers import make_adapter
 from tests.job_helpers import tiny_config
 from tests.lora_helpers import load
 from tests.tiny_models import FAMILIES, make_tiny_family
@@ -71,3 +74,24 @@ def test_every_preset_finds_its_layers_and_qlora_trains(family, family_dirs, tmp
     config = dataclasses.replace(tiny_config(base, tmp_path, steps=2, name=f"{family}-nf4"), quant="nf4")
     result = train(config, tmp_path / "run")
     assert result.status == "completed" and math.isfinite(result.train_loss)
+
+
+@pytest.mark.parametrize("family", ["mistral", "qwen2", "qwen3"])
+def test_gguf_export_of_a_family_reads_back_in_transformers(family, family_dirs, tmp_path):
+    base = family_dirs[family]
+    adapter = make_adapter(base, tmp_path / "adapter", std=0.05)  # as the Llama GGUF tests do
+    result = export_adapters([str(adapter)], "gguf", tmp_path / "gguf", base=str(base), gguf_type="f16")
+    check = result.parity["checks"][0]
+    assert result.status == "done" and check["greedy_agree"] and check["max_logit_diff"] < 0.05
+    arch = gguf.GGUFReader(str(next((tmp_path / "gguf").glob("*.gguf")))).fields["general.architecture"].contents()
+    assert arch == {"mistral": "llama"}.get(family, family)
+
+
+@pytest.mark.parametrize("family", ["gemma2", "gemma3", "phi3"])
+def test_gguf_export_of_a_family_not_yet_written_is_refused_with_the_way_out(family, family_dirs, tmp_path):
+    model = load(family_dirs[family])
+    add_adapter(model, "a", LoraSettings(r=2))
+    adapter = save_adapter(model, "a", tmp_path / "adapter")
+    with pytest.raises(GgufExportError, match="convert_hf_to_gguf.py"):
+        export_adapters([str(adapter)], "gguf", tmp_path / "gguf", base=str(family_dirs[family]))
+    assert not (tmp_path / "gguf").exists()

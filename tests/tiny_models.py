@@ -100,7 +100,7 @@ def make_tiny_family(folder: Path, family: str, seed: int = 0) -> Path:
                  pad_token_id=tokenizer.pad_token_id)
     quirks = {
         "mistral": dict(sliding_window=None),
-        "qwen3": dict(head_dim=16),
+        "qwen3": dict(head_dim=128),  # every Qwen3 has 128, and transformers' GGUF reader assumes it
         "gemma2": dict(head_dim=16, sliding_window=32, query_pre_attn_scalar=16),
         "gemma3_text": dict(head_dim=16, sliding_window=32, query_pre_attn_scalar=16),
     }

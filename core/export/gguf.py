@@ -1,18 +1,27 @@
-"""Write a merged Llama-architecture model as a GGUF file that llama.cpp, Ollama and transformers read.
+"""Write a merged model as a GGUF file that llama.cpp, Ollama and transformers read.
 
-Layout, as llama.cpp's own converter writes it:
-    metadata   llama.* hyperparameters, tokenizer.ggml.* (byte-level BPE "gpt2": tokens, types, merges,
-               special ids, add_bos), tokenizer.chat_template
+Families, as llama.cpp's own converter writes them (FAMILIES):
+    llama, mistral   architecture `llama`; q/k rows permuted (below)
+    qwen2            architecture `qwen2`; q/k/v biases; NEOX rotary (no permutation)
+    qwen3            architecture `qwen3`; per-head q/k RMS norms; NEOX rotary
+
+Layout:
+    metadata   <arch>.* hyperparameters, tokenizer.ggml.* (byte-level BPE "gpt2": tokens, types, merges,
+               special ids, add_bos, the pre-tokenizer llama.cpp names for its split pattern),
+               tokenizer.chat_template
     tensors    token_embd, blk.N.{attn_norm, attn_q, attn_k, attn_v, attn_output, ffn_norm, ffn_gate,
-               ffn_up, ffn_down}, output_norm, output (absent when the embeddings are tied)
+               ffn_up, ffn_down} (+ attn_q/k/v.bias, attn_q_norm, attn_k_norm), output_norm, output (absent
+               when the embeddings are tied)
 
-Tensor names come from the `gguf` package's own name map. llama.cpp stores attn_q and attn_k with the
-rotary halves of each head interleaved (its rope works on adjacent pairs, Hugging Face's on halves), and
-every GGUF reader undoes that on load, so the permutation is applied here. Weights are f16 or q8_0;
-norms stay f32, and a matrix whose rows are not a multiple of the q8_0 block falls back to f16.
+Tensor names come from the `gguf` package's own name map. llama.cpp's `llama` architecture stores attn_q and
+attn_k with the rotary halves of each head interleaved (its rope there works on adjacent pairs, Hugging Face's on
+halves), and every GGUF reader undoes that on load, so the permutation is applied for that architecture. Weights
+are f16 or q8_0; norms and biases stay f32, and a matrix whose rows are not a multiple of the q8_0 block falls
+back to f16.
 """
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import gguf
@@ -30,6 +39,29 @@ class GgufExportError(LoraForgeError):
     """The model or its tokenizer cannot be written as GGUF."""
 
 
+@dataclass(frozen=True)
+class Family:
+    """How llama.cpp stores one model family: its architecture, and whether q/k rows are permuted for its rope."""
+
+    arch: gguf.MODEL_ARCH
+    permute_qk: bool
+
+
+FAMILIES = {
+    "llama": Family(gguf.MODEL_ARCH.LLAMA, permute_qk=True),
+    "mistral": Family(gguf.MODEL_ARCH.LLAMA, permute_qk=True),  # llama.cpp's converter writes Mistral as llama
+    "qwen2": Family(gguf.MODEL_ARCH.QWEN2, permute_qk=False),
+    "qwen3": Family(gguf.MODEL_ARCH.QWEN3, permute_qk=False),
+}
+# llama.cpp's names for byte-level BPE split patterns (`tokenizer.ggml.pre`), keyed by the pattern itself.
+_CONTRACTIONS = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|"
+_REST = r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+PRE_TOKENIZERS = {
+    _CONTRACTIONS + r"\p{N}{1,3}" + _REST: "llama-bpe",  # Llama 3: digits in threes
+    _CONTRACTIONS + r"\p{N}" + _REST: "qwen2",  # Qwen 2 and 3: one digit at a time
+}
+
+
 def write_gguf(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -40,19 +72,20 @@ def write_gguf(
 ) -> Path:
     """Write `model` (a plain, merged LlamaForCausalLM) and its tokenizer to the GGUF file `path`.
 
-    `pre_tokenizer` is llama.cpp's name for how text is split before BPE (`tokenizer.ggml.pre`); pass the
-    base GGUF's value when the model came from one, since it cannot be derived from the tokenizer reliably.
+    `pre_tokenizer` is llama.cpp's name for how text is split before BPE (`tokenizer.ggml.pre`), used when the
+    tokenizer's split pattern is not one PRE_TOKENIZERS knows: pass the base GGUF's value when the model came
+    from one.
     """
     if gguf_type not in GGUF_TYPES:
         raise GgufExportError(f"Unknown GGUF type {gguf_type!r}. Choose one of: {', '.join(GGUF_TYPES)}.")
     config = model.config
-    _check_supported(config)
+    family = _check_supported(config)
     vocab = _byte_level_vocab(tokenizer, config.vocab_size)
-    writer = gguf.GGUFWriter(str(path), gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
+    writer = gguf.GGUFWriter(str(path), gguf.MODEL_ARCH_NAMES[family.arch])
     try:
         _add_hyperparameters(writer, config, name, FILE_TYPES[gguf_type])
-        _add_tokenizer(writer, tokenizer, vocab, pre_tokenizer)
-        for tensor_name, array, quant in _tensors(model, gguf_type):
+        _add_tokenizer(writer, tokenizer, vocab, _split_pattern_name(tokenizer) or pre_tokenizer)
+        for tensor_name, array, quant in _tensors(model, family, gguf_type):
             writer.add_tensor(tensor_name, array, raw_dtype=quant)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
@@ -74,11 +107,12 @@ def permute_rotary(weight: torch.Tensor, heads: int) -> torch.Tensor:
     return weight.reshape(heads, 2, rows // heads // 2, *weight.shape[1:]).transpose(1, 2).reshape(weight.shape)
 
 
-def _check_supported(config) -> None:
-    if config.model_type != "llama":
+def _check_supported(config) -> Family:
+    family = FAMILIES.get(config.model_type)
+    if family is None:
         raise GgufExportError(
-            f"GGUF export supports Llama-architecture models; this one is {config.model_type!r}. "
-            "Export a merged Hugging Face folder instead and convert it with llama.cpp's convert_hf_to_gguf.py."
+            f"GGUF export supports {', '.join(FAMILIES)} models; this one is {config.model_type!r}. Export a merged "
+            "Hugging Face folder instead and convert it with llama.cpp's convert_hf_to_gguf.py."
         )
     rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
     extras = []
@@ -91,6 +125,7 @@ def _check_supported(config) -> None:
             f"GGUF export does not yet write {' and '.join(extras)}. Export a merged Hugging Face folder instead "
             "and convert it with llama.cpp's convert_hf_to_gguf.py."
         )
+    return family
 
 
 def _add_hyperparameters(writer: gguf.GGUFWriter, config, name: str, file_type: gguf.LlamaFileType) -> None:
@@ -103,6 +138,8 @@ def _add_hyperparameters(writer: gguf.GGUFWriter, config, name: str, file_type: 
     writer.add_feed_forward_length(config.intermediate_size)
     writer.add_head_count(config.num_attention_heads)
     writer.add_head_count_kv(config.num_key_value_heads or config.num_attention_heads)
+    writer.add_key_length(head_dim)
+    writer.add_value_length(head_dim)
     writer.add_rope_dimension_count(head_dim)
     writer.add_rope_freq_base(float(rope.get("rope_theta", getattr(config, "rope_theta", 10000.0))))
     writer.add_layer_norm_rms_eps(float(config.rms_norm_eps))
@@ -157,10 +194,23 @@ def _add_tokenizer(writer: gguf.GGUFWriter, tokenizer: PreTrainedTokenizerBase, 
         writer.add_chat_template(tokenizer.chat_template)
 
 
-def _tensors(model: PreTrainedModel, gguf_type: str):
-    """(GGUF name, array, type) for every weight, q/k permuted, in the model's own order."""
+def _split_pattern_name(tokenizer: PreTrainedTokenizerBase) -> str | None:
+    """llama.cpp's pre-tokenizer name for the tokenizer's split regex, when PRE_TOKENIZERS knows it."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    spec = json.loads(backend.to_str()) if backend is not None else {}
+    steps = spec.get("pre_tokenizer") or {}
+    for step in steps.get("pretokenizers", [steps]):
+        pattern = (step.get("pattern") or {}).get("Regex") if step.get("type") == "Split" else None
+        if pattern in PRE_TOKENIZERS:
+            return PRE_TOKENIZERS[pattern]
+    return None
+
+
+def _tensors(model: PreTrainedModel, family: Family, gguf_type: str):
+    """(GGUF name, array, type) for every weight and bias, q/k permuted where the family needs it, in the model's
+    own order."""
     config = model.config
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
+    names = gguf.get_tensor_name_map(family.arch, config.num_hidden_layers)
     kv_heads = config.num_key_value_heads or config.num_attention_heads
     seen: set[int] = set()
     for key, tensor in model.state_dict().items():
@@ -170,16 +220,16 @@ def _tensors(model: PreTrainedModel, gguf_type: str):
         seen.add(pointer)
         module, _, suffix = key.rpartition(".")
         gguf_name = names.get_name(module)
-        if gguf_name is None or suffix != "weight":
+        if gguf_name is None or suffix not in ("weight", "bias"):
             raise GgufExportError(
-                f"No GGUF name for tensor {key!r}; this Llama variant is not supported for GGUF export."
+                f"No GGUF name for tensor {key!r}; this {config.model_type} variant is not supported for GGUF export."
             )
         weight = tensor.detach().float().cpu()
-        if module.endswith("self_attn.q_proj"):
+        if family.permute_qk and module.endswith("self_attn.q_proj"):
             weight = permute_rotary(weight, config.num_attention_heads)
-        elif module.endswith("self_attn.k_proj"):
+        elif family.permute_qk and module.endswith("self_attn.k_proj"):
             weight = permute_rotary(weight, kv_heads)
-        yield f"{gguf_name}.weight", *_encode(weight.numpy(), gguf_type)
+        yield f"{gguf_name}.{suffix}", *_encode(weight.numpy(), gguf_type)
 
 
 def _encode(array: np.ndarray, gguf_type: str) -> tuple[np.ndarray, gguf.GGMLQuantizationType]:
