@@ -91,6 +91,7 @@ def api_url(served):
     yield f"http://127.0.0.1:{server.config.port}/v1", engine
     server.should_exit = True
     thread.join(timeout=10)
+    engine.close()
 
 
 def test_a_client_leaving_mid_stream_stops_its_generation(api_url, monkeypatch):
@@ -213,9 +214,8 @@ def test_the_pages_chat_and_the_api_share_the_model_without_mixing(served):
     messages = conversation("Hello there")
     sampling = Sampling(max_new_tokens=40, temperature=0)
 
-    def page_answer() -> str:
-        with active_adapters(model, {"page": 1.0}):
-            *_, text = stream_reply(model, tokenizer, messages, sampling)
+    def page_answer() -> str:  # as app/web/chat/stream.py asks for it
+        *_, text = stream_reply(model, tokenizer, messages, sampling, {"page": 1.0})
         return text
 
     engine = Engine(model, tokenizer)
@@ -229,3 +229,72 @@ def test_the_pages_chat_and_the_api_share_the_model_without_mixing(served):
         assert (results[0], served_text) == alone
     *_, base_text = stream_reply(model, tokenizer, messages, sampling)
     assert alone[0] != base_text and alone[1] != answer(engine, ())  # both adapters change their answers
+
+
+def test_a_job_that_fails_to_join_fails_alone(served):
+    loaded, rows = served
+    engine = Engine(loaded.model, loaded.tokenizer)
+    outcomes: dict[str, queue.Queue] = {name: queue.Queue() for name in ("good", "bad", "after")}
+    bad = Sampling(max_new_tokens=8, temperature=1.0, seed=2**70)  # past torch's seed range: the row cannot start
+    for name, sampling in (("good", GREEDY), ("bad", bad), ("after", GREEDY)):
+        engine.submit(Job([1, 5, 9], ((rows[0], 1.0),), sampling, (), emit=outcomes[name].put))
+
+    def last_event(events: queue.Queue) -> str:
+        while (event := events.get(timeout=60))[0] == "text":
+            pass
+        return event[0]
+
+    assert [last_event(outcomes[name]) for name in ("good", "bad", "after")] == ["done", "error", "done"]
+
+
+def test_cancelled_waiting_jobs_do_not_fill_the_queue(served, monkeypatch):
+    loaded, _ = served
+    SlowSteps(monkeypatch, 0.05)
+    engine = Engine(loaded.model, loaded.tokenizer, max_batch=1, max_waiting=1)
+    long = Sampling(max_new_tokens=40, temperature=0)
+    running, waiting = (Job([1, 5, 9], (), long, (), emit=lambda event: None) for _ in range(2))
+    engine.submit(running)
+    deadline = time.monotonic() + 10
+    while not engine._running and time.monotonic() < deadline:
+        time.sleep(0.01)
+    engine.submit(waiting)
+    waiting.cancelled.set()  # its client went away while it waited
+    engine.submit(Job([1, 5, 9], (), long, (), emit=lambda event: None))  # would be a 429 if the gone one counted
+    engine.close()
+
+
+def test_a_non_streaming_client_that_gives_up_stops_its_generation(api_url, monkeypatch):
+    url, engine = api_url
+    slow = SlowSteps(monkeypatch, 0.05)
+    body = {"model": "a1", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 200, "temperature": 0,
+            "stop": ["never-in-this-answer"]}
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(f"{url}/chat/completions", json=body, timeout=0.6)
+    deadline = time.monotonic() + 5
+    while engine._running and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not engine._running and slow.steps < 100  # 200 tokens would have taken 10 s
+
+
+def test_an_adapter_whose_files_changed_is_loaded_again(served, tiny_llama_dir, loraforge_home):
+    from core.chat.contenders import load_registered
+
+    loaded, rows = served
+    engine = Engine(loaded.model, loaded.tokenizer)
+    before = answer(engine, ((rows[0], 1.0),))
+    make_adapter(tiny_llama_dir, loraforge_home.parent / "a0", seed=9)  # new weights in the registered folder
+    assert answer(engine, ((rows[0], 1.0),)) != before
+    assert load_registered(loaded.model, rows[0], "serve") == f"serve-{rows[0]['id']}"
+
+
+def test_names_that_would_not_resolve_are_listed_by_id(served, tiny_llama_dir, loraforge_home):
+    from core.serve import catalog
+
+    _, rows = served
+    with Store() as store:
+        odd = [register_adapter(store, rows[i]["path"], source="imported", name=name)
+               for i, name in ((0, "pirate:v2"), (1, "base"))]
+    listed = [entry["id"] for entry in catalog.models("tiny")]
+    assert "pirate:v2" in listed and str(odd[1]["id"]) in listed and listed.count("base") == 1
+    assert catalog.resolve("pirate:v2", "tiny")[0][0]["id"] == odd[0]["id"]
+    assert catalog.resolve(str(odd[1]["id"]), "tiny")[0][0]["id"] == odd[1]["id"]

@@ -161,6 +161,16 @@ def test_errors_come_in_openai_shape(api):
     assert empty.value.param == "messages"
     status, body = raw_post(url + "v1/chat/completions", b'{"model": "base", "messages": [')
     assert status == 400 and "not valid JSON" in body["error"]["message"] and body["error"]["type"]
+    with pytest.raises(openai.BadRequestError) as seed:
+        greedy(client, "base", seed=2**70)
+    assert seed.value.param == "seed"
+    huge = b'{"model": "base", "messages": [{"role": "user", "content": "x"}], "max_tokens": 1' + b"0" * 400 + b"}"
+    status, body = raw_post(url + "v1/chat/completions", huge)
+    assert status == 400 and body["error"]["param"] == "max_tokens"
+    as_developer, as_system = (client.chat.completions.create(
+        model="base", messages=[{"role": role, "content": "Be brief."}, {"role": "user", "content": "Hi"}],
+        temperature=temperature, max_tokens=6) for role, temperature in (("developer", 1e-40), ("system", 0)))
+    assert as_developer.choices[0].message.content == as_system.choices[0].message.content  # greedy, as system
 
 
 def test_a_newly_registered_adapter_is_served_and_a_deleted_one_refused(api, in_api_home, tiny_llama_dir):

@@ -37,6 +37,9 @@ def add_api_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-batch", type=int, default=16, help="requests decoded together (default 16)")
     group.add_argument("--max-waiting", type=int, default=64,
                        help="requests waiting beyond the batch before the server answers 429 (default 64)")
+    group.add_argument("--max-batch-tokens", type=int, default=65536,
+                       help="rows x (prompt + max_tokens) the batch may hold; a longer request waits for room "
+                            "(default 65536)")
     group.add_argument("--max-adapters", type=int, default=8,
                        help="adapters kept loaded; the least recently used is dropped past this (default 8)")
 
@@ -59,10 +62,11 @@ def api_key(args: argparse.Namespace) -> str | None:
 def build_engine(loaded, args: argparse.Namespace):
     from core.serve.engine import Engine
 
-    for option in ("max_batch", "max_waiting", "max_adapters"):
+    for option in ("max_batch", "max_waiting", "max_adapters", "max_batch_tokens"):
         if getattr(args, option) < 1:
             raise LoraForgeError(f"--{option.replace('_', '-')} is {getattr(args, option)}; use 1 or more.")
-    return Engine(loaded.model, loaded.tokenizer, args.max_batch, args.max_waiting, args.max_adapters)
+    return Engine(loaded.model, loaded.tokenizer, args.max_batch, args.max_waiting, args.max_adapters,
+                  args.max_batch_tokens)
 
 
 def build_api_server(loaded, engine, host: str, key: str | None, allowed_hosts: list[str] = ()):

@@ -8,13 +8,14 @@ copy of the base weights.
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 from torch import nn
 
 from core.chat.turns import model_turns
 from core.errors import LoraForgeError
-from core.lora.model import adapter_names
-from core.lora.peft_format import load_adapter
+from core.lora.model import adapter_names, delete_adapter
+from core.lora.peft_format import WEIGHTS_FILE, load_adapter
 
 BASE_CHOICE = "base"  # the selector values for the base model and for a typed weighted set;
 SET_CHOICE = "set"  # any other value is a registered adapter's id
@@ -93,16 +94,38 @@ def model_gains(model: nn.Module, contender: Contender, adapters: list[dict]) ->
 
 
 def load_registered(model: nn.Module, adapter: dict, prefix: str) -> str:
-    """Load a registered adapter (a store row) into `model` as `<prefix>-<id>` unless it is there already, taking
-    the model's turn (core.chat.turns); returns that name."""
+    """Load a registered adapter (a store row) into `model` as `<prefix>-<id>` unless that exact version is there
+    already, taking the model's turn (core.chat.turns); returns that name. The version is the folder and its
+    weights file's size and modification time: a store id can be reused after a deletion, and a folder registered
+    again may hold new weights, so an id alone would serve stale ones."""
     name = f"{prefix}-{adapter['id']}"
+    version = _version(adapter["path"])
     with model_turns(model):
+        loaded = loaded_versions(model)
+        if name in adapter_names(model) and loaded.get(name) != version:
+            delete_adapter(model, name)
         if name not in adapter_names(model):
             try:
                 load_adapter(model, adapter["path"], name=name, activate=False)
             except LoraForgeError as error:
                 raise ContenderError(f"Cannot load adapter {adapter['name']}: {error}") from None
+            loaded[name] = version
     return name
+
+
+def loaded_versions(model: nn.Module) -> dict[str, tuple]:
+    """Adapter name -> the version `load_registered` loaded under it (kept on the model object)."""
+    if not hasattr(model, "_loraforge_versions"):
+        model._loraforge_versions = {}
+    return model._loraforge_versions
+
+
+def _version(folder: str) -> tuple:
+    try:
+        stat = (Path(folder) / WEIGHTS_FILE).stat()
+    except OSError:
+        return (folder, None, None)
+    return (folder, stat.st_size, stat.st_mtime_ns)
 
 
 def _find(reference: str, adapters: list[dict]) -> dict:

@@ -106,10 +106,12 @@ class DecodingBatch:
             self.cache, self.mask = cache, mask
             return
         width = max(self.mask.shape[1], length)
+        joined = [(torch.cat([_left_pad(mine.keys, width, dim=2), _left_pad(theirs.keys, width, dim=2)]),
+                   torch.cat([_left_pad(mine.values, width, dim=2), _left_pad(theirs.values, width, dim=2)]))
+                  for mine, theirs in zip(self.cache.layers, cache.layers)]  # all built before any is replaced
         self.mask = torch.cat([_left_pad(self.mask, width), _left_pad(mask, width)])
-        for mine, theirs in zip(self.cache.layers, cache.layers):
-            mine.keys = torch.cat([_left_pad(mine.keys, width, dim=2), _left_pad(theirs.keys, width, dim=2)])
-            mine.values = torch.cat([_left_pad(mine.values, width, dim=2), _left_pad(theirs.values, width, dim=2)])
+        for layer, (keys, values) in zip(self.cache.layers, joined):
+            layer.keys, layer.values = keys, values
 
 
 def _left_pad(tensor: torch.Tensor, width: int, dim: int = 1) -> torch.Tensor:
@@ -134,4 +136,6 @@ def _sample(logits: torch.Tensor, row: Row) -> int:
         cut = cumulative - ordered.softmax(-1) >= row.sampling.top_p  # tokens wholly past the nucleus
         scaled = scaled.scatter(0, order[cut], float("-inf"))
     probabilities = scaled.softmax(-1).cpu()
+    if not torch.isfinite(probabilities).all():  # logits too large for the temperature: the likeliest token
+        return int(logits.argmax())
     return int(torch.multinomial(probabilities, 1, generator=row.generator))

@@ -5,6 +5,7 @@ One path serves the CLI (which waits for the whole reply) and the web page (whic
 """
 
 from collections.abc import Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass
 from threading import Thread
 
@@ -13,6 +14,7 @@ from transformers import TextIteratorStreamer
 
 from core.chat.turns import model_turns
 from core.errors import LoraForgeError
+from core.lora.model import active_adapters
 
 Message = dict[str, str]
 
@@ -45,8 +47,11 @@ def conversation(prompt: str, history: list[Message] | None = None, system: str 
     return [*messages, *(history or []), {"role": "user", "content": prompt}]
 
 
-def stream_reply(model, tokenizer, messages: list[Message], sampling: Sampling | None = None) -> Iterator[str]:
-    """Yield the assistant's reply as it grows (each item is the whole text so far)."""
+def stream_reply(model, tokenizer, messages: list[Message], sampling: Sampling | None = None,
+                 gains: dict[str, float] | None = None) -> Iterator[str]:
+    """Yield the assistant's reply as it grows (each item is the whole text so far), under the active set `gains`
+    when given ({} = the plain base), else the model's own. The set is switched inside the model's turn, so the
+    API server's engine, sharing the model, never steps while it is half set."""
     sampling = sampling or Sampling()
     sampling.check()
     inputs = tokenizer.apply_chat_template(
@@ -73,7 +78,8 @@ def stream_reply(model, tokenizer, messages: list[Message], sampling: Sampling |
             if sampling.seed is not None:
                 torch.manual_seed(sampling.seed)
             with model_turns(model), torch.inference_mode():
-                model.generate(**options)
+                with nullcontext() if gains is None else active_adapters(model, gains):
+                    model.generate(**options)
         except BaseException as error:  # surfaced on the caller's thread below
             errors.append(error)
             streamer.on_finalized_text("", stream_end=True)

@@ -15,7 +15,11 @@ from core.serve.errors import ApiError
 MAX_BODY_BYTES = 8 * 1024 * 1024
 DEFAULT_MAX_TOKENS = 1024  # when a request names none: at most this, and never past the context
 ROLES = ("system", "user", "assistant")
+ROLE_NAMES = {"developer": "system"}  # OpenAI's newer name for the system role
 MAX_STOPS = 4
+MAX_SEED = 2**63 - 1
+GREEDY_BELOW = 1e-5  # a temperature this small samples the likeliest token anyway; decoding it greedily avoids overflow
+CHARS_PER_TOKEN_LIMIT = 64  # text longer than 64 characters per token of context cannot fit: refused untokenized
 
 
 @dataclass(frozen=True)
@@ -61,11 +65,18 @@ def chat_messages(body: dict) -> list[Message]:
         if not isinstance(message, dict):
             raise ApiError(f"{where} is not an object; write {{\"role\": \"user\", \"content\": \"...\"}}.",
                            param=where)
-        role = message.get("role")
+        role = ROLE_NAMES.get(message.get("role"), message.get("role"))
         if role not in ROLES:
             raise ApiError(f"{where}.role is {role!r}; use one of {', '.join(ROLES)}.", param=f"{where}.role")
         plain.append({"role": role, "content": _text(message.get("content"), f"{where}.content")})
     return plain
+
+
+def check_length(text: str, context: int) -> None:
+    """Refuse text that cannot fit the context whatever the tokenizer makes of it, before spending time on it."""
+    if len(text) > CHARS_PER_TOKEN_LIMIT * context:
+        raise ApiError(f"The prompt is {len(text):,} characters, far past this model's context of {context} tokens. "
+                       "Shorten it.", param="messages", code="context_length_exceeded")
 
 
 def completion_prompt(body: dict) -> str:
@@ -83,7 +94,7 @@ def options(body: dict, prompt_tokens: int, context: int) -> Options:
     if room < 1:
         raise ApiError(f"The prompt is {prompt_tokens} tokens; this model's context is {context} tokens. Shorten "
                        "the conversation.", param="messages", code="context_length_exceeded")
-    if body.get("n", 1) != 1:
+    if body.get("n") not in (None, 1):
         raise ApiError("Only n = 1 is supported: send one request per answer.", param="n")
     if body.get("logprobs") not in (None, False):
         raise ApiError("logprobs are not supported by this server; leave 'logprobs' out.", param="logprobs")
@@ -101,13 +112,16 @@ def options(body: dict, prompt_tokens: int, context: int) -> Options:
                        f"model's context of {context} tokens. Use {limit_field} <= {room}.", param=limit_field,
                        code="context_length_exceeded")
     temperature = _number(body, "temperature", 1.0)
+    temperature = 0.0 if temperature < GREEDY_BELOW else temperature
     top_p = _number(body, "top_p", 1.0)
     if not 0 <= temperature <= 2:
         raise ApiError(f"temperature is {temperature}; use a value from 0 (greedy) to 2.", param="temperature")
     if not 0 < top_p <= 1:
         raise ApiError(f"top_p is {top_p}; use a value in (0, 1].", param="top_p")
     seed = _number(body, "seed", None, whole=True)
-    stream = body.get("stream", False)
+    if seed is not None and not 0 <= seed <= MAX_SEED:
+        raise ApiError(f"seed is {seed}; use a whole number from 0 to {MAX_SEED}.", param="seed")
+    stream = body.get("stream") or False
     if not isinstance(stream, bool):
         raise ApiError("'stream' must be true or false.", param="stream")
     stream_options = body.get("stream_options") or {}
@@ -133,8 +147,12 @@ def _number(body: dict, key: str, default, whole: bool = False):
     kind = "a whole number" if whole else "a number"
     if isinstance(value, bool) or not isinstance(value, int | float) or (whole and not isinstance(value, int)):
         raise ApiError(f"{key} is {json.dumps(value)}; it must be {kind}.", param=key)
-    if not math.isfinite(value):
-        raise ApiError(f"{key} must be finite.", param=key)
+    try:
+        finite = math.isfinite(value)
+    except OverflowError:  # an integer of hundreds of digits
+        finite = False
+    if not finite:
+        raise ApiError(f"{key} is out of range; give an ordinary finite number.", param=key)
     return value
 
 

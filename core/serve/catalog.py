@@ -19,6 +19,9 @@ def resolve(model: str, base_name: str) -> tuple[tuple[dict, float], ...]:
         return ()
     with Store() as store:
         adapters = store.adapters()
+    named = [adapter for adapter in adapters if adapter["name"] == model]
+    if len(named) == 1:  # a whole name first: "pirate:v2" is that adapter, not a weighted set
+        return ((named[0], 1.0),)
     try:
         contender = parse_set(model, adapters)
     except ContenderError as error:
@@ -36,15 +39,18 @@ def models(base_name: str) -> list[dict]:
 
 
 def listing(adapters: list[dict], base_name: str) -> list[dict]:
-    """An adapter is listed by its name, or by its id where several share the name (both resolve)."""
+    """An adapter is listed by its name where that name resolves to it alone, else by its id (a name shared by
+    several adapters, one that looks like an id or a run id, or one the base's names would shadow)."""
     counts: dict[str, int] = {}
     for adapter in adapters:
         counts[adapter["name"]] = counts.get(adapter["name"], 0) + 1
+    taken = {BASE_CHOICE, base_name} | {str(a["id"]) for a in adapters} | {a["run_id"] for a in adapters if a["run_id"]}
     entries = [{"id": BASE_CHOICE, "object": "model", "created": int(time.time()), "owned_by": "loraforge",
                 "root": base_name}]
     for adapter in reversed(adapters):  # oldest first
-        name = adapter["name"] if counts[adapter["name"]] == 1 else str(adapter["id"])
+        name = adapter["name"]
+        listed = name if counts[name] == 1 and name not in taken else str(adapter["id"])
         created = int(datetime.fromisoformat(adapter["created"]).timestamp())
-        entries.append({"id": name, "object": "model", "created": created, "owned_by": "loraforge",
+        entries.append({"id": listed, "object": "model", "created": created, "owned_by": "loraforge",
                         "root": base_name, "parent": BASE_CHOICE})
     return entries

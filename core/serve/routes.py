@@ -10,6 +10,7 @@ cancels its job, which leaves the batch at the next step.
 
 import asyncio
 import hmac
+import time
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -19,11 +20,11 @@ from core.errors import LoraForgeError
 from core.models.loading import LoadedModel
 from core.serve import body as bodies
 from core.serve import catalog, responses
-from core.serve.engine import Engine, Finished, Job
+from core.serve.engine import Engine, Finished, Job, server_error
 from core.serve.errors import ApiError, as_api_error
 
 KEY_ENV = "LORAFORGE_API_KEY"
-DISCONNECT_POLL_S = 1.0
+DISCONNECT_POLL_S = 0.5
 
 
 def api_router(loaded: LoadedModel, engine: Engine, api_key: str | None, exposed: bool) -> APIRouter:
@@ -63,9 +64,9 @@ def api_router(loaded: LoadedModel, engine: Engine, api_key: str | None, exposed
     async def answer(request: Request, chat: bool):
         try:
             check_key(request)
-            body = bodies.read_body(await request.body())
+            body = bodies.read_body(await _capped_body(request))
             model = bodies.model_name(body)
-            prompt = _prompt_tokens(loaded.tokenizer, body, chat)
+            prompt = await run_in_threadpool(_prompt_tokens, loaded.tokenizer, body, chat, context)
             settings = bodies.options(body, len(prompt), context)
             adapters = await run_in_threadpool(catalog.resolve, model, base_name)
             events: asyncio.Queue = asyncio.Queue()
@@ -75,6 +76,8 @@ def api_router(loaded: LoadedModel, engine: Engine, api_key: str | None, exposed
             engine.submit(job)
         except LoraForgeError as error:
             return _refusal(error)
+        except Exception as error:  # noqa: BLE001 - a bug of ours still answers in OpenAI's shape
+            return _refusal(server_error(error))
         answer_id = responses.new_id(chat)
         if settings.stream:
             return StreamingResponse(_streamed(job, events, answer_id, model, chat, settings.include_usage),
@@ -84,12 +87,29 @@ def api_router(loaded: LoadedModel, engine: Engine, api_key: str | None, exposed
     return router
 
 
-def _prompt_tokens(tokenizer, body: dict, chat: bool) -> list[int]:
+async def _capped_body(request: Request) -> bytes:
+    """The request body, refused (413) once it passes the limit rather than read whole first."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > bodies.MAX_BODY_BYTES:
+        raise ApiError(f"The request body is {int(declared):,} bytes; the limit is {bodies.MAX_BODY_BYTES:,}.",
+                       status=413)
+    received = bytearray()
+    async for part in request.stream():
+        received += part
+        if len(received) > bodies.MAX_BODY_BYTES:
+            raise ApiError(f"The request body passes the limit of {bodies.MAX_BODY_BYTES:,} bytes.", status=413)
+    return bytes(received)
+
+
+def _prompt_tokens(tokenizer, body: dict, chat: bool, context: int) -> list[int]:
     """The prompt's tokens: chat messages through the model's own chat template, as `launch.py chat` renders
-    them; a completion's prompt as plain text."""
+    them; a completion's prompt as plain text. Runs off the event loop: a long prompt takes seconds."""
     if not chat:
-        return tokenizer(bodies.completion_prompt(body))["input_ids"]
+        prompt = bodies.completion_prompt(body)
+        bodies.check_length(prompt, context)
+        return tokenizer(prompt)["input_ids"]
     messages = bodies.chat_messages(body)
+    bodies.check_length("".join(message["content"] for message in messages), context)
     try:
         return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)["input_ids"])
     except Exception as error:  # noqa: BLE001 - a template may refuse some conversations (e.g. no system role)
@@ -97,14 +117,20 @@ def _prompt_tokens(tokenizer, body: dict, chat: bool) -> list[int]:
 
 
 async def _whole(request: Request, job: Job, events: asyncio.Queue, answer_id: str, model: str, chat: bool):
-    text = ""
+    """Collect the answer; a client that went away (checked every DISCONNECT_POLL_S, tokens flowing or not)
+    cancels its job."""
+    text, checked = "", time.monotonic()
     while True:
         try:
             kind, value = await asyncio.wait_for(events.get(), DISCONNECT_POLL_S)
         except TimeoutError:
+            kind, value = None, None
+        if time.monotonic() - checked >= DISCONNECT_POLL_S:
+            checked = time.monotonic()
             if await request.is_disconnected():
                 job.cancelled.set()
                 return JSONResponse({}, status_code=499)
+        if kind is None:
             continue
         if kind == "text":
             text += value

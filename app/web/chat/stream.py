@@ -12,7 +12,6 @@ import gradio as gr
 from app.web.refusal import refusal
 from core.chat.generate import Sampling, conversation, stream_reply
 from core.errors import LoraForgeError
-from core.lora.model import active_adapters
 from core.models.loading import LoadedModel
 
 MODEL_QUEUE = "model"
@@ -70,9 +69,8 @@ def stream(loaded: LoadedModel, gains: dict[str, float], text: str, history: lis
     shown = [*history, {"role": "user", "content": text}]
     yield shown
     try:
-        with active_adapters(loaded.model, gains):
-            for reply in stream_reply(loaded.model, loaded.tokenizer, messages, sampling):
-                yield [*shown, {"role": "assistant", "content": reply}]
+        for reply in stream_reply(loaded.model, loaded.tokenizer, messages, sampling, gains):
+            yield [*shown, {"role": "assistant", "content": reply}]
     except LoraForgeError as error:
         raise refusal(error) from None
 
