@@ -151,6 +151,8 @@ def test_the_web_app_serves_the_api_under_v1(served):
 def test_foreign_hosts_and_pages_are_refused(api_url):
     url, _ = api_url
     body = {"model": "base", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+    unknown = httpx.get(f"{url}/embeddings")
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "unknown_url"
     rebound = httpx.post(f"{url}/chat/completions", json=body, headers={"Host": "evil.example"})
     from_a_page = httpx.post(f"{url}/chat/completions", json=body, headers={"Origin": "http://evil.example"})
     assert rebound.status_code == 403 and from_a_page.status_code == 403

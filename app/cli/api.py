@@ -55,8 +55,12 @@ def api_key(args: argparse.Namespace) -> str | None:
                                  "the file holds the key on one line.") from None
         if not key:
             raise LoraForgeError(f"The --api-key-file {file} is empty; write the key in it.")
-        return key
-    return os.environ.get(KEY_ENV) or None
+    else:
+        key = os.environ.get(KEY_ENV) or None
+    if key is not None and not key.isascii():
+        raise LoraForgeError("The API key has characters outside ASCII, which an HTTP header cannot carry as they "
+                             "are. Use letters, digits and punctuation.")
+    return key
 
 
 def build_engine(loaded, args: argparse.Namespace):

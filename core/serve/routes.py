@@ -84,6 +84,11 @@ def api_router(loaded: LoadedModel, engine: Engine, api_key: str | None, exposed
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         return await _whole(request, job, events, answer_id, model, chat)
 
+    @router.api_route("/v1/{rest:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
+    async def unknown(rest: str):
+        return _refusal(ApiError(f"There is no route /v1/{rest} here. Routes: GET /v1/models, POST "
+                                 "/v1/chat/completions, POST /v1/completions.", status=404, code="unknown_url"))
+
     return router
 
 
