@@ -11,8 +11,10 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 ARGS ?=
 PYTEST_ARGS ?=
+# llama-cpp-python (the k-quant GGUF types) compiles llama.cpp: the library only, no examples, tools or tests.
+LLAMA_CMAKE := -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF
 
-.PHONY: run test lint setup setup-dev browser clean
+.PHONY: run test lint setup setup-dev setup-llamacpp browser clean
 
 run: setup
 	$(BIN)/python launch.py $(ARGS)
@@ -41,8 +43,12 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(PIP) install -e '.[dev]'
+	CMAKE_ARGS="$(LLAMA_CMAKE) $${CMAKE_ARGS:-}" $(PIP) install -e '.[dev]'
 	touch $@
+
+# Optional for `make run`: llama.cpp's quantizer for q4_0, q4_k_m, q5_k_m and q6_k GGUF exports.
+setup-llamacpp: setup
+	CMAKE_ARGS="$(LLAMA_CMAKE) $${CMAKE_ARGS:-}" $(PIP) install -e '.[llamacpp]'
 
 # Browser tests drive Debian's Chromium through Playwright (Playwright's own browser download is not used).
 browser:

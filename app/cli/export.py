@@ -1,7 +1,7 @@
 """`launch.py merge` and `launch.py export`: write a merged folder, a GGUF or a PEFT adapter, parity-checked.
 
     merge  --adapter A [--adapter B ... --weights 1,0.5] --out DIR [--dtype auto|fp32|bf16|fp16] [--force]
-    export --adapter A --format merged|gguf|peft [--gguf-type f16|q8_0] [--dtype ...] --out PATH [--force]
+    export --adapter A --format merged|gguf|peft [--gguf-type f16|q4_k_m|...] [--dtype ...] --out PATH [--force]
 
 Progress goes to stderr, a failed parity check is a `WARNING: ...` line on stderr, and the last line of
 stdout is the result as JSON: path, format, status, parity figures, export id. The exit status is 0 when every
@@ -29,7 +29,8 @@ def register(verbs) -> None:
     export = verbs.add_parser("export", help="export an adapter as a merged folder, a GGUF file or a PEFT adapter")
     _add_common(export, several=False)
     export.add_argument("--format", required=True, choices=FORMATS)
-    export.add_argument("--gguf-type", default="f16", choices=list(GGUF_TYPES), help="GGUF weight type (default f16)")
+    export.add_argument("--gguf-type", default="f16", choices=list(GGUF_TYPES),
+                        help="GGUF weight type (default f16; q4_0, q4_k_m, q5_k_m, q6_k need llama-cpp-python)")
     export.set_defaults(handler=run_export)
 
 

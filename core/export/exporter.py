@@ -27,7 +27,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from core.export.gguf import GGUF_TYPES, gguf_pre_tokenizer, write_gguf
+from core.export import llamacpp
+from core.export.gguf import GGUF_TYPES, LLAMA_CPP_TYPES, WRITTEN_TYPES, gguf_pre_tokenizer, write_gguf
 from core.export.merged import (
     AUTO_DTYPE,
     DEFAULT_SHARD_BYTES,
@@ -38,7 +39,15 @@ from core.export.merged import (
 )
 from core.export.modelfile import write_modelfile
 from core.export.output import ExportError, check_target, commit, folder_bytes, staging
-from core.export.parity import RELATIVE_TOLERANCES, ModelOutputs, ParityReport, compare_outputs, model_outputs
+from core.export.parity import (
+    LLAMA_CPP_TOLERANCES,
+    RELATIVE_TOLERANCES,
+    TOP1_MINIMUMS,
+    ModelOutputs,
+    ParityReport,
+    compare_outputs,
+    model_outputs,
+)
 from core.jobs.adapters import AdapterSource, adapter_source
 from core.lora.compose import combine_adapters
 from core.lora.model import active_adapters, active_gains, merge_and_unload
@@ -190,12 +199,15 @@ def _check_request(
         raise ExportError(f"Unknown export format {format!r}. Choose one of: {', '.join(FORMATS)}.")
     if gguf_type not in GGUF_TYPES:
         raise ExportError(f"Unknown GGUF type {gguf_type!r}. Choose one of: {', '.join(GGUF_TYPES)}.")
+    if format == "gguf" and gguf_type in LLAMA_CPP_TYPES and not llamacpp.available():
+        raise ExportError(f"GGUF type {gguf_type} is made by llama.cpp's own quantizer, which is not installed. Add "
+                          f"it with: {llamacpp.INSTALL_HINT}. Types {', '.join(WRITTEN_TYPES)} need nothing more.")
     if merged_dtype not in (AUTO_DTYPE, *DTYPES):
         raise ExportError(f"Unknown precision {merged_dtype!r} for a merged export. Choose one of: "
                           f"{', '.join((AUTO_DTYPE, *DTYPES))}.")
     if merged_dtype != AUTO_DTYPE and format != "merged":
         raise ExportError(f"A precision ({merged_dtype}) applies to merged exports only. A GGUF export's precision "
-                          "is its GGUF type (--gguf-type f16 or q8_0); a PEFT export keeps the adapter's fp32.")
+                          "is its GGUF type (--gguf-type, e.g. f16 or q4_k_m); a PEFT export keeps the adapter's fp32.")
     weights = list(weights) if weights is not None else [1.0] * len(adapters)
     if len(weights) != len(adapters):
         raise ExportError(f"{len(adapters)} adapter(s) but {len(weights)} weight(s). Give one weight per adapter.")
@@ -241,18 +253,37 @@ def _export_merged(
 def _export_gguf(
     loaded: LoadedModel, tmp: Path, name: str, gguf_type: str, pre: str, reference: ModelOutputs, say: Progress
 ) -> ParityReport:
+    """Write the GGUF (llama.cpp quantizes the k-quants from an f16 file), then check it in transformers and, where
+    llama-cpp-python is installed, in llama.cpp itself: the reader people deploy with."""
     model = merge_and_unload(loaded.model)
     tmp.mkdir()
     gguf_name = f"{name}.{gguf_type}.gguf"
-    write_gguf(model, loaded.tokenizer, tmp / gguf_name, gguf_type, name=name, pre_tokenizer=pre)
+    if gguf_type in LLAMA_CPP_TYPES:
+        f16 = tmp / f".{name}.f16.gguf.partial"  # removed before the export is renamed into place
+        try:
+            write_gguf(model, loaded.tokenizer, f16, "f16", name=name, pre_tokenizer=pre)
+            say(f"Quantizing to {gguf_type} with llama.cpp")
+            llamacpp.quantize(f16, tmp / gguf_name, gguf_type)
+        finally:
+            f16.unlink(missing_ok=True)
+    else:
+        write_gguf(model, loaded.tokenizer, tmp / gguf_name, gguf_type, name=name, pre_tokenizer=pre)
     write_modelfile(tmp, gguf_name, loaded.tokenizer)
     say("Reloading the GGUF with transformers for the parity check")
     reloaded = AutoModelForCausalLM.from_pretrained(tmp, gguf_file=gguf_name, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(tmp, gguf_file=gguf_name)
-    candidate = model_outputs(reloaded, tokenizer)
-    check = compare_outputs(reference, candidate, f"gguf-{gguf_type}", RELATIVE_TOLERANCES[gguf_type],
-                            greedy_required=gguf_type == "f16")
-    return ParityReport([check])
+    exact = gguf_type in ("f16", "bf16")
+    top1 = TOP1_MINIMUMS.get(gguf_type)
+    checks = [compare_outputs(reference, model_outputs(reloaded, tokenizer), f"gguf-{gguf_type}",
+                              RELATIVE_TOLERANCES[gguf_type], greedy_required=gguf_type == "f16", top1_minimum=top1)]
+    if llamacpp.available():
+        say("Running the GGUF in llama.cpp for the parity check")
+        ends = {loaded.tokenizer.eos_token_id} - {None}
+        candidate = llamacpp.outputs(tmp / gguf_name, reference.rendered, ends)
+        checks.append(compare_outputs(reference, candidate, f"gguf-{gguf_type} in llama.cpp",
+                                      LLAMA_CPP_TOLERANCES[gguf_type], greedy_required=exact, reader="llama.cpp",
+                                      top1_minimum=top1))
+    return ParityReport(checks)
 
 
 def _export_peft(

@@ -16,8 +16,9 @@ Layout:
 Tensor names come from the `gguf` package's own name map. llama.cpp's `llama` architecture stores attn_q and
 attn_k with the rotary halves of each head interleaved (its rope there works on adjacent pairs, Hugging Face's on
 halves), and every GGUF reader undoes that on load, so the permutation is applied for that architecture. Weights
-are f16 or q8_0; norms and biases stay f32, and a matrix whose rows are not a multiple of the q8_0 block falls
-back to f16.
+are f16, bf16 or q8_0; norms and biases stay f32, and a matrix whose rows are not a multiple of the q8_0 block
+falls back to f16. The k-quants (q4_k_m and friends) are llama.cpp's own: core.export.llamacpp makes them from
+an f16 file.
 """
 
 import json
@@ -31,8 +32,13 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from core.errors import LoraForgeError
 
-GGUF_TYPES = {"f16": gguf.GGMLQuantizationType.F16, "q8_0": gguf.GGMLQuantizationType.Q8_0}
-FILE_TYPES = {"f16": gguf.LlamaFileType.MOSTLY_F16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}
+# Types this module writes itself, and those llama.cpp's quantizer makes from an f16 file (core.export.llamacpp).
+WRITTEN_TYPES = {"f16": gguf.GGMLQuantizationType.F16, "bf16": gguf.GGMLQuantizationType.BF16,
+                 "q8_0": gguf.GGMLQuantizationType.Q8_0}
+FILE_TYPES = {"f16": gguf.LlamaFileType.MOSTLY_F16, "bf16": gguf.LlamaFileType.MOSTLY_BF16,
+              "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}
+LLAMA_CPP_TYPES = ("q4_0", "q4_k_m", "q5_k_m", "q6_k")
+GGUF_TYPES = (*WRITTEN_TYPES, *LLAMA_CPP_TYPES)
 
 
 class GgufExportError(LoraForgeError):
@@ -76,8 +82,9 @@ def write_gguf(
     tokenizer's split pattern is not one PRE_TOKENIZERS knows: pass the base GGUF's value when the model came
     from one.
     """
-    if gguf_type not in GGUF_TYPES:
-        raise GgufExportError(f"Unknown GGUF type {gguf_type!r}. Choose one of: {', '.join(GGUF_TYPES)}.")
+    if gguf_type not in WRITTEN_TYPES:
+        raise GgufExportError(f"GGUF type {gguf_type!r} is not written directly. Choose one of: "
+                              f"{', '.join(WRITTEN_TYPES)}; {', '.join(LLAMA_CPP_TYPES)} are quantized by llama.cpp.")
     config = model.config
     family = _check_supported(config)
     vocab = _byte_level_vocab(tokenizer, config.vocab_size)
@@ -235,7 +242,7 @@ def _tensors(model: PreTrainedModel, family: Family, gguf_type: str):
 def _encode(array: np.ndarray, gguf_type: str) -> tuple[np.ndarray, gguf.GGMLQuantizationType]:
     if array.ndim < 2:
         return array.astype(np.float32), gguf.GGMLQuantizationType.F32
-    quant = GGUF_TYPES[gguf_type]
+    quant = WRITTEN_TYPES[gguf_type]
     block, _ = gguf.GGML_QUANT_SIZES[quant]
     if quant == gguf.GGMLQuantizationType.F16 or array.shape[-1] % block:
         return array.astype(np.float16), gguf.GGMLQuantizationType.F16
