@@ -6,16 +6,19 @@ Flags override `--config run.yaml`, which overrides the defaults.
 """
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
 
 from core import jobs
-from core.jobs.runs import execute_run, record_run, report_outcome
+from core.jobs.ranks import other_node
+from core.jobs.runs import absolute_paths, execute_run, record_run, report_outcome
 from core.models.loading import load_tokenizer
 from core.store.database import Store
 from core.training.config import TrainConfig
 from core.training.events import event_line, timestamped
+from core.training.launcher import Nodes, RanksFailed
 from core.training.run_folder import RunFolder
 
 # flag -> (TrainConfig field, type, help)
@@ -45,6 +48,14 @@ FLAGS = {
     "--save-every": ("save_every", int, "steps between checkpoints"),
     "--eval-every": ("eval_every", int, "steps between evaluations"),
     "--seed": ("seed", int, "random seed"),
+    "--nproc": ("nproc", int, "processes training together on this machine: one per GPU, or a few on a CPU"),
+    "--strategy": ("strategy", str, "with --nproc: ddp (each process holds the whole base) or fsdp (base sharded)"),
+}
+# Where the processes of a multi-node run meet (torchrun's options); not part of the run's config.
+NODE_FLAGS = {
+    "--nnodes": (int, "machines training together (each runs this command with its own --node-rank)"),
+    "--node-rank": (int, "this machine's number, 0 to nnodes - 1; node 0 records the run"),
+    "--rdzv-endpoint": (str, "node 0's host:port, where the machines meet (the same on every machine)"),
 }
 BACKGROUND_HELP = "queue it for the background supervisor and print the run id at once (survives closing the terminal)"
 SWITCHES = {
@@ -60,11 +71,15 @@ def register(verbs) -> None:
     parser = verbs.add_parser("train", help="train an adapter", argument_default=argparse.SUPPRESS)
     parser.add_argument("--config", help="a run.yaml (as written into every run folder); flags override it")
     add_training_flags(parser)
+    add_node_flags(parser)
     parser.add_argument("--background", action="store_true", help=BACKGROUND_HELP)
     parser.set_defaults(handler=run_train)
 
-    resume = verbs.add_parser("resume", help="continue a run from its newest checkpoint")
+    resume = verbs.add_parser("resume", help="continue a run from its newest checkpoint",
+                              argument_default=argparse.SUPPRESS)
     resume.add_argument("run_id")
+    resume.add_argument("--nproc", type=int, help="continue with another number of processes (the same adapter)")
+    add_node_flags(resume)
     resume.add_argument("--background", action="store_true", help=BACKGROUND_HELP)
     resume.set_defaults(handler=run_resume)
 
@@ -74,6 +89,15 @@ def add_training_flags(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(flag, type=kind, help=text)
     for flag, (_, value, text) in SWITCHES.items():
         parser.add_argument(flag, action="store_const", const=value, help=text)
+
+
+def add_node_flags(parser: argparse.ArgumentParser) -> None:
+    for flag, (kind, text) in NODE_FLAGS.items():
+        parser.add_argument(flag, type=kind, help=text)
+
+
+def nodes_from_args(args: argparse.Namespace) -> Nodes:
+    return Nodes(getattr(args, "nnodes", 1), getattr(args, "node_rank", 0), getattr(args, "rdzv_endpoint", None))
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -88,24 +112,33 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    config = config_from_args(args)
+    config, nodes = config_from_args(args), nodes_from_args(args).check()
+    if nodes.rank > 0:  # node 0 records the run; this machine's ranks only train beside its own
+        return other_node(absolute_paths(config.check()), nodes)
     tokenizer = load_tokenizer(config.base)  # renders the rows as the run will, so none is left empty after the fact
     if getattr(args, "background", False):
+        if nodes.count > 1:
+            raise RanksFailed("A multi-node run trains in the terminal of each machine; leave out --background.")
         with Store() as store:
             return print_queued(jobs.submit(store, config, tokenizer=tokenizer))
     with Store() as store:
         run_id, data = record_run(store, config, status="running", tokenizer=tokenizer)
         folder = RunFolder(store.get_run(run_id)["run_dir"])
         print(f"Run {run_id}: {folder.path}", file=sys.stderr)
-        return report_outcome(store, run_id, execute_run(store, run_id, events=ProgressBar(folder.job_log), data=data))
+        result = execute_run(store, run_id, events=ProgressBar(folder.job_log), data=data, nodes=nodes)
+        return report_outcome(store, run_id, result)
 
 
 def run_resume(args: argparse.Namespace) -> int:
+    nodes, nproc = nodes_from_args(args).check(), getattr(args, "nproc", None)
     with Store() as store:
-        if args.background:
-            return print_queued(jobs.resume_in_background(store, args.run_id)["id"])
+        if getattr(args, "background", False):
+            return print_queued(jobs.resume_in_background(store, args.run_id, nproc=nproc)["id"])
         folder = RunFolder(jobs.resumable_run(store, args.run_id)["run_dir"])
-        return report_outcome(store, args.run_id, execute_run(store, args.run_id, events=ProgressBar(folder.job_log)))
+        if nproc is not None:
+            folder.write_config(dataclasses.replace(folder.read_config(), nproc=nproc).check())
+        result = execute_run(store, args.run_id, events=ProgressBar(folder.job_log), nodes=nodes)
+        return report_outcome(store, args.run_id, result)
 
 
 def print_queued(run_id: str) -> int:

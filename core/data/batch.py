@@ -20,6 +20,11 @@ shuffled groups of `GROUP_BATCHES` batches, so each batch holds similar lengths 
 
 The position of a batch is (epoch, index within the epoch). A checkpoint stores `next_position`
 and `iterate_batches(..., start=next_position)` continues with exactly the batches that would follow.
+
+Several processes training together (core/training/distributed.py) see the same plan: with `share=(rank, ranks)`
+each collates only its contiguous share of every batch's examples, so together they train on exactly the batch
+that one process would. A share with no examples (a batch smaller than the number of processes) is one token with
+nothing to train, so every process still runs the same passes.
 """
 
 import random
@@ -69,6 +74,8 @@ class Batch:
     @property
     def tokens(self) -> int:
         """The examples' real (non-padding) tokens, a shared prefix counted once per example."""
+        if not self.example_numbers:  # an empty share's placeholder token
+            return 0
         if self.attention_mask is not None:
             return int(self.attention_mask.sum())
         return self.input_ids.numel() + self.saved_tokens
@@ -116,21 +123,41 @@ def iterate_batches(
     pad_token_id: int,
     start: DataPosition = DataPosition(),
     epochs: int | None = None,
+    share: tuple[int, int] = (0, 1),
 ) -> Iterator[Batch]:
-    """Yield batches from `start` on, epoch after epoch (for ever when epochs is None)."""
+    """Yield batches from `start` on, epoch after epoch (for ever when epochs is None); with `share=(rank, ranks)`,
+    that process's share of each batch."""
     lengths = [len(example.input_ids) for example in examples]
     epoch, index = start.epoch, start.index
     while epochs is None or epoch < epochs:
         plan = epoch_plan(lengths, settings, epoch)
         for position in range(index, len(plan)):
-            chosen = [examples[i] for i in plan[position]]
+            chosen = [examples[i] for i in share_of(plan[position], *share)]
             following = DataPosition(epoch, position + 1) if position + 1 < len(plan) else DataPosition(epoch + 1, 0)
             here = DataPosition(epoch, position)
-            if settings.packing:
+            if not chosen:
+                yield _placeholder(examples[plan[position][0]], settings.packing, here, following)
+            elif settings.packing:
                 yield _collate_packed(chosen, here, following, settings.share_prefix)
             else:
                 yield _collate_padded(chosen, pad_token_id, here, following)
         epoch, index = epoch + 1, 0
+
+
+def share_of(indices: list[int], rank: int, ranks: int) -> list[int]:
+    """Process `rank`'s contiguous share of one batch's examples; the shares of all `ranks` differ in size by one
+    at most and, in rank order, are the batch."""
+    count = len(indices)
+    return indices[rank * count // ranks : (rank + 1) * count // ranks]
+
+
+def _placeholder(example: RenderedExample, packed: bool, position: DataPosition, following: DataPosition) -> Batch:
+    """One token and no label: a pass through the model that trains nothing (an empty share of a batch)."""
+    ids = torch.tensor([example.input_ids[:1]])
+    if packed:
+        return Batch(ids, torch.full_like(ids, IGNORE_INDEX), torch.zeros_like(ids), None, torch.tensor([0, 1]),
+                     position, following, [])
+    return Batch(ids, torch.full_like(ids, IGNORE_INDEX), None, torch.ones_like(ids), None, position, following, [])
 
 
 def batches_per_epoch(lengths: Sequence[int], settings: BatchSettings) -> int:

@@ -10,6 +10,7 @@ in the store and its run folder. The UI and the CLI call `refresh` whenever they
     run_claimed_job(run_id) -> inside the job process: train the run the supervisor claimed for it
 """
 
+import dataclasses
 import os
 
 from core.errors import LoraForgeError, NextStep
@@ -76,9 +77,13 @@ def resumable_run(store: Store, run_id: str) -> dict:
     return run
 
 
-def resume_in_background(store: Store, run_id: str) -> dict:
-    """Queue an interrupted, failed or cancelled run again; it continues from its newest checkpoint."""
-    resumable_run(store, run_id)
+def resume_in_background(store: Store, run_id: str, nproc: int | None = None) -> dict:
+    """Queue an interrupted, failed or cancelled run again; it continues from its newest checkpoint, with `nproc`
+    processes when given (the same adapter with any number)."""
+    run = resumable_run(store, run_id)
+    if nproc is not None:
+        folder = RunFolder(run["run_dir"])
+        folder.write_config(dataclasses.replace(folder.read_config(), nproc=nproc).check())
     run = store.set_status(run_id, "queued")
     ensure_supervisor()
     return run

@@ -22,11 +22,13 @@ from core import paths
 from core.data import DatasetError, load_examples
 from core.errors import LoraForgeError
 from core.jobs.adapters import register_adapter
+from core.jobs.ranks import train_in_ranks
 from core.store.database import Store
 from core.store.processes import process_start_time
 from core.training.checkpoint import resume_step
 from core.training.config import TrainConfig
 from core.training.data_plan import TrainingData, load_training_data
+from core.training.launcher import Nodes
 from core.training.loop import TrainResult, train
 from core.training.preflight import check_targets
 from core.training.run_folder import RunFolder
@@ -71,9 +73,11 @@ def record_run(store: Store, config: TrainConfig, status: str = "queued",
     return run_id, data
 
 
-def execute_run(store: Store, run_id: str, events=None, data: TrainingData | None = None) -> TrainResult:
+def execute_run(store: Store, run_id: str, events=None, data: TrainingData | None = None,
+                nodes: Nodes = Nodes()) -> TrainResult:
     """Train run `run_id` in this process, resuming from its newest checkpoint when it has one. `data`: what
-    record_run rendered for it in this process, so the dataset is not read twice."""
+    record_run rendered for it in this process, so the dataset is not read twice. A run of several processes
+    (config.nproc, or several `nodes`) is trained by ranks this process starts (core.jobs.ranks)."""
     run = store.get_run(run_id)
     run_dir = Path(run["run_dir"])
     config = RunFolder(run_dir).read_config()
@@ -81,17 +85,12 @@ def execute_run(store: Store, run_id: str, events=None, data: TrainingData | Non
         store.set_status(run_id, "running", pid=os.getpid(), pid_start_time=process_start_time(os.getpid()))
     start = resume_step(run_dir)
     store.forget_steps_after(run_id, start)
-
-    def record(kind: str, payload: dict) -> None:
-        if kind == "metrics":
-            store.add_metrics(run_id, [{key: payload.get(key) for key in METRIC_FIELDS}])
-        elif kind == "sample":
-            store.add_sample(run_id, payload["step"], payload["prompt_index"], payload["prompt"], payload["output"])
-        if events:
-            events(kind, payload)
-
     try:
-        result = train(config, run_dir, resume=start > 0, events=record, data=None if start else data)
+        if config.nproc > 1 or nodes.count > 1:
+            result = train_in_ranks(run_id, config, run_dir, start > 0, nodes, log=getattr(events, "log", None))
+        else:
+            result = train(config, run_dir, resume=start > 0, events=store_recorder(store, run_id, events),
+                           data=None if start else data)
     except LoraForgeError as error:
         _finish(store, run_id, "failed", error=str(error))
         raise
@@ -109,6 +108,18 @@ def execute_run(store: Store, run_id: str, events=None, data: TrainingData | Non
         _finish(store, run_id, "interrupted", summary=summary,
                 error=f"Stopped at step {result.steps}; resume the run to continue from its last checkpoint.")
     return result
+
+
+def store_recorder(store: Store, run_id: str, events=None):
+    """An event listener that records a run's metrics and samples in the store, then tells `events`."""
+    def record(kind: str, payload: dict) -> None:
+        if kind == "metrics":
+            store.add_metrics(run_id, [{key: payload.get(key) for key in METRIC_FIELDS}])
+        elif kind == "sample":
+            store.add_sample(run_id, payload["step"], payload["prompt_index"], payload["prompt"], payload["output"])
+        if events:
+            events(kind, payload)
+    return record
 
 
 def absolute_paths(config: TrainConfig) -> TrainConfig:

@@ -3,6 +3,7 @@
     supervisor   the queue's loop (core.jobs.supervisor.serve): starts queued runs, one job process each
     train        one training job: reads the run id the supervisor claimed for it from stdin, sends its output
                  to the run's job.log, trains, and ends with the same JSON line as a foreground run
+    rank         one rank of a run that several processes train (core.jobs.ranks), started by torchrun's agent
 
 No front-end is involved: the supervisor and its jobs keep running when the page or the terminal that queued
 them goes away.
@@ -12,10 +13,16 @@ import os
 import sys
 from pathlib import Path
 
-ROLES = ("supervisor", "train")
+ROLES = ("supervisor", "train", "rank")
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["rank"]:
+        from core.jobs.ranks import rank_main
+        from core.models.quiet import quiet_libraries
+
+        quiet_libraries()
+        return rank_main(argv[1:])
     if len(argv) != 1 or argv[0] not in ROLES:
         print(f"usage: python -m core.jobs.worker {{{','.join(ROLES)}}}", file=sys.stderr)
         return 2

@@ -33,10 +33,12 @@ UPPER_BOUNDS = {
     "save_every": (10_000_000, "steps between checkpoints"),
     "eval_every": (10_000_000, "steps between evaluations"),
     "keep_checkpoints": (1000, "2 is usual"),
+    "nproc": (1024, "one per GPU, or a few on a CPU"),
     "sample_max_new_tokens": (4096, "64 is usual"),
 }
 
 SCHEDULES = ("cosine", "linear", "constant")
+STRATEGIES = ("ddp", "fsdp")
 OPTIMIZERS = ("adamw", "adamw8bit", "paged_adamw")
 MIN_MAX_LEN = 8
 
@@ -65,6 +67,9 @@ class TrainConfig:
     dtype: str = "auto"
     device: str = "auto"
     gradient_checkpointing: bool = False
+    # Processes (one per GPU) training together through torch.distributed, and how they share the base
+    nproc: int = 1
+    strategy: str = "ddp"  # ddp: each holds the whole base; fsdp: the base sharded across them
     # Data
     max_len: int = 512
     train_on: str = "assistant"  # or "all"
@@ -110,7 +115,8 @@ class TrainConfig:
         _choice("schedule", self.schedule, SCHEDULES)
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("train_on", self.train_on, ("assistant", "all"))
-        for name in ("rank", "batch_size", "grad_accum", "save_every", "eval_every", "keep_checkpoints",
+        _choice("strategy", self.strategy, STRATEGIES)
+        for name in ("nproc", "rank", "batch_size", "grad_accum", "save_every", "eval_every", "keep_checkpoints",
                      "sample_max_new_tokens"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} is {getattr(self, name)}; it must be 1 or more.")

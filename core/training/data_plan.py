@@ -12,6 +12,7 @@ from core.data import BatchSettings, PreparedDataset, iterate_batches, prepare_d
 from core.data.problems import MAX_LISTED
 from core.models.packed_attention import can_use_packed_attention
 from core.training.config import TrainConfig
+from core.training.distributed import World
 from core.training.loss import trained_token_loss
 from core.training.run_folder import RunFolder
 
@@ -25,11 +26,11 @@ class TrainingData:
     sample_prompts: list[list[Message]]
     pad_token_id: int
 
-    def eval_loss(self, model: torch.nn.Module, settings: BatchSettings) -> float | None:
-        """Mean loss per trained token over the whole eval set (None without one)."""
+    def eval_loss(self, model: torch.nn.Module, settings: BatchSettings, world: World = World()) -> float | None:
+        """Mean loss per trained token over the whole eval set (None without one), each rank scoring its share."""
         if self.eval is None:
             return None
-        return mean_loss(model, self.eval, settings, self.pad_token_id)
+        return mean_loss(model, self.eval, settings, self.pad_token_id, world)
 
     def record_skipped_rows(self, folder: RunFolder) -> int:
         """Write the invalid rows the run leaves out (skip_invalid) to its folder, the first MAX_LISTED of each file
@@ -110,15 +111,18 @@ def reference_answer(messages: tuple[Message, ...]) -> str | None:
     return answers[-1] if answers else None
 
 
-def mean_loss(model: torch.nn.Module, data: PreparedDataset, settings: BatchSettings, pad_token_id: int) -> float:
+def mean_loss(model: torch.nn.Module, data: PreparedDataset, settings: BatchSettings, pad_token_id: int,
+              world: World = World()) -> float:
+    """Loss per trained token over `data`; with several ranks each scores its share of every batch."""
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
     with torch.inference_mode():
-        for batch in iterate_batches(data.examples, settings, pad_token_id, epochs=1):
+        for batch in iterate_batches(data.examples, settings, pad_token_id, epochs=1, share=world.share):
             loss, n = trained_token_loss(model, batch.model_inputs(model.device))
             total, count = total + float(loss), count + n
     model.train(was_training)
+    total, count = world.total(total, count)
     return total / max(count, 1)
 
 

@@ -9,6 +9,9 @@
 Everything a run writes lives in its run folder; `events` (optional) hears about metrics, samples and
 checkpoints so a store can record them too. Resume is exact on CPU: optimizer, random states and the
 data position are restored, and the learning rate is a pure function of the step.
+
+Run by several processes (torchrun, core/training/distributed.py), each trains its share of every global batch
+and rank 0 alone writes; they train the adapter that one process would.
 """
 
 import dataclasses
@@ -49,6 +52,7 @@ from core.training.data_plan import (
     load_training_data,
     sample_outputs,
 )
+from core.training.distributed import Replicas, World, current_world, shared_checkpoint
 from core.training.loss import trained_token_loss
 from core.training.run_folder import RunFolder, append_row
 from core.training.stop import StepAbandoned, StopFlag
@@ -115,6 +119,8 @@ class _Session:
     total_steps: int
     trainable_parameters: int
     skipped_rows: int
+    world: World
+    replicas: Replicas
 
     @property
     def model(self) -> torch.nn.Module:
@@ -128,18 +134,20 @@ def _train_once(config: TrainConfig, run_dir: Path, resume: bool, events: Events
     if run.skipped_rows:
         emit("skipped", {"rows": run.skipped_rows, "file": str(run.folder.skipped_rows)})
     step, position, tokens, elapsed, last_eval, train_loss = 0, DataPosition(), 0, 0.0, None, None
-    checkpoint = newest_checkpoint(run.folder.path) if resume else None
-    if checkpoint is not None:
-        state = load_checkpoint(checkpoint, run.model, run.optimizer)
-        step, position = state["step"], _same_examples_position(state, config.batch_size)
-        tokens, elapsed, last_eval = state["tokens"], state["elapsed"], state.get("eval_loss")
-        emit("resumed", {"step": step, "checkpoint": str(checkpoint)})
+    world = run.world
+    with shared_checkpoint(world, newest_checkpoint(run.folder.path) if resume else None) as checkpoint:
+        if checkpoint is not None:
+            state = load_checkpoint(checkpoint, run.model, run.optimizer)
+            step, position = state["step"], _same_examples_position(state, config.batch_size)
+            tokens, elapsed, last_eval = state["tokens"], state["elapsed"], state.get("eval_loss")
+            emit("resumed", {"step": step, "checkpoint": str(checkpoint)})
 
     batches = iterate_batches(run.data.train.examples, run.batch_settings, run.loaded.tokenizer.pad_token_id,
-                              start=position)
-    stop = StopFlag()
-    run.folder.forget_rows_after(step if step else -1)  # a fresh start logs its step-0 evaluation again
-    metrics_file = open(run.folder.metrics, "a")
+                              start=position, share=world.share)
+    stop, stopping = StopFlag(abandon=world.size == 1), False
+    if world.writer:
+        run.folder.forget_rows_after(step if step else -1)  # a fresh start logs its step-0 evaluation again
+    metrics_file = open(run.folder.metrics, "a") if world.writer else None
 
     def checkpoint_state() -> dict:
         return dict(position=asdict(position), batch_size=config.batch_size, tokens=tokens, elapsed=elapsed,
@@ -149,7 +157,7 @@ def _train_once(config: TrainConfig, run_dir: Path, resume: bool, events: Events
         if step == 0:  # where the run starts (B is zero: the base's own loss), so the eval curve has an origin;
             _evaluate(run, 0, stop, metrics_file, emit, None)  # not the run's eval loss, which is the adapter's
         run.model.train()
-        while step < run.total_steps and not stop.requested:
+        while step < run.total_steps and not stopping:
             started = time.perf_counter()
             window = [next(batches) for _ in range(config.grad_accum)]
             random_state = rng_states()
@@ -162,21 +170,24 @@ def _train_once(config: TrainConfig, run_dir: Path, resume: bool, events: Events
                     _save(run, step, checkpoint_state(), emit, samples=False)
                 break
             step, position = step + 1, window[-1].next_position
-            step_tokens = sum(batch.tokens for batch in window)
+            step_tokens = int(world.total(sum(batch.tokens for batch in window))[0])
             seconds = time.perf_counter() - started
             tokens, elapsed = tokens + step_tokens, elapsed + seconds
+            memory = peak_memory_mb(run.model.device)
             _log(metrics_file, emit, dict(
                 step=step, split="train", loss=train_loss, lr=rate, grad_norm=grad_norm, tokens=tokens,
-                tokens_per_s=step_tokens / seconds, memory_mb=peak_memory_mb(run.model.device), time=time.time(),
-                epoch=position.epoch, total_steps=run.total_steps))
+                tokens_per_s=step_tokens / seconds, memory_mb=memory, time=time.time(),
+                epoch=position.epoch, total_steps=run.total_steps, **run.replicas.figures(memory)))
+            stopping = world.total(stop.requested)[0] > 0  # every rank stops after the same step
 
             final = step == run.total_steps
             if step % config.eval_every == 0 or final:
                 last_eval = _evaluate(run, step, stop, metrics_file, emit, last_eval)
-            if step % config.save_every == 0 or final or stop.requested:
-                _save(run, step, checkpoint_state(), emit, samples=not stop.requested)
+            if step % config.save_every == 0 or final or stopping:
+                _save(run, step, checkpoint_state(), emit, samples=not stopping)
     finally:
-        metrics_file.close()
+        if metrics_file:
+            metrics_file.close()
         stop.restore()
     return _finish(run, step, train_loss, last_eval, tokens, elapsed)
 
@@ -185,7 +196,9 @@ def _prepare(config: TrainConfig, folder: RunFolder, data: TrainingData | None) 
     """Load the base, validate and render the data (unless given), inject the adapter, build the optimizer."""
     if data is None:
         config.check()
-    folder.write_config(config)
+    world = current_world()
+    if world.writer:
+        folder.write_config(config)
     torch.manual_seed(config.seed)
     dtype = training_dtype(config.dtype, config.quant, config.device)
     loaded = load_base_model(config.base, dtype, config.quant, config.device)
@@ -207,7 +220,9 @@ def _prepare(config: TrainConfig, folder: RunFolder, data: TrainingData | None) 
         batch_settings=batch_settings(config, loaded.model),
         total_steps=planned_steps(config, len(data.train.examples)),
         trainable_parameters=report.trainable,
-        skipped_rows=data.record_skipped_rows(folder),
+        skipped_rows=data.record_skipped_rows(folder) if world.writer else 0,
+        world=world,
+        replicas=Replicas(loaded.model, world, config.strategy, static_graph=config.gradient_checkpointing),
     )
 
 
@@ -218,17 +233,18 @@ def _optimizer_step(run: _Session, window: list, step: int, stop: StopFlag) -> t
     token weighs the same however the window is split (which keeps the out-of-memory retry exact). A stop
     request during the forward and backward passes abandons the step (`StepAbandoned`); the update itself
     is never cut short."""
-    model = run.model
+    model, replicas = run.model, run.replicas
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if model.device.type == "cuda" else nullcontext()
-    trained = max(sum(batch.trained_tokens for batch in window), 1)
+    trained = max(int(run.world.total(sum(batch.trained_tokens for batch in window))[0]), 1)  # of every rank
     loss_sum = 0.0
     with stop.abandonable():
-        for batch in window:
-            with autocast:
-                loss, _ = trained_token_loss(model, batch.model_inputs(model.device))
-            (loss / trained).backward()
+        for index, batch in enumerate(window):
+            with replicas.syncing(last=index == len(window) - 1):
+                with autocast:
+                    loss, _ = trained_token_loss(model, batch.model_inputs(model.device), replicas.decoder)
+                (loss / trained).backward()
             loss_sum += loss.item()
-    train_loss = loss_sum / trained
+    train_loss = run.world.total(loss_sum)[0] / trained
     if not math.isfinite(train_loss):
         raise TrainingError(
             f"The loss became {train_loss} at step {step + 1}, so training stopped. The last good checkpoint "
@@ -248,7 +264,7 @@ def _evaluate(run: _Session, step: int, stop: StopFlag, metrics_file, emit: Even
     """Log the eval loss at `step` and return it; a stop cuts the evaluation short and keeps `last_eval`."""
     try:
         with stop.abandonable():
-            loss = run.data.eval_loss(run.model, run.batch_settings)
+            loss = run.data.eval_loss(run.model, run.batch_settings, run.world)
     except StepAbandoned:  # stopping: the checkpoint that follows matters more than this evaluation
         return last_eval
     if loss is None:
@@ -259,7 +275,9 @@ def _evaluate(run: _Session, step: int, stop: StopFlag, metrics_file, emit: Even
 
 def _save(run: _Session, step: int, state: dict, emit: Events, samples: bool = True) -> None:
     """Sample the fixed prompts (not when stopping: the checkpoint must be written within the stop's grace
-    period), then write the checkpoint."""
+    period), then write the checkpoint. Rank 0's job alone."""
+    if not run.world.writer:
+        return
     tokenizer, config = run.loaded.tokenizer, run.config
     for sample in sample_outputs(run.model, tokenizer, run.data.sample_prompts, config.sample_max_new_tokens) \
             if samples else []:
@@ -272,14 +290,14 @@ def _save(run: _Session, step: int, state: dict, emit: Events, samples: bool = T
 
 def _finish(run: _Session, step: int, train_loss, last_eval, tokens: int, elapsed: float) -> TrainResult:
     """Save the final adapter when every step is done (else the run stopped early and is resumable)."""
-    adapter_dir = None
-    if step >= run.total_steps:
+    adapter_dir, completed = None, step >= run.total_steps
+    if completed and run.world.writer:
         adapter_dir = save_adapter(run.model, ADAPTER, run.folder.adapter,
                                    base_model_name=run.loaded.facts.base_model_id)
     result = TrainResult(
         run_dir=str(run.folder.path),
         adapter_dir=str(adapter_dir) if adapter_dir else None,
-        status="completed" if adapter_dir else "interrupted",
+        status="completed" if completed else "interrupted",
         steps=step,
         total_steps=run.total_steps,
         train_loss=train_loss,
@@ -290,7 +308,8 @@ def _finish(run: _Session, step: int, train_loss, last_eval, tokens: int, elapse
         trainable_parameters=run.trainable_parameters,
         skipped_rows=run.skipped_rows,
     )
-    run.folder.result.write_text(json.dumps(asdict(result), indent=1))
+    if run.world.writer:
+        run.folder.result.write_text(json.dumps(asdict(result), indent=1))
     return result
 
 
@@ -379,6 +398,8 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 def _log(handle, emit: Events, row: dict) -> None:
-    handle.write(json.dumps(row) + "\n")
-    handle.flush()
+    """Write a metrics row (rank 0 has the file; other ranks, None) and tell `emit`."""
+    if handle:
+        handle.write(json.dumps(row) + "\n")
+        handle.flush()
     emit("metrics", row)

@@ -20,14 +20,16 @@ from core.data import IGNORE_INDEX
 LOGITS_PER_CHUNK = 2**26  # fp32 logits alive at once: 256 MB (523 rows of a 128256-token vocabulary)
 
 
-def trained_token_loss(model: torch.nn.Module, inputs: dict) -> tuple[torch.Tensor, int]:
+def trained_token_loss(model: torch.nn.Module, inputs: dict, decoder: nn.Module | None = None
+                       ) -> tuple[torch.Tensor, int]:
     """Sum of cross-entropies over trained positions of one batch, and how many there were.
 
     `inputs` is `Batch.model_inputs()`: input_ids, labels and position_ids (packed) or attention_mask (padded).
+    `decoder` runs the model's decoder in its place (the ranks' DistributedDataParallel wrapper of it).
     """
     labels = inputs["labels"]
     decoder_inputs = {key: value for key, value in inputs.items() if key != "labels"}
-    hidden = model.base_model(**decoder_inputs).last_hidden_state
+    hidden = (decoder or model.base_model)(**decoder_inputs).last_hidden_state
     targets = labels[:, 1:]
     chosen = targets != IGNORE_INDEX
     count = int(chosen.sum())
