@@ -159,3 +159,20 @@ def test_cancel_leaves_no_process_of_any_rank(tiny_llama_dir, loraforge_home, st
         wait_for(lambda: not rank_processes(run_dir), timeout=20, what="every rank to end")
     assert all(not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
                for pid in ranks.values())
+
+
+def test_fsdp_shards_the_base_and_trains_the_adapter_one_process_does(tiny_llama_dir, reference, tmp_path,
+                                                                       loraforge_home):
+    """FSDP is tested against the single-process run, not trusted: gloo's FSDP has been reported to sum gradients
+    where it should average them."""
+    settings(tiny_llama_dir).to_yaml(tmp_path / "run.yaml")
+    final = finished(cli("train", "--config", str(tmp_path / "run.yaml"), "--nproc", "2", "--strategy", "fsdp",
+                         home=loraforge_home))
+    assert final["status"] == "completed" and final["steps"] == STEPS
+    assert largest_difference(final["adapter_dir"], reference) < TOLERANCE
+    row = json.loads((Path(final["run_dir"]) / "metrics.jsonl").read_text().splitlines()[1])
+    whole = load_file(Path(tiny_llama_dir) / "model.safetensors")
+    layers = sum(t.numel() * 4 for name, t in whole.items() if ".layers." in name)
+    rest = sum(t.numel() * 4 for name, t in whole.items() if ".layers." not in name)
+    # each rank holds half of every decoder layer, and the embeddings and head whole
+    assert [round(mb * 2**20) for mb in row["rank_base_mb"]] == [rest + layers // 2] * 2

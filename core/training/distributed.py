@@ -12,6 +12,8 @@ process, in one place. torchrun's elastic agent starts the ranks (core/training/
                                all-reduces only the adapter's gradients, summed, once per step (no_sync while
                                accumulating): adapter parameters x 4 bytes a step, a few MB
                          fsdp  FSDP2 `fully_shard` per decoder layer: the frozen base sharded across the ranks
+                               (each layer's weights gathered for its passes only); the adapter stays whole on
+                               every rank (FSDP ignores it) and its gradients are all-reduced, summed, as with ddp
     shared_checkpoint  rank 0 reads a checkpoint's files and sends them to every rank, so nodes need no shared disk
 
 Each micro-batch's loss is divided by the trained tokens of the whole global batch (all ranks), and gradients are
@@ -128,19 +130,24 @@ class Replicas:
 
     `decoder` is what the loss runs (core.training.loss.trained_token_loss); `syncing(last)` wraps each
     micro-batch's passes, so gradients are exchanged once per optimizer step, after its last micro-batch;
-    `reduced_bytes` counts what was all-reduced."""
+    `reduced_bytes` counts what was all-reduced. `sharded`: every rank must take part in every forward pass
+    (evaluation and samples too), since each holds only a part of the base."""
 
     def __init__(self, model: nn.Module, world: World, strategy: str, static_graph: bool = False):
         self.world = world
         self.decoder = model.base_model
         self.reduced_bytes = 0
+        self.sharded = False
         self._ddp: nn.Module | None = None
+        self._adapter = [p for p in model.parameters() if p.requires_grad]
         if world.size == 1:
             return
-        for parameter in model.parameters():  # the same adapter on every rank, whatever each one drew
-            if parameter.requires_grad:
-                dist.broadcast(parameter.data, 0)
-        if strategy == "ddp":
+        for parameter in self._adapter:  # the same adapter on every rank, whatever each one drew
+            dist.broadcast(parameter.data, 0)
+        if strategy == "fsdp":
+            _shard_base(model, world, set(self._adapter))
+            self.sharded = True
+        elif strategy == "ddp":
             cuda = world.device.startswith("cuda")
             self._ddp = nn.parallel.DistributedDataParallel(
                 model.base_model, device_ids=[world.local_rank] if cuda else None, forward_sync_buffers=False,
@@ -149,18 +156,67 @@ class Replicas:
             self.decoder = self._ddp
         else:
             raise DistributedError(f"strategy is {strategy!r}; choose one of: {', '.join(STRATEGIES)}.")
+        self._base_mb = world.each(_held_base_bytes(model) / 2**20)
 
     def figures(self, memory_mb: float) -> dict:
         """What a metrics row adds for several ranks (a collective: every rank calls it): the world size, each
-        rank's peak memory and the bytes all-reduced since the last row."""
+        rank's peak memory and the frozen weights it holds, and the bytes all-reduced since the last row."""
         if self.world.size == 1:
             return {}
         sent, self.reduced_bytes = self.reduced_bytes, 0
-        return {"world_size": self.world.size, "rank_memory_mb": self.world.each(memory_mb), "allreduce_bytes": sent}
+        return {"world_size": self.world.size, "rank_memory_mb": self.world.each(memory_mb), "allreduce_bytes": sent,
+                "rank_base_mb": self._base_mb}
 
-    def syncing(self, last: bool):
+    @contextmanager
+    def syncing(self, last: bool) -> Iterator[None]:
         """Gradients are exchanged in the last micro-batch's backward pass only (no_sync before it)."""
-        return self._ddp.no_sync() if self._ddp is not None and not last else nullcontext()
+        with self._ddp.no_sync() if self._ddp is not None and not last else nullcontext():
+            yield
+        if self.sharded and last:
+            self._sum_adapter_gradients()
+
+    def _sum_adapter_gradients(self) -> None:
+        """The adapter's gradients summed over the ranks in one flat all-reduce (FSDP leaves them to us)."""
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self._adapter]
+        flat = torch.cat([grad.reshape(-1) for grad in grads])
+        dist.all_reduce(flat)
+        self.reduced_bytes += flat.numel() * flat.element_size()
+        for parameter, summed in zip(self._adapter, flat.split([grad.numel() for grad in grads])):
+            parameter.grad = summed.view_as(parameter)
+
+
+def _held_base_bytes(model: nn.Module) -> int:
+    """Bytes of frozen weights this rank holds: its shards only, under FSDP."""
+    held = 0
+    for parameter in model.parameters():
+        if not parameter.requires_grad:
+            local = parameter.to_local() if hasattr(parameter, "to_local") else parameter
+            held += local.numel() * local.element_size()
+    return held
+
+
+def _shard_base(model: nn.Module, world: World, adapter: set[nn.Parameter]) -> None:
+    """FSDP2 over each decoder layer, the adapter left out: the frozen base is what does not fit one device. The
+    embeddings and the head stay whole (tied models share them, and the chunked loss reads the head directly)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    layers = getattr(model.base_model, "layers", None)
+    if layers is None:
+        raise DistributedError(f"--strategy fsdp shards a decoder's layers, and {type(model).__name__} has no "
+                               "`layers` list; use --strategy ddp.")
+    if any(type(p).__name__ in ("Params4bit", "Int8Params") for p in model.parameters()):
+        raise DistributedError("--strategy fsdp cannot shard bitsandbytes' 4-bit or 8-bit weights (they are not "
+                               "tensors FSDP can split); use --strategy ddp with --quant nf4, where each process "
+                               "holds the 4-bit base, or --strategy fsdp with --quant none.")
+    mesh = init_device_mesh("cuda" if world.device.startswith("cuda") else "cpu", (world.size,))
+    for layer in layers:
+        fully_shard(layer, mesh=mesh, reshard_after_forward=True,  # each layer is a root: say so
+                    ignored_params={p for p in layer.parameters() if p in adapter})
+    # FSDP keeps each layer's gathered weights in tensors made at its first pass; made under inference_mode (an
+    # evaluation, a sample) they could never take part in a backward pass again, so the first pass is made here.
+    with torch.no_grad():
+        model.base_model(input_ids=torch.zeros((1, 1), dtype=torch.long, device=model.device), use_cache=False)
 
 
 def _summed_all_reduce(replicas: Replicas, bucket) -> torch.futures.Future[torch.Tensor]:

@@ -275,12 +275,15 @@ def _evaluate(run: _Session, step: int, stop: StopFlag, metrics_file, emit: Even
 
 def _save(run: _Session, step: int, state: dict, emit: Events, samples: bool = True) -> None:
     """Sample the fixed prompts (not when stopping: the checkpoint must be written within the stop's grace
-    period), then write the checkpoint. Rank 0's job alone."""
+    period), then write the checkpoint. Rank 0's job alone, but for a sharded base's samples, which every rank's
+    part of the weights takes part in."""
+    tokenizer, config = run.loaded.tokenizer, run.config
+    samples = samples and (run.world.writer or run.replicas.sharded)
+    answers = sample_outputs(run.model, tokenizer, run.data.sample_prompts, config.sample_max_new_tokens) \
+        if samples else []
     if not run.world.writer:
         return
-    tokenizer, config = run.loaded.tokenizer, run.config
-    for sample in sample_outputs(run.model, tokenizer, run.data.sample_prompts, config.sample_max_new_tokens) \
-            if samples else []:
+    for sample in answers:
         append_row(run.folder.samples, {"step": step, **sample})
         emit("sample", {"step": step, **sample})
     run.model.train()
