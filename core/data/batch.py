@@ -146,9 +146,10 @@ def iterate_batches(
 
 def share_of(indices: list[int], rank: int, ranks: int) -> list[int]:
     """Process `rank`'s contiguous share of one batch's examples; the shares of all `ranks` differ in size by one
-    at most and, in rank order, are the batch."""
-    count = len(indices)
-    return indices[rank * count // ranks : (rank + 1) * count // ranks]
+    at most (the first ranks take the extra ones) and, in rank order, are the batch."""
+    size, extra = divmod(len(indices), ranks)
+    start = rank * size + min(rank, extra)
+    return indices[start : start + size + (rank < extra)]
 
 
 def _placeholder(example: RenderedExample, packed: bool, position: DataPosition, following: DataPosition) -> Batch:

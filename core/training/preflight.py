@@ -12,6 +12,8 @@ estimates of peak memory and seconds per step on this machine. The estimates are
              + fp32 logits, their softmax and gradient for the trained tokens
              + the Python/torch runtime,
     for the largest micro-batch we expect: batch_size examples of the 95th-percentile length (at most max_len).
+With several processes (nproc) the figures are per process: each takes its share of a micro-batch's examples, and
+holds the whole base (ddp) or a 1/nproc share of its decoder layers (fsdp); on a CPU the processes share the RAM.
 Every figure is computed from the already-loaded model without changing it, so the web page can show it live.
 """
 
@@ -55,14 +57,20 @@ class MemoryEstimate:
     runtime_mb: float
     available_mb: float  # free now (another process's model already counted out)
     device_total_mb: float
+    processes: int = 1  # training processes sharing this device (all of them on a CPU, one per GPU)
 
     @property
     def peak_mb(self) -> float:
+        """One process's peak."""
         return self.weights_mb + self.adapter_mb + self.activations_mb + self.logits_mb + self.runtime_mb
 
     @property
+    def device_peak_mb(self) -> float:
+        return self.peak_mb * self.processes
+
+    @property
     def fits(self) -> bool:
-        return self.peak_mb <= self.available_mb
+        return self.device_peak_mb <= self.available_mb
 
 
 @dataclass
@@ -99,6 +107,7 @@ def preflight_on(loaded: LoadedModel, config: TrainConfig, timed: bool = True) -
     steps = planned_steps(config, train_examples(config, data.rows - data.invalid_rows))
     seconds = estimate_seconds_per_step(loaded.model, config, data) if timed else None
     memory = estimate_memory(loaded, config, data, trainable)
+    check_fits(memory, config)
     return Preflight(
         data=data,
         model=asdict(loaded.facts),
@@ -108,7 +117,7 @@ def preflight_on(loaded: LoadedModel, config: TrainConfig, timed: bool = True) -
         tokens_per_step=mean_tokens_per_step(config, data),
         estimated_seconds_per_step=seconds,
         estimated_minutes=None if seconds is None else seconds * steps / 60,
-        estimated_peak_memory_mb=memory.peak_mb,
+        estimated_peak_memory_mb=memory.device_peak_mb,
         machine_memory_mb=memory.device_total_mb,
         memory=memory,
     )
@@ -165,7 +174,9 @@ def estimate_memory(loaded: LoadedModel, config: TrainConfig, data: DataPrefligh
     served_bytes = getattr(torch, facts.dtype).itemsize
     other_weights = (facts.weight_bytes - facts.linear_weight_bytes) * value_bytes / served_bytes
     linear_weights = quantizable_weights(loaded.model) * QUANTIZED_BYTES.get(config.quant, value_bytes)
-    tokens = config.batch_size * min(data.length_p95, config.max_len)
+    if config.strategy == "fsdp" and config.nproc > 1:
+        linear_weights /= config.nproc  # each process holds its shard of the decoder layers
+    tokens = -(-config.batch_size // config.nproc) * min(data.length_p95, config.max_len)  # the largest share
     layers, hidden = getattr(settings, "num_hidden_layers", 1), settings.hidden_size
     one_layer = 20 * hidden + 4 * getattr(settings, "intermediate_size", 0)
     kept = layers * hidden + one_layer if config.gradient_checkpointing else layers * one_layer
@@ -180,7 +191,19 @@ def estimate_memory(loaded: LoadedModel, config: TrainConfig, data: DataPrefligh
         runtime_mb=RUNTIME_MB,
         available_mb=available,
         device_total_mb=total,
+        processes=1 if device.type == "cuda" else config.nproc,
     )
+
+
+def check_fits(memory: MemoryEstimate, config: TrainConfig) -> None:
+    """Refuse a plan of several processes that will not fit their devices (ConfigError with the fixes): N processes
+    that run out of memory one after another cost N model loads to find out."""
+    if config.nproc > 1 and not memory.fits:
+        where = (f"{config.nproc} processes of {memory.peak_mb:,.0f} MB each" if memory.processes > 1
+                 else f"{memory.peak_mb:,.0f} MB per GPU")
+        raise ConfigError(f"This plan needs about {where}, more than the {memory.available_mb:,.0f} MB available on "
+                          f"{memory.device}. Use fewer processes (--nproc), --strategy fsdp to shard the base, a "
+                          "smaller --batch-size or --max-len, or --quant nf4.")
 
 
 def quantizable_weights(model: nn.Module) -> int:

@@ -61,13 +61,15 @@ def length_chart(bins: list[LengthBin], max_length: int, truncated_share: float)
 
 def memory_gauge(memory: MemoryEstimate) -> str:
     """Estimated peak memory against what the device has free, its parts, and the fixes when it does not fit."""
-    share = min(memory.peak_mb / memory.available_mb, 1.0) if memory.available_mb else 1.0
+    share = min(memory.device_peak_mb / memory.available_mb, 1.0) if memory.available_mb else 1.0
+    each = f" ({memory.processes} processes of {size(memory.peak_mb)})" if memory.processes > 1 else ""
     parts = " · ".join(f"{name} {size(value)}" for name, value in (
         ("weights", memory.weights_mb), ("adapter + optimizer", memory.adapter_mb),
         ("activations", memory.activations_mb), ("logits", memory.logits_mb), ("runtime", memory.runtime_mb)))
     out = [
         f'<div class="lf-memory" data-fits="{str(memory.fits).lower()}">',
-        f"<p><b>Estimated peak memory:</b> {size(memory.peak_mb)} of {size(memory.available_mb)} available "
+        f"<p><b>Estimated peak memory:</b> {size(memory.device_peak_mb)}{each} of {size(memory.available_mb)} "
+        "available "
         f"on {html.escape(memory.device)} ({size(memory.device_total_mb)} in all)</p>",
         f'<div class="lf-gauge{"" if memory.fits else " full"}"><div style="width:{share * 100:.1f}%"></div></div>',
         f"<p><small>{parts}</small></p>",
