@@ -1,13 +1,19 @@
 """The single-process side of distributed training, fast: each rank's share of a batch, the placeholder of an empty
 share, the per-device memory estimate by strategy and its refusal, and the launcher's refusals of bad node flags."""
 
-import pytest
+import json
 
+import pytest
+import torch
+
+from app.web.runs.view import world_line
+from app.web.train.form import form_values, to_config
 from core.data import BatchSettings, iterate_batches
 from core.data.batch import share_of
 from core.data.render import IGNORE_INDEX, RenderedExample
 from core.models.loading import load_base_model
 from core.training.config import ConfigError, TrainConfig
+from core.training.distributed import default_processes, process_choices
 from core.training.launcher import Nodes, RanksFailed
 from core.training.preflight import preflight_on
 from tests.job_helpers import DATES
@@ -84,3 +90,20 @@ def test_strategy_and_process_count_are_checked():
         TrainConfig(dataset=str(DATES), strategy="zero3").check()
     with pytest.raises(ConfigError, match="nproc is 0"):
         TrainConfig(dataset=str(DATES), nproc=0).check()
+
+
+def test_the_train_form_holds_processes_and_strategy_and_the_runs_tab_shows_each_rank(tmp_path):
+    config = TrainConfig(dataset=str(DATES), nproc=2, strategy="fsdp")
+    values = form_values(config)
+    assert values["nproc"] == 2 and values["strategy"] == "fsdp"
+    assert to_config({**values, "base": "default", "dataset": str(DATES)}) == config
+    assert process_choices()[0] == 1 and default_processes() == (torch.cuda.device_count() or 1)
+
+    rows = [{"step": 1, "split": "train", "world_size": 2, "rank_memory_mb": [512.4, 498.0], "allreduce_bytes": 7168},
+            {"step": 1, "split": "eval", "loss": 2.0}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    line = world_line({"run_dir": str(tmp_path), "config": {"strategy": "fsdp"}})
+    assert line == ("**2 processes** (fsdp) · peak memory rank 0 512 MB · rank 1 498 MB · "
+                    "7.0 KB of adapter gradients all-reduced per step")
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 1, "split": "train", "loss": 1.0}) + "\n")
+    assert world_line({"run_dir": str(tmp_path), "config": {}}) is None  # a single process says nothing of ranks

@@ -23,7 +23,7 @@ from core.errors import LoraForgeError
 from core.store.database import Store
 from core.training.checkpoint import newest_checkpoint
 from core.training.config import TrainConfig
-from core.training.distributed import join_world, leave_world
+from core.training.distributed import check_devices, join_world, leave_world
 from core.training.events import event_line, log_events, timestamped
 from core.training.launcher import Nodes, RanksFailed, RanksStopped, launch_ranks
 from core.training.loop import TrainingError, TrainResult, train
@@ -36,6 +36,7 @@ def train_in_ranks(run_id: str | None, config: TrainConfig, run_dir: Path, resum
                    log: Path | None = None) -> TrainResult:
     """Train the run in `run_dir` with config.nproc ranks on this machine (and nodes.count machines); rank 0 records
     in the store under `run_id` and, given `log`, writes its progress lines there too."""
+    check_devices(config.nproc, config.device)
     folder = RunFolder(run_dir)
     for stale in (folder.result, folder.path / RANK_ERROR):
         stale.unlink(missing_ok=True)

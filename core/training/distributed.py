@@ -80,6 +80,25 @@ class World:
         return self.total(*slots)
 
 
+def check_devices(nproc: int, device: str) -> None:
+    """Refuse more processes than GPUs before any starts (on the CPU, any number may share the cores)."""
+    gpus = torch.cuda.device_count() if device != "cpu" and torch.cuda.is_available() else 0
+    if gpus and nproc > gpus:
+        raise DistributedError(f"--nproc {nproc} needs {nproc} GPUs (one per process); this machine has {gpus}. "
+                               f"Use --nproc {gpus}, or --device cpu.")
+
+
+def default_processes() -> int:
+    """How many processes a run uses unless told: one per GPU on CUDA, one on a CPU (several would share its cores)."""
+    return torch.cuda.device_count() if torch.cuda.is_available() else 1
+
+
+def process_choices() -> list[int]:
+    """Sensible process counts on this machine: 1 to the number of GPUs, or to the number of CPU cores."""
+    most = torch.cuda.device_count() if torch.cuda.is_available() else len(os.sched_getaffinity(0))
+    return list(range(1, max(most, 1) + 1))
+
+
 def current_world() -> World:
     """The running process group's view of this process; a lone process is rank 0 of 1."""
     if not (dist.is_available() and dist.is_initialized()):

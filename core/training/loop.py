@@ -94,7 +94,7 @@ def train(config: TrainConfig, run_dir: Path, resume: bool = False, events: Even
     try:
         return _train_once(config, run_dir, resume, events, data)
     except torch.cuda.OutOfMemoryError:
-        if config.batch_size % 2:
+        if config.batch_size % 2 or current_world().size > 1:  # ranks cannot retry in step with each other
             raise _out_of_memory(config) from None
     _free_accelerator_memory()  # outside the except block, so the failed attempt's tensors can be freed
     smaller = dataclasses.replace(config, batch_size=config.batch_size // 2, grad_accum=config.grad_accum * 2)

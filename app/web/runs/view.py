@@ -114,6 +114,8 @@ def stats_markdown(run: dict, store: Store) -> str:
             step = evals[-1]["step"]
             figures.append(f"eval loss {evals[-1]['loss']:.4f} at step {step}{' (the base)' if step == 0 else ''}")
         lines.append(" · ".join(figures))
+    if ranks := world_line(run):
+        lines.append(ranks)
     if run["adapter_dir"]:
         lines.append(f"Adapter: `{run['adapter_dir']}`")
     skipped = RunFolder(run["run_dir"] or "").skipped_rows
@@ -125,6 +127,27 @@ def stats_markdown(run: dict, store: Store) -> str:
     if run["error"]:
         lines.append(f"**Note:** {html.escape(run['error'])}")
     return "\n\n".join(lines)
+
+
+def world_line(run: dict) -> str | None:
+    """A run of several processes: how many, their strategy, each rank's peak memory and what a step all-reduced
+    (from the newest training row of metrics.jsonl, which rank 0 writes); None for a single process."""
+    metrics = RunFolder(run["run_dir"] or "").metrics
+    rows = [_parsed(line) for line in reversed(_tail(metrics, 4))] if metrics.is_file() else []
+    last = next((row for row in rows if row and row.get("world_size")), None)
+    if last is None:
+        return None
+    strategy = (run["config"] or {}).get("strategy", "ddp")
+    memory = " · ".join(f"rank {rank} {mb:,.0f} MB" for rank, mb in enumerate(last["rank_memory_mb"]))
+    return (f"**{last['world_size']} processes** ({strategy}) · peak memory {memory} · "
+            f"{last['allreduce_bytes'] / 1024:,.1f} KB of adapter gradients all-reduced per step")
+
+
+def _parsed(line: str) -> dict | None:
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError:
+        return None  # a line being written right now
 
 
 def samples_frame(store: Store, run_id: str) -> pd.DataFrame:

@@ -13,7 +13,8 @@ import gradio as gr
 from core.lora.targets import PRESETS
 from core.models.devices import DTYPES
 from core.models.quantize import QUANTIZATIONS
-from core.training.config import OPTIMIZERS, SCHEDULES, ConfigError, TrainConfig
+from core.training.config import OPTIMIZERS, SCHEDULES, STRATEGIES, ConfigError, TrainConfig
+from core.training.distributed import process_choices
 
 CUSTOM = "custom"
 REGEX_CHARS = "*+?()[]|^$\\"  # a custom target with one of these is a regex over module paths
@@ -51,6 +52,10 @@ MAIN_ROWS: list[dict[str, Callable[[object], gr.Component]]] = [
      "epochs": _num("Epochs"), "max_steps": _num("Max steps (0 = train by epochs)")},
     {"lr": _num("Learning rate"), "batch_size": _num("Batch size"),
      "max_len": _num("Max length (tokens)")},
+    {"nproc": lambda value: gr.Dropdown(process_choices(), value=value, label="Processes / GPUs",
+                                        info="training together: one per GPU; on a CPU they share its cores"),
+     "strategy": lambda value: gr.Radio(list(STRATEGIES), value=value, label="Strategy (several processes)",
+                                        info="ddp: each holds the whole base; fsdp: the base is split among them")},
 ]
 ADVANCED_ROWS: list[dict[str, Callable[[object], gr.Component]]] = [
     {"eval_file": lambda value: gr.Textbox(value=value, label="Eval file (optional)"),

@@ -12,6 +12,7 @@ from app.web.train.form import PRESET_VALUES, build_form
 from app.web.train.preview import PREVIEW_COLUMNS
 from core.models.loading import LoadedModel
 from core.training.config import TrainConfig
+from core.training.distributed import default_processes
 
 DATASET_TYPES = [".jsonl", ".json", ".csv", ".parquet"]
 NO_DATASET = "Choose a dataset to see what the run would train on."
@@ -39,7 +40,8 @@ def sample_names() -> list[str]:
 
 
 def build_layout(loaded: LoadedModel) -> TrainLayout:
-    defaults = TrainConfig(base=loaded.facts.source, quant="nf4" if torch.cuda.is_available() else "none")
+    defaults = TrainConfig(base=loaded.facts.source, quant="nf4" if torch.cuda.is_available() else "none",
+                           nproc=default_processes())
     gr.Markdown("### 1 · Base model")
     fields = {"base": gr.Textbox(defaults.base, label="Base model: 'default', a model folder, a .gguf file or a hub id",
                                  elem_id="cfg-base")}
