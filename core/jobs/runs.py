@@ -87,6 +87,7 @@ def execute_run(store: Store, run_id: str, events=None, data: TrainingData | Non
     store.forget_steps_after(run_id, start)
     try:
         if config.nproc > 1 or nodes.count > 1:
+            # rank 0 prints its progress lines; a terminal's listener (the CLI's progress bar) names the job.log too
             result = train_in_ranks(run_id, config, run_dir, start > 0, nodes, log=getattr(events, "log", None))
         else:
             result = train(config, run_dir, resume=start > 0, events=store_recorder(store, run_id, events),

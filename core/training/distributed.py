@@ -159,7 +159,7 @@ class Replicas:
         self.sharded = False
         self._ddp: nn.Module | None = None
         self._adapter = [p for p in model.parameters() if p.requires_grad]
-        if world.size == 1:
+        if not (dist.is_available() and dist.is_initialized()):  # alone; a group of one still wraps (bench/)
             return
         for parameter in self._adapter:  # the same adapter on every rank, whatever each one drew
             dist.broadcast(parameter.data, 0)
