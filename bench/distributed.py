@@ -6,7 +6,9 @@ Part 1 trains the same run (fp32, the bundled dates task, the same seed and glob
 through `launch.py train --nproc N`, one after another, and prints per count: tokens/s (median step, the first left
 out), the bytes one step all-reduced (rank 0's metrics rows), peak memory of each rank, and the largest difference of
 the final adapter's weights from the first count's. On a CPU the processes share its cores (each takes its share),
-so N processes show the harness's cost, not a speed-up; on N GPUs they show the scaling.
+so N processes show the harness's cost, not a speed-up; on N GPUs they show the scaling. A last row is the control:
+one process with each micro-batch split in two (half the batch size, twice the accumulation), the same global batch
+and the same sums in another order, which shows how far fp32 rounding alone moves the adapter.
 
 Part 2 is the DDP wrapper's overhead in one process: the same loop (core.training.loop.train), alone and then inside
 a process group of one, where the decoder runs through DistributedDataParallel (NCCL on CUDA, gloo on a CPU); the
@@ -43,10 +45,14 @@ def main() -> None:
     print(f"machine: {machine()}")
     counts = [int(n) for n in args.nproc.split(",")]
     runs = [train_with(n, args, home) for n in counts]
+    labels = [str(n) for n in counts]
+    if args.batch_size % 2 == 0:
+        runs.append(train_with(1, args, home, split=2))
+        labels.append(f"1, micro-batches of {args.batch_size // 2} x 2 (control)")
     reference = runs[0]["adapter"]
     print("\n| processes | tokens/s | all-reduced per step | peak memory per rank | largest weight difference |")
     print("|---|---|---|---|---|")
-    for count, run in zip(counts, runs):
+    for count, run in zip(labels, runs):
         difference = max(float((run["adapter"][k] - reference[k]).abs().max()) for k in reference)
         memory = ", ".join(f"{mb:,.0f} MB" for mb in run["rank_memory_mb"])
         print(f"| {count} | {run['tokens_per_s']:,.0f} | {run['allreduce_bytes']:,} B | {memory} | {difference:.2e} |")
@@ -54,11 +60,12 @@ def main() -> None:
         wrapper_overhead(args)
 
 
-def train_with(nproc: int, args, home: Path) -> dict:
+def train_with(nproc: int, args, home: Path, split: int = 1) -> dict:
     from safetensors.torch import load_file
 
     command = [sys.executable, "launch.py", "train", "--base", args.base, "--dataset", str(DATES), "--dtype", "fp32",
-               "--max-steps", str(args.steps), "--batch-size", str(args.batch_size), "--eval-share", "0",
+               "--max-steps", str(args.steps), "--batch-size", str(args.batch_size // split), "--grad-accum",
+               str(split), "--eval-share", "0",
                "--save-every", str(args.steps), "--eval-every", str(10 * args.steps), "--nproc", str(nproc),
                "--name", f"bench-nproc{nproc}"]
     started = time.perf_counter()

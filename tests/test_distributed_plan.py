@@ -13,7 +13,7 @@ from core.data.batch import share_of
 from core.data.render import IGNORE_INDEX, RenderedExample
 from core.models.loading import load_base_model
 from core.training.config import ConfigError, TrainConfig
-from core.training.distributed import default_processes, process_choices
+from core.training.distributed import Replicas, World, default_processes, process_choices
 from core.training.launcher import Nodes, RanksFailed
 from core.training.preflight import preflight_on
 from tests.job_helpers import DATES
@@ -107,3 +107,22 @@ def test_the_train_form_holds_processes_and_strategy_and_the_runs_tab_shows_each
                     "7.0 KB of adapter gradients all-reduced per step")
     (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 1, "split": "train", "loss": 1.0}) + "\n")
     assert world_line({"run_dir": str(tmp_path), "config": {}}) is None  # a single process says nothing of ranks
+
+
+def test_ranks_after_the_first_draw_dropout_of_their_own_and_the_same_after_a_resume():
+    model = torch.nn.Module()
+    model.base_model = torch.nn.Linear(2, 2)
+    first, second = Replicas(model, World(0, 2), "ddp"), Replicas(model, World(1, 2), "ddp")
+
+    def draw(replicas, step):
+        with replicas.own_randomness(seed=3, step=step):
+            return torch.rand(4)
+
+    torch.manual_seed(0)
+    stream = torch.rand(4)
+    torch.manual_seed(0)
+    assert torch.equal(draw(first, 5), stream)  # rank 0 draws from the run's own stream (its checkpoint's state)
+    torch.manual_seed(0)
+    assert not torch.equal(draw(second, 5), stream)  # rank 1 does not repeat rank 0's masks
+    assert torch.equal(torch.rand(4), stream)  # and leaves the run's stream where it was
+    assert torch.equal(draw(second, 5), draw(second, 5)) and not torch.equal(draw(second, 5), draw(second, 6))

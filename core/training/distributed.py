@@ -187,6 +187,18 @@ class Replicas:
                 "rank_base_mb": self._base_mb}
 
     @contextmanager
+    def own_randomness(self, seed: int, step: int) -> Iterator[None]:
+        """Rank r > 0 draws a step's dropout from a generator seeded by (seed, rank, step), so ranks do not repeat rank
+        0's masks, and a resumed run draws what the uninterrupted one did (rank 0's state is the checkpoint's)."""
+        if self.world.rank == 0:
+            yield
+            return
+        cuda = [torch.cuda.current_device()] if self.world.device.startswith("cuda") else []
+        with torch.random.fork_rng(devices=cuda):
+            torch.manual_seed((seed * 1_000_003 + self.world.rank) * 1_000_003 + step)
+            yield
+
+    @contextmanager
     def syncing(self, last: bool) -> Iterator[None]:
         """Gradients are exchanged in the last micro-batch's backward pass only (no_sync before it)."""
         with self._ddp.no_sync() if self._ddp is not None and not last else nullcontext():

@@ -237,7 +237,7 @@ def _optimizer_step(run: _Session, window: list, step: int, stop: StopFlag) -> t
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if model.device.type == "cuda" else nullcontext()
     trained = max(int(run.world.total(sum(batch.trained_tokens for batch in window))[0]), 1)  # of every rank
     loss_sum = 0.0
-    with stop.abandonable():
+    with stop.abandonable(), replicas.own_randomness(run.config.seed, step):
         for index, batch in enumerate(window):
             with replicas.syncing(last=index == len(window) - 1):
                 with autocast:
