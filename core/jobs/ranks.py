@@ -12,6 +12,7 @@ group, so each rank dies with its agent (Linux's parent-death signal): a cancel 
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import signal
@@ -23,7 +24,7 @@ from core.errors import LoraForgeError
 from core.store.database import Store
 from core.training.checkpoint import newest_checkpoint
 from core.training.config import TrainConfig
-from core.training.distributed import check_devices, join_world, leave_world
+from core.training.distributed import check_devices, check_same_settings, join_world, leave_world
 from core.training.events import event_line, log_events, timestamped
 from core.training.launcher import Nodes, RanksFailed, RanksStopped, launch_ranks
 from core.training.loop import TrainingError, TrainResult, train
@@ -84,6 +85,7 @@ def rank_main(argv: list[str]) -> int:
     config = folder.read_config()
     world = join_world(config.device)
     try:
+        check_same_settings(world, {k: v for k, v in dataclasses.asdict(config).items() if k != "name"})
         if world.writer and args.run_id:
             from core.jobs.runs import store_recorder
 

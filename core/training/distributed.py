@@ -21,6 +21,7 @@ summed, not averaged: N ranks compute the gradient one process would, so they tr
 applies the same update, so the replicas stay equal; rank 0 alone writes.
 """
 
+import hashlib
 import io
 import json
 import os
@@ -125,6 +126,19 @@ def join_world(device: str) -> World:
     dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(seconds=collective_timeout()),
                             device_id=torch.device("cuda", local_rank) if cuda else None)
     return current_world()
+
+
+def check_same_settings(world: World, settings: dict) -> None:
+    """Refuse to train when ranks were started with other settings than rank 0's (a machine of a multi-node run
+    given another command line): they would train another batch, silently. A 48-bit digest of each rank's settings
+    is compared, in one small collective."""
+    text = json.dumps(settings, sort_keys=True, default=str).encode()
+    digests = world.each(float(int(hashlib.sha256(text).hexdigest()[:12], 16)))
+    differing = [rank for rank, digest in enumerate(digests) if digest != digests[0]]
+    if differing:
+        raise DistributedError(f"Rank(s) {', '.join(map(str, differing))} were started with other settings than rank "
+                               "0: run the same command, with the same dataset and base paths, on every machine "
+                               "(only --node-rank differs).")
 
 
 def leave_world() -> None:
