@@ -257,9 +257,9 @@ def test_a_stop_during_a_step_abandons_it_checkpoints_the_last_one_and_resumes_e
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_llama_dir, tmp_path, monkeypatch):
     real_loss, calls = core.training.loop.trained_token_loss, []
 
-    def loss_that_explodes_at_step_4(model, inputs):
+    def loss_that_explodes_at_step_4(model, inputs, *decoder):
         calls.append(1)
-        loss, count = real_loss(model, inputs)
+        loss, count = real_loss(model, inputs, *decoder)
         return (loss * float("nan"), count) if len(calls) == 4 else (loss, count)
 
     monkeypatch.setattr(core.training.loop, "trained_token_loss", loss_that_explodes_at_step_4)
@@ -296,13 +296,13 @@ def test_out_of_memory_retries_with_half_the_batch_and_the_same_effective_batch(
     expected = adapter_tensors(train(config, tmp_path / "reference").adapter_dir)
     real_loss, calls, events = core.training.loop.trained_token_loss, [], []
 
-    def loss_without_room_for_four(model, inputs):
+    def loss_without_room_for_four(model, inputs, *decoder):
         calls.append(1)
         prefixes = inputs.get("segment_prefixes", ())  # shared prefixes are segments of the row too
         examples = len(inputs["cu_seq_lens_q"]) - 1 - len({p for p in prefixes if p >= 0})
         if len(calls) >= fail_from_step and examples > 2:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real_loss(model, inputs)
+        return real_loss(model, inputs, *decoder)
 
     monkeypatch.setattr(core.training.loop, "trained_token_loss", loss_without_room_for_four)
     result = train(config, tmp_path / "run", events=lambda kind, payload: events.append((kind, payload)))
@@ -316,7 +316,7 @@ def test_out_of_memory_retries_with_half_the_batch_and_the_same_effective_batch(
 
 
 def test_out_of_memory_with_an_odd_batch_names_the_settings_to_change(tiny_llama_dir, tmp_path, monkeypatch):
-    def no_memory(model, inputs):
+    def no_memory(model, inputs, *decoder):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
 
     monkeypatch.setattr(core.training.loop, "trained_token_loss", no_memory)
