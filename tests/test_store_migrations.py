@@ -31,10 +31,10 @@ def test_empty_file_gets_every_table(tmp_path):
     path = tmp_path / "new.db"
     with Store(path) as store:
         assert set(store.db.table_names()) == {"runs", "metrics", "samples", "adapters", "exports", "chat_votes"}
-    assert user_version(path) == len(store_schema.MIGRATIONS) == 2
+    assert user_version(path) == len(store_schema.MIGRATIONS) == 3
     with Store(path) as store:  # opening again changes nothing
         assert store.list_runs() == []
-    assert user_version(path) == 2
+    assert user_version(path) == 3
 
 
 def test_version_1_gains_the_background_export_columns_and_keeps_its_exports(tmp_path):
@@ -47,7 +47,7 @@ def test_version_1_gains_the_background_export_columns_and_keeps_its_exports(tmp
         assert (export["format"], export["status"], export["pid"], export["request"]) == ("merged", "done", None, None)
         store.update_export(export["id"], request={"format": "gguf"}, progress="Loading", size_bytes=12)
         assert store.get_export(export["id"])["request"] == {"format": "gguf"}
-    assert user_version(path) == 2
+    assert user_version(path) == 3
 
 
 def test_older_database_upgrades_itself_and_keeps_its_rows(tmp_path, monkeypatch):

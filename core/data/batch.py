@@ -70,6 +70,8 @@ class Batch:
     example_numbers: list[int]  # source line/row numbers, for messages about a bad batch
     segment_prefixes: tuple[int, ...] = ()  # shared prefixes: per segment, the segment it continues, or -1
     saved_tokens: int = 0  # tokens of the examples that shared prefixes left out of the row
+    segment_examples: tuple[int, ...] = ()  # per segment (packed) or row (padded): its example's index in the
+    # batch as collated, -1 for a shared prefix; preference losses sum each answer's log-probs by it
 
     @property
     def tokens(self) -> int:
@@ -137,10 +139,8 @@ def iterate_batches(
             here = DataPosition(epoch, position)
             if not chosen:
                 yield _placeholder(examples[plan[position][0]], settings.packing, here, following)
-            elif settings.packing:
-                yield _collate_packed(chosen, here, following, settings.share_prefix)
             else:
-                yield _collate_padded(chosen, pad_token_id, here, following)
+                yield collate(chosen, settings, pad_token_id, here, following)
         epoch, index = epoch + 1, 0
 
 
@@ -161,6 +161,14 @@ def _placeholder(example: RenderedExample, packed: bool, position: DataPosition,
     return Batch(ids, torch.full_like(ids, IGNORE_INDEX), None, torch.ones_like(ids), None, position, following, [])
 
 
+def collate(chosen: list[RenderedExample], settings: BatchSettings, pad_token_id: int, position: DataPosition,
+            following: DataPosition) -> Batch:
+    """One batch of `chosen`, packed or padded as `settings` say."""
+    if settings.packing:
+        return _collate_packed(chosen, position, following, settings.share_prefix)
+    return _collate_padded(chosen, pad_token_id, position, following)
+
+
 def batches_per_epoch(lengths: Sequence[int], settings: BatchSettings) -> int:
     """How many batches one epoch yields (packing varies slightly by epoch; epoch 0 is representative)."""
     return len(epoch_plan(lengths, settings, 0))
@@ -175,18 +183,20 @@ def padding_share(lengths: Sequence[int], plan: list[list[int]]) -> float:
 def _collate_packed(chosen: list[RenderedExample], position: DataPosition, following: DataPosition,
                     share_prefix: bool) -> Batch:
     groups = prefix_groups(chosen) if share_prefix else [PrefixGroup(0, [example]) for example in chosen]
-    ids, labels, positions, lengths, prefixes = [], [], [], [], []
+    index_of = {id(example): i for i, example in enumerate(chosen)}
+    ids, labels, positions, lengths, prefixes, owners = [], [], [], [], [], []
     for group in groups:
-        shared, prefix_segment = group.prefix, len(lengths)  # (example, first token, end, segment it continues)
-        segments = [(group.examples[0], 0, shared, -1)] if shared else []
-        segments += [(example, shared, len(example.input_ids), prefix_segment if shared else -1)
+        shared, prefix_segment = group.prefix, len(lengths)  # (example, first token, end, segment it continues, owner)
+        segments = [(group.examples[0], 0, shared, -1, -1)] if shared else []
+        segments += [(example, shared, len(example.input_ids), prefix_segment if shared else -1, index_of[id(example)])
                      for example in group.examples]
-        for example, start, end, prefix in segments:
+        for example, start, end, prefix, owner in segments:
             ids += example.input_ids[start:end]
             labels += example.labels[start:end]
             positions += range(start, end)
             lengths.append(end - start)
             prefixes.append(prefix)
+            owners.append(owner)
     return Batch(
         input_ids=torch.tensor([ids]),
         labels=torch.tensor([labels]),
@@ -198,6 +208,7 @@ def _collate_packed(chosen: list[RenderedExample], position: DataPosition, follo
         example_numbers=[example.number for group in groups for example in group.examples],
         segment_prefixes=tuple(prefixes) if max(prefixes) >= 0 else (),
         saved_tokens=saved_tokens(groups),
+        segment_examples=tuple(owners),
     )
 
 
@@ -212,4 +223,5 @@ def _collate_padded(chosen: list[RenderedExample], pad_token_id: int, position: 
         ids[row, :n] = torch.tensor(example.input_ids)
         labels[row, :n] = torch.tensor(example.labels)
         mask[row, :n] = 1
-    return Batch(ids, labels, None, mask, None, position, following, [example.number for example in chosen])
+    return Batch(ids, labels, None, mask, None, position, following, [example.number for example in chosen],
+                 segment_examples=tuple(range(len(chosen))))

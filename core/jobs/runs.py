@@ -20,6 +20,7 @@ from pathlib import Path
 
 from core import paths
 from core.data import DatasetError, load_examples
+from core.data.preference import load_preferences
 from core.errors import LoraForgeError
 from core.jobs.adapters import register_adapter
 from core.jobs.ranks import train_in_ranks
@@ -30,10 +31,12 @@ from core.training.config import TrainConfig
 from core.training.data_plan import TrainingData, load_training_data
 from core.training.launcher import Nodes
 from core.training.loop import TrainResult, train
+from core.training.preference import METRICS as PREFERENCE_METRICS
 from core.training.preflight import check_targets
 from core.training.run_folder import RunFolder
 
-METRIC_FIELDS = ("step", "split", "loss", "lr", "grad_norm", "tokens_per_s", "memory_mb", "tokens", "time")
+METRIC_FIELDS = ("step", "split", "loss", "lr", "grad_norm", "tokens_per_s", "memory_mb", "tokens", "time",
+                 *PREFERENCE_METRICS)
 
 
 def create_run(store: Store, config: TrainConfig, status: str = "queued", tokenizer=None) -> str:
@@ -56,7 +59,7 @@ def record_run(store: Store, config: TrainConfig, status: str = "queued",
         data = load_training_data(config, tokenizer)
     else:
         for source in filter(None, (config.dataset, config.eval_file)):
-            report = load_examples(source).report
+            report = load_examples(source).report if config.method == "sft" else load_preferences(source)[1]
             if blocker := report.blocker(config.skip_invalid):
                 raise DatasetError(blocker, report)
     check_targets(config)

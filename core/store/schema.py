@@ -125,7 +125,13 @@ def _exports_in_background(db: Database) -> None:
         db["exports"].add_column(column, kind)
 
 
-MIGRATIONS: list[Callable[[Database], None]] = [_create_everything, _exports_in_background]
+def _preference_metrics(db: Database) -> None:
+    """Version 3: DPO and ORPO runs log their rewards, reward margin and preference accuracy per step."""
+    for column in ("reward_chosen", "reward_rejected", "reward_margin", "preference_accuracy"):
+        db["metrics"].add_column(column, float)
+
+
+MIGRATIONS: list[Callable[[Database], None]] = [_create_everything, _exports_in_background, _preference_metrics]
 
 
 def upgrade(db: Database) -> None:

@@ -19,7 +19,8 @@ from core.models.devices import DTYPES
 from core.models.quantize import QUANTIZATIONS
 
 MAX_CONFIG_BYTES = 1 << 20  # a run.yaml is a few KB; anything near this is not one
-FLOAT_SETTINGS = ("epochs", "lr", "alpha", "max_grad_norm", "weight_decay", "dropout", "eval_share", "warmup_ratio")
+FLOAT_SETTINGS = ("epochs", "lr", "alpha", "max_grad_norm", "weight_decay", "dropout", "eval_share", "warmup_ratio",
+                  "beta", "orpo_lambda")
 # Upper bounds far beyond any real run, so a typo (1e9 epochs, rank 100000) is refused rather than planned for
 # years; the lower bounds the checks below give with their own advice.
 UPPER_BOUNDS = {
@@ -39,6 +40,7 @@ UPPER_BOUNDS = {
 
 SCHEDULES = ("cosine", "linear", "constant")
 STRATEGIES = ("ddp", "fsdp")
+METHODS = ("sft", "dpo", "orpo")  # supervised answers, or preference pairs (prompt, chosen, rejected)
 OPTIMIZERS = ("adamw", "adamw8bit", "paged_adamw")
 MIN_MAX_LEN = 8
 
@@ -55,6 +57,9 @@ class TrainConfig:
     eval_file: str | None = None
     eval_share: float = 0.1  # held out from the dataset when no eval_file is given; 0 for none
     name: str | None = None
+    method: str = "sft"  # sft, or dpo / orpo on a preference dataset (core.training.preference)
+    beta: float = 0.1  # DPO: how far the policy may move from the reference (the base with the adapter off)
+    orpo_lambda: float = 0.1  # ORPO: weight of the odds-ratio term next to the chosen answers' own loss
     # The adapter
     rank: int = 8
     alpha: float = 16.0
@@ -116,6 +121,17 @@ class TrainConfig:
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("train_on", self.train_on, ("assistant", "all"))
         _choice("strategy", self.strategy, STRATEGIES)
+        _choice("method", self.method, METHODS)
+        if self.method != "sft" and self.train_on != "assistant":
+            raise ConfigError(f"train_on is {self.train_on!r}; {self.method} compares answers, so it trains on "
+                              "answers only: use train_on 'assistant'.")
+        if self.method != "sft" and self.nproc > 1:
+            raise ConfigError(f"{self.method} trains in one process for now; use nproc 1 (--nproc 1). Several "
+                              "processes train supervised (sft) runs.")
+        if not 0 < self.beta <= 100:
+            raise ConfigError(f"beta is {self.beta}; use a positive value up to 100 (0.1 is usual for DPO).")
+        if not 0 < self.orpo_lambda <= 100:
+            raise ConfigError(f"orpo_lambda is {self.orpo_lambda}; use a positive value up to 100 (0.1 is usual).")
         for name in ("nproc", "rank", "batch_size", "grad_accum", "save_every", "eval_every", "keep_checkpoints",
                      "sample_max_new_tokens"):
             if getattr(self, name) < 1:

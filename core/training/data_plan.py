@@ -1,19 +1,25 @@
 """The data a run trains and evaluates on: a train set, an eval set (a file, or a held-out share), and
-the fixed prompts whose answers are sampled at every checkpoint."""
+the fixed prompts whose answers are sampled at every checkpoint. SFT runs train on examples (TrainingData),
+DPO and ORPO runs on preference pairs (PreferenceData); the loop asks either for batches, each batch's weight
+in the step (trained tokens, or pairs) and the eval scores."""
 
+import dataclasses
 import math
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 
 from core.chat.generate import Message, greedy_answers
-from core.data import BatchSettings, PreparedDataset, iterate_batches, prepare_dataset
+from core.data import Batch, BatchSettings, DataPosition, PreparedDataset, iterate_batches, prepare_dataset
+from core.data.preference import PreparedPreferences, iterate_pair_batches, prepare_preferences
 from core.data.problems import MAX_LISTED
 from core.models.packed_attention import can_use_packed_attention
 from core.training.config import TrainConfig
 from core.training.distributed import World
 from core.training.loss import trained_token_loss
+from core.training.preference import PreferenceObjective, pair_count
 from core.training.run_folder import RunFolder
 
 SAMPLE_PROMPTS = 3
@@ -25,6 +31,21 @@ class TrainingData:
     eval: PreparedDataset | None
     sample_prompts: list[list[Message]]
     pad_token_id: int
+
+    def batches(self, settings: BatchSettings, start: DataPosition = DataPosition(),
+                share: tuple[int, int] = (0, 1)) -> Iterator[Batch]:
+        """The training batches from `start` on, epoch after epoch (this rank's `share` of each)."""
+        return iterate_batches(self.train.examples, settings, self.pad_token_id, start=start, share=share)
+
+    def weight(self, batch: Batch) -> int:
+        """What a batch's summed loss is divided by, over the step's window: its trained tokens."""
+        return batch.trained_tokens
+
+    def eval_scores(self, model: torch.nn.Module, settings: BatchSettings, world: World = World()
+                    ) -> dict[str, float] | None:
+        """The eval set's scores (None without one): the mean loss per trained token."""
+        loss = self.eval_loss(model, settings, world)
+        return None if loss is None else {"loss": loss}
 
     def eval_loss(self, model: torch.nn.Module, settings: BatchSettings, world: World = World()) -> float | None:
         """Mean loss per trained token over the whole eval set (None without one), each rank scoring its share."""
@@ -43,20 +64,62 @@ class TrainingData:
         return sum(listed.values())
 
 
+@dataclass
+class PreferenceData(TrainingData):
+    """A DPO or ORPO run's pairs; `objective` scores them."""
+
+    objective: PreferenceObjective = PreferenceObjective("dpo")
+
+    def batches(self, settings: BatchSettings, start: DataPosition = DataPosition(),
+                share: tuple[int, int] = (0, 1)) -> Iterator[Batch]:
+        """Every pair batch (preference runs train in one process: TrainConfig refuses nproc > 1)."""
+        return iterate_pair_batches(self.train.examples, settings, self.pad_token_id, start=start)
+
+    def weight(self, batch: Batch) -> int:
+        """Pairs: the loss and metrics are means over the step's pairs."""
+        return pair_count(batch)
+
+    def eval_scores(self, model: torch.nn.Module, settings: BatchSettings, world: World = World()
+                    ) -> dict[str, float] | None:
+        """Mean loss, rewards, margin and preference accuracy per eval pair (None without an eval set)."""
+        if self.eval is None:
+            return None
+        return self.objective.evaluate(model, iterate_pair_batches(self.eval.examples, settings, self.pad_token_id,
+                                                                   epochs=1))
+
+    def eval_loss(self, model: torch.nn.Module, settings: BatchSettings, world: World = World()) -> float | None:
+        scores = self.eval_scores(model, settings)
+        return None if scores is None else scores["loss"]
+
+
 def load_training_data(config: TrainConfig, tokenizer) -> TrainingData:
     """Validate and render the dataset (refusing bad rows unless skip_invalid) and set the eval set aside."""
-    options = dict(max_length=config.max_len, train_on=config.train_on, skip_invalid=config.skip_invalid)
-    train = prepare_dataset(config.dataset, tokenizer, **options)
+    if config.method == "sft":
+        options = dict(max_length=config.max_len, train_on=config.train_on, skip_invalid=config.skip_invalid)
+        prepare = prepare_dataset
+    else:
+        options = dict(max_length=config.max_len, skip_invalid=config.skip_invalid)
+        prepare = prepare_preferences
+    train = prepare(config.dataset, tokenizer, **options)
     if config.eval_file:
-        held_out = prepare_dataset(config.eval_file, tokenizer, **options)
+        held_out = prepare(config.eval_file, tokenizer, **options)
     elif config.eval_share > 0 and len(train.examples) > 1:
         train, held_out = split(train, config.eval_share, config.seed)
     else:
         held_out = None
     prompts = [[{"role": "user", "content": text}] for text in config.sample_prompts]
     if not prompts:
-        prompts = [prompt_of(example.messages) for example in (held_out or train).sources[:SAMPLE_PROMPTS]]
-    return TrainingData(train, held_out, [p for p in prompts if p], tokenizer.pad_token_id)
+        prompts = [_prompt(source) for source in (held_out or train).sources[:SAMPLE_PROMPTS]]
+    prompts = [p for p in prompts if p]
+    if config.method == "sft":
+        return TrainingData(train, held_out, prompts, tokenizer.pad_token_id)
+    objective = PreferenceObjective(config.method, config.beta, config.orpo_lambda)
+    return PreferenceData(train, held_out, prompts, tokenizer.pad_token_id, objective)
+
+
+def _prompt(source) -> list[Message]:
+    """A sample prompt from a row: an SFT example's conversation before its answer, or a pair's prompt."""
+    return list(source.prompt) if hasattr(source, "prompt") else prompt_of(source.messages)
 
 
 def attends_per_example(config: TrainConfig, model: torch.nn.Module) -> bool:
@@ -76,16 +139,16 @@ def batch_settings(config: TrainConfig, model: torch.nn.Module) -> BatchSettings
                          share_prefix=share_prefix)
 
 
-def split(data: PreparedDataset, share: float, seed: int) -> tuple[PreparedDataset, PreparedDataset]:
-    """A deterministic random split: `share` of the examples (at least one) for evaluation."""
+def split(data: PreparedDataset | PreparedPreferences, share: float, seed: int) -> tuple:
+    """A deterministic random split: `share` of the examples (or pairs; at least one) for evaluation."""
     order = list(range(len(data.examples)))
     random.Random(seed).shuffle(order)
     count = held_out_count(share, len(order))
     held, kept = sorted(order[:count]), sorted(order[count:])
 
-    def subset(indices: list[int]) -> PreparedDataset:
-        return PreparedDataset([data.examples[i] for i in indices], [data.sources[i] for i in indices],
-                               data.report, data.max_length, data.train_on)
+    def subset(indices: list[int]):
+        return dataclasses.replace(data, examples=[data.examples[i] for i in indices],
+                                   sources=[data.sources[i] for i in indices])
 
     return subset(kept), subset(held)
 

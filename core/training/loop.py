@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from core.data import BatchSettings, DataPosition, iterate_batches
+from core.data import BatchSettings, DataPosition
 from core.errors import LoraForgeError
 from core.lora.model import LoraSettings, add_adapter
 from core.lora.peft_format import save_adapter
@@ -142,8 +142,7 @@ def _train_once(config: TrainConfig, run_dir: Path, resume: bool, events: Events
             tokens, elapsed, last_eval = state["tokens"], state["elapsed"], state.get("eval_loss")
             emit("resumed", {"step": step, "checkpoint": str(checkpoint)})
 
-    batches = iterate_batches(run.data.train.examples, run.batch_settings, run.loaded.tokenizer.pad_token_id,
-                              start=position, share=world.share)
+    batches = run.data.batches(run.batch_settings, start=position, share=world.share)
     stop, stopping = StopFlag(abandon=world.size == 1), False
     if world.writer:
         run.folder.forget_rows_after(step if step else -1)  # a fresh start logs its step-0 evaluation again
@@ -162,7 +161,7 @@ def _train_once(config: TrainConfig, run_dir: Path, resume: bool, events: Events
             window = [next(batches) for _ in range(config.grad_accum)]
             random_state = rng_states()
             try:
-                train_loss, grad_norm, rate = _optimizer_step(run, window, step, stop)
+                train_loss, grad_norm, rate, measured = _optimizer_step(run, window, step, stop)
             except StepAbandoned:  # nothing of the step was applied: checkpoint the last finished one
                 run.optimizer.zero_grad(set_to_none=True)
                 restore_rng_states(random_state)
@@ -177,7 +176,7 @@ def _train_once(config: TrainConfig, run_dir: Path, resume: bool, events: Events
             _log(metrics_file, emit, dict(
                 step=step, split="train", loss=train_loss, lr=rate, grad_norm=grad_norm, tokens=tokens,
                 tokens_per_s=step_tokens / seconds, memory_mb=memory, time=time.time(),
-                epoch=position.epoch, total_steps=run.total_steps, **run.replicas.figures(memory)))
+                epoch=position.epoch, total_steps=run.total_steps, **measured, **run.replicas.figures(memory)))
             stopping = world.total(stop.requested)[0] > 0  # every rank stops after the same step
 
             final = step == run.total_steps
@@ -226,24 +225,27 @@ def _prepare(config: TrainConfig, folder: RunFolder, data: TrainingData | None) 
     )
 
 
-def _optimizer_step(run: _Session, window: list, step: int, stop: StopFlag) -> tuple[float, float, float]:
-    """Accumulate gradients over the window's micro-batches, clip, and step; return loss, grad norm and lr.
+def _optimizer_step(run: _Session, window: list, step: int, stop: StopFlag) -> tuple[float, float, float, dict]:
+    """Accumulate gradients over the window's micro-batches, clip, and step; return loss, grad norm, lr and the
+    objective's own metrics (preference runs: rewards, margin, accuracy).
 
-    Each micro-batch's summed loss is divided by the trained tokens of the whole window, so every trained
-    token weighs the same however the window is split (which keeps the out-of-memory retry exact). A stop
-    request during the forward and backward passes abandons the step (`StepAbandoned`); the update itself
-    is never cut short."""
+    Each micro-batch's summed loss is divided by the trained tokens (preference runs: pairs) of the whole window
+    on every rank, so every trained token weighs the same however the window is split (which keeps the
+    out-of-memory retry and an N-process run exact). A stop request during the forward and backward passes
+    abandons the step (`StepAbandoned`); the update itself is never cut short."""
     model, replicas = run.model, run.replicas
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if model.device.type == "cuda" else nullcontext()
-    trained = max(int(run.world.total(sum(batch.trained_tokens for batch in window))[0]), 1)  # of every rank
-    loss_sum = 0.0
+    trained = max(int(run.world.total(sum(run.data.weight(batch) for batch in window))[0]), 1)  # of every rank
+    loss_sum, measured = 0.0, {}
     with stop.abandonable(), replicas.own_randomness(run.config.seed, step):
         for index, batch in enumerate(window):
             with replicas.syncing(last=index == len(window) - 1):
                 with autocast:
-                    loss, _ = trained_token_loss(model, batch.model_inputs(model.device), replicas.decoder)
+                    loss, metrics = _batch_loss(run, batch)
                 (loss / trained).backward()
             loss_sum += loss.item()
+            for name, value in metrics.items():
+                measured[name] = measured.get(name, 0.0) + value / trained
     train_loss = run.world.total(loss_sum)[0] / trained
     if not math.isfinite(train_loss):
         raise TrainingError(
@@ -256,21 +258,28 @@ def _optimizer_step(run: _Session, window: list, step: int, stop: StopFlag) -> t
         group["lr"] = rate
     run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
-    return train_loss, grad_norm, rate
+    return train_loss, grad_norm, rate, measured
+
+
+def _batch_loss(run: _Session, batch) -> tuple[torch.Tensor, dict[str, float]]:
+    """SFT: the summed cross-entropy of the trained tokens; DPO and ORPO: the summed pair losses and metrics."""
+    if run.config.method == "sft":
+        return trained_token_loss(run.model, batch.model_inputs(run.model.device), run.replicas.decoder)[0], {}
+    return run.data.objective.batch_loss(run.model, batch)
 
 
 def _evaluate(run: _Session, step: int, stop: StopFlag, metrics_file, emit: Events, last_eval: float | None
               ) -> float | None:
-    """Log the eval loss at `step` and return it; a stop cuts the evaluation short and keeps `last_eval`."""
+    """Log the eval scores at `step` and return the loss; a stop cuts the evaluation short and keeps `last_eval`."""
     try:
         with stop.abandonable():
-            loss = run.data.eval_loss(run.model, run.batch_settings, run.world)
+            scores = run.data.eval_scores(run.model, run.batch_settings, run.world)
     except StepAbandoned:  # stopping: the checkpoint that follows matters more than this evaluation
         return last_eval
-    if loss is None:
+    if scores is None:
         return last_eval
-    _log(metrics_file, emit, dict(step=step, split="eval", loss=loss, time=time.time()))
-    return loss
+    _log(metrics_file, emit, dict(step=step, split="eval", **scores, time=time.time()))
+    return scores["loss"]
 
 
 def _save(run: _Session, step: int, state: dict, emit: Events, samples: bool = True) -> None:

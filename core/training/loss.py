@@ -27,40 +27,55 @@ def trained_token_loss(model: torch.nn.Module, inputs: dict, decoder: nn.Module 
     `inputs` is `Batch.model_inputs()`: input_ids, labels and position_ids (packed) or attention_mask (padded).
     `decoder` runs the model's decoder in its place (the ranks' DistributedDataParallel wrapper of it).
     """
+    log_probs, trained = trained_token_log_probs(model, inputs, decoder)
+    return -log_probs.sum(), int(trained.sum())
+
+
+def trained_token_log_probs(model: torch.nn.Module, inputs: dict, decoder: nn.Module | None = None
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The log-probability of every trained target token (fp32, in row-major order of the targets) and where they
+    are: a bool mask over the targets `labels[:, 1:]`. Preference losses sum them per answer. With no trained
+    token the result stays tied to the decoder's graph, so a rank's empty share still takes part in backward."""
     labels = inputs["labels"]
     decoder_inputs = {key: value for key, value in inputs.items() if key != "labels"}
     hidden = (decoder or model.base_model)(**decoder_inputs).last_hidden_state
     targets = labels[:, 1:]
-    chosen = targets != IGNORE_INDEX
-    count = int(chosen.sum())
-    if count == 0:
-        return hidden.sum() * 0.0, 0
+    trained = targets != IGNORE_INDEX
+    if not trained.any():
+        return torch.zeros(0, device=hidden.device) + hidden.sum().float() * 0.0, trained  # keeps backward() valid
     head = model.get_output_embeddings()
     softcap = getattr(model.config, "final_logit_softcapping", None)
     if _is_frozen_linear(head):
         rows = max(1, LOGITS_PER_CHUNK // head.out_features)
-        return frozen_head_cross_entropy(hidden[:, :-1][chosen], head, targets[chosen], softcap, rows), count
-    logits = head(hidden[:, :-1][chosen]).float()
+        return frozen_head_log_probs(hidden[:, :-1][trained], head, targets[trained], softcap, rows), trained
+    logits = head(hidden[:, :-1][trained]).float()
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap
-    return F.cross_entropy(logits, targets[chosen], reduction="sum"), count
+    return logits.log_softmax(dim=-1).gather(1, targets[trained][:, None])[:, 0], trained
 
 
 def frozen_head_cross_entropy(
     hidden: torch.Tensor, head: nn.Linear, targets: torch.Tensor, softcap: float | None, rows: int
 ) -> torch.Tensor:
     """Sum over rows of cross_entropy(head(hidden), targets), `rows` at a time; gradient for `hidden` only."""
-    return _FrozenHeadCrossEntropy.apply(hidden, head.weight, head.bias, targets, softcap, rows)
+    return -frozen_head_log_probs(hidden, head, targets, softcap, rows).sum()
 
 
-class _FrozenHeadCrossEntropy(torch.autograd.Function):
-    """The forward pass also works out d(loss)/d(hidden), chunk by chunk, while each chunk's softmax is at hand;
-    the backward pass only scales it. Products run in the head's dtype (autocast's, inside an autocast region),
-    the softmax in fp32, as with the plain path."""
+def frozen_head_log_probs(
+    hidden: torch.Tensor, head: nn.Linear, targets: torch.Tensor, softcap: float | None, rows: int
+) -> torch.Tensor:
+    """log_softmax(head(hidden))[row, target] for every row, `rows` at a time; gradient for `hidden` only."""
+    return _FrozenHeadLogProbs.apply(hidden, head.weight, head.bias, targets, softcap, rows)
+
+
+class _FrozenHeadLogProbs(torch.autograd.Function):
+    """The forward pass also works out each row's d(log-prob)/d(hidden), chunk by chunk, while each chunk's softmax
+    is at hand; the backward pass only scales each row by its incoming gradient. Products run in the head's dtype
+    (autocast's, inside an autocast region), the softmax in fp32, as with the plain path."""
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, softcap, rows):
-        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        picked_rows = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
         gradient = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
         for start in range(0, hidden.shape[0], rows):
             chunk_targets = targets[start : start + rows]
@@ -71,22 +86,22 @@ class _FrozenHeadCrossEntropy(torch.autograd.Function):
             log_probs = logits.log_softmax(dim=-1)
             del logits
             picked = log_probs.gather(1, chunk_targets[:, None])
-            total -= picked.sum()
+            picked_rows[start : start + rows] = picked[:, 0]
             if gradient is None:
                 continue
-            d_logits = log_probs.exp_()  # softmax - one-hot is the gradient of the cross-entropy for the logits
+            d_logits = log_probs.exp_()  # softmax - one-hot: the gradient of minus the log-prob for the logits
             d_logits.scatter_add_(1, chunk_targets[:, None], torch.full_like(picked, -1.0))
             if softcap:
                 d_logits *= 1 - squashed * squashed
             product = d_logits.to(weight.dtype) @ weight
             gradient[start : start + rows] = product.to(hidden.dtype)
         ctx.save_for_backward(gradient)
-        return total
+        return picked_rows
 
     @staticmethod
-    def backward(ctx, grad_total):
+    def backward(ctx, grad_rows):
         (gradient,) = ctx.saved_tensors
-        return gradient * grad_total.to(gradient.dtype), None, None, None, None, None
+        return gradient * -grad_rows[:, None].to(gradient.dtype), None, None, None, None, None
 
 
 def _is_frozen_linear(head: nn.Module) -> bool:
