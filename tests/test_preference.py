@@ -11,11 +11,11 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from core.data import BatchSettings
+from core.data import BatchSettings, DatasetError
 from core.data.preference import iterate_pair_batches, prepare_preferences
 from core.lora.model import LoraSettings, add_adapter
 from core.models.packed_attention import use_packed_attention
-from core.training.config import TrainConfig
+from core.training.config import ConfigError, TrainConfig
 from core.training.loop import train
 from core.training.preference import PreferenceObjective, answer_log_probs, reference_log_probs
 from tests.lora_helpers import randomize
@@ -155,3 +155,34 @@ def test_a_preference_run_resumed_from_a_checkpoint_ends_with_the_same_adapter(t
     for key in expected:
         torch.testing.assert_close(got[key], expected[key], atol=0, rtol=0, msg=key)
     assert resumed.train_loss == whole.train_loss and resumed.eval_loss == whole.eval_loss
+
+
+def test_bad_preference_rows_are_refused_each_by_its_line(tiny_llama_dir, tmp_path):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    good = {"prompt": "Say hi.", "chosen": "Hi there!", "rejected": "No."}
+    rows = [good, {**good, "rejected": " Hi there! "}, {**good, "rejected": "  "}, {"prompt": "x", "rejected": "y"},
+            {**good, "prompt": "word " * 200}, "not json", {**good, "chosen": [{"role": "user", "content": "Hi"}]},
+            {"chosen": [{"role": "user", "content": "A"}, {"role": "assistant", "content": "B"}],
+             "rejected": [{"role": "user", "content": "A"}, {"role": "assistant", "content": "C"}]}]
+    path = tmp_path / "prefs.jsonl"
+    path.write_text("".join((row if isinstance(row, str) else json.dumps(row)) + "\n" for row in rows))
+    with pytest.raises(DatasetError) as refused:
+        prepare_preferences(path, tokenizer, max_length=64)
+    message = str(refused.value)
+    assert "prefs.jsonl: 6 of 8 rows are invalid" in message
+    for line, problem in [(2, "'chosen' and 'rejected' are the same answer"), (3, "field 'rejected' is empty"),
+                          (4, "missing field 'chosen'"), (5, "the prompt alone fills max length 64 tokens"),
+                          (6, "bad JSON"), (7, "field 'chosen' must hold one assistant answer")]:
+        assert f"line {line}: {problem}" in message
+    kept = prepare_preferences(path, tokenizer, max_length=64, skip_invalid=True)
+    assert [pair.number for pair in kept.sources] == [1, 8]  # line 8: the implicit-prompt form
+    assert kept.sources[1].prompt == ({"role": "user", "content": "A"},) and kept.sources[1].rejected == "C"
+
+
+def test_a_preference_method_needs_answers_only_and_sane_strengths():
+    with pytest.raises(ConfigError, match="method is 'ppo'; choose one of: sft, dpo, orpo"):
+        TrainConfig(dataset="x", method="ppo").check()
+    with pytest.raises(ConfigError, match="trains on answers only"):
+        TrainConfig(dataset="x", method="dpo", train_on="all").check()
+    with pytest.raises(ConfigError, match="beta is 0.0"):
+        TrainConfig(dataset="x", method="dpo", beta=0.0).check()

@@ -12,7 +12,7 @@ import sys
 from core.errors import LoraForgeError
 from core.models.quiet import quiet_libraries
 
-VERB_MODULES = ("serve", "api", "chat", "train", "preflight", "evaluate", "adapters", "runs", "export")
+VERB_MODULES = ("serve", "api", "chat", "train", "preflight", "evaluate", "adapters", "runs", "export", "votes")
 
 
 def build_parser() -> argparse.ArgumentParser:

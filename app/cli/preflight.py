@@ -22,6 +22,8 @@ def run(args: argparse.Namespace) -> int:
     lines = [
         f"Dataset    {data.source}: {data.rows} rows ({data.format}), {data.invalid_rows} invalid",
         *[f"           {problem}" for problem in data.problems[:10]],
+        *([f"Pairs      {data.pairs} preference pairs, {data.tokens_per_pair:.0f} tokens per pair (both answers)"]
+          if data.pairs else []),
         f"Lengths    p50 {data.length_p50}, p95 {data.length_p95}, max {data.length_max} tokens; "
         f"{data.truncated_share:.1%} truncated at {data.max_length}",
         f"Trained    {data.trained_token_share:.1%} of tokens (answers only)" if data.tokens else "Trained    nothing",

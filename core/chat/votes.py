@@ -4,9 +4,14 @@ Each stored vote has two sides (`left` = A, `right` = B) described by `Contender
 ("left", "right", "tie" or "both_bad"). A contender is the same one across votes when it has the same
 adapters with the same weights, whatever its label was then; it shows under its latest label.
 A tie and "both bad" prefer neither side, so each counts half a win (as in Elo-style rankings).
+
+A vote also keeps each side's answer (and the system prompt), so the decided votes are preference pairs:
+`preference_rows` turns them into (prompt, chosen, rejected) rows that DPO and ORPO train on.
 """
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass
@@ -49,3 +54,55 @@ def standings(votes: list[dict]) -> list[Standing]:
 
 def _identity(side: dict) -> tuple:
     return tuple(sorted((a["id"], a["weight"]) for a in side["adapters"]))
+
+
+@dataclass
+class VoteExport:
+    """What exporting the votes as preference pairs wrote and what it left out (each a count of votes)."""
+
+    pairs: int = 0
+    ties: int = 0
+    both_bad: int = 0
+    without_answers: int = 0  # votes cast before the page kept the answers, or with an empty one
+    same_answers: int = 0  # both sides said the same thing: no preference to learn
+
+    @property
+    def left_out(self) -> int:
+        return self.ties + self.both_bad + self.without_answers + self.same_answers
+
+
+def preference_rows(votes: list[dict]) -> tuple[list[dict], VoteExport]:
+    """Each decided vote as a {"prompt", "chosen", "rejected"} row (the prompt as messages, with the system prompt
+    the answers were given under), and the count of what was left out: a tie or "both bad" prefers neither."""
+    rows, counts = [], VoteExport()
+    for vote in votes:
+        if vote["winner"] == "tie":
+            counts.ties += 1
+            continue
+        if vote["winner"] == "both_bad":
+            counts.both_bad += 1
+            continue
+        loser = "right" if vote["winner"] == "left" else "left"
+        chosen, rejected = (vote[side].get("answer") or "" for side in (vote["winner"], loser))
+        if not chosen.strip() or not rejected.strip():
+            counts.without_answers += 1
+            continue
+        if chosen.strip() == rejected.strip():
+            counts.same_answers += 1
+            continue
+        system = vote[vote["winner"]].get("system")
+        prompt = [{"role": "system", "content": system}] if system else []
+        rows.append({"prompt": [*prompt, {"role": "user", "content": vote["prompt"]}], "chosen": chosen,
+                     "rejected": rejected})
+        counts.pairs += 1
+    return rows, counts
+
+
+def write_preference_dataset(votes: list[dict], path: Path) -> VoteExport:
+    """Write the votes' preference pairs as JSONL (the form `train --method dpo` reads), atomically."""
+    rows, counts = preference_rows(votes)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    partial.replace(path)
+    return counts

@@ -37,6 +37,9 @@ def load_examples(source: str | Path, format: str = AUTO) -> LoadedExamples:
     fmt = format if format != AUTO else dominant_format(row.record for row in rows if row.record is not None)
     if fmt is None and any(row.record is not None for row in rows):
         fields = sorted({str(key) for row in rows if row.record for key in row.record})
+        if {"chosen", "rejected"} <= set(fields):
+            raise DatasetError(f"{report.source} is a preference dataset (prompt, chosen, rejected): train on it with "
+                               "--method dpo or orpo (Method in the page), or score it with `evaluate`.")
         raise DatasetError(
             f"{report.source}: no row has a known format (fields found: {', '.join(fields) or 'none'}). "
             "Use alpaca (instruction/input/output), sharegpt (conversations), messages, prompt/completion "

@@ -76,6 +76,12 @@ def is_preference_row(record: dict[str, Any]) -> bool:
     return record.get("chosen") is not None and record.get("rejected") is not None
 
 
+def is_preference_dataset(source: str | Path) -> bool:
+    """Whether most readable rows of `source` are (prompt, chosen, rejected) pairs."""
+    records = [row.record for row in read_rows(str(source)) if row.record is not None]
+    return sum(map(is_preference_row, records)) * 2 > len(records)
+
+
 def load_preferences(source: str | Path) -> tuple[list[PreferencePair], ValidationReport]:
     """Read and check every row; row problems are collected in the report, not raised."""
     source = str(source)

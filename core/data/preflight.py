@@ -12,6 +12,7 @@ from transformers import PreTrainedTokenizerBase
 
 from core.data.batch import BatchSettings, epoch_plan
 from core.data.load import AUTO
+from core.data.preference import prepare_preferences
 from core.data.prefixes import shared_token_share
 from core.data.prepare import prepare_dataset
 from core.data.render import IGNORE_INDEX, RenderedExample
@@ -52,6 +53,8 @@ class DataPreflight:
     example_trained_spans: list[tuple[int, int]] = field(default_factory=list)  # [start, end) in example_text
     example_marked: str = ""  # example_text with trained spans wrapped in ⟦ ⟧
     length_bins: list[LengthBin] = field(default_factory=list)
+    pairs: int = 0  # a preference dataset's valid pairs (rows above count pairs; lengths are per answer)
+    tokens_per_pair: float = 0.0  # both answers with the prompt each, after truncation
 
 
 def data_preflight(
@@ -62,13 +65,20 @@ def data_preflight(
     format: str = AUTO,
     skip_invalid: bool = False,
     batches: BatchSettings | None = None,
+    preference: bool = False,
 ) -> DataPreflight:
     """Validate and render the dataset as training would, and summarise it; see DataPreflight. With the run's
-    `batches`, also the share of tokens its first epoch's batches compute once in shared openings."""
-    prepared = prepare_dataset(source, tokenizer, max_length, train_on, format, check=False)
-    report, examples = prepared.report, prepared.examples
+    `batches`, also the share of tokens its first epoch's batches compute once in shared openings. A preference
+    dataset (DPO, ORPO) is summarised by its answers: each pair is a chosen and a rejected example."""
+    if preference:
+        prepared = prepare_preferences(source, tokenizer, max_length, check=False)
+        examples = [answer for pair in prepared.examples for answer in (pair.chosen, pair.rejected)]
+    else:
+        prepared = prepare_dataset(source, tokenizer, max_length, train_on, format, check=False)
+        examples = prepared.examples
+    report = prepared.report
     full_lengths = sorted(example.full_length for example in examples)
-    tokens = sum(prepared.lengths)
+    tokens = sum(len(example.input_ids) for example in examples)
     trained = sum(example.trained_tokens for example in examples)
     text, spans = marked_spans(examples[0], tokenizer) if examples else ("", [])
     message = report.blocker(skip_invalid)
@@ -88,19 +98,23 @@ def data_preflight(
         truncated_share=prepared.truncated_rows / len(examples) if examples else 0.0,
         tokens=tokens,
         trained_token_share=trained / tokens if tokens else 0.0,
-        shared_token_share=_shared_token_share(examples, batches),
+        shared_token_share=_shared_token_share(examples, batches, per_unit=2 if preference else 1),
         example_text=text,
         example_trained_spans=spans,
         example_marked=mark(text, spans),
         length_bins=length_histogram(full_lengths, max_length),
+        pairs=len(prepared.examples) if preference else 0,
+        tokens_per_pair=tokens / len(prepared.examples) if preference and prepared.examples else 0.0,
     )
 
 
-def _shared_token_share(examples: list[RenderedExample], batches: BatchSettings | None) -> float:
+def _shared_token_share(examples: list[RenderedExample], batches: BatchSettings | None, per_unit: int) -> float:
+    """The share for batches of `batches.batch_size` units (examples, or pairs: `per_unit` consecutive examples)."""
     if batches is None or not batches.share_prefix or not examples:
         return 0.0
-    plan = epoch_plan([len(example.input_ids) for example in examples], batches, epoch=0)
-    return shared_token_share(examples, plan)
+    units = range(0, len(examples), per_unit)
+    plan = epoch_plan([sum(len(e.input_ids) for e in examples[i:i + per_unit]) for i in units], batches, epoch=0)
+    return shared_token_share(examples, [[u * per_unit + k for u in batch for k in range(per_unit)] for batch in plan])
 
 
 def marked_spans(example: RenderedExample, tokenizer: PreTrainedTokenizerBase) -> tuple[str, list[tuple[int, int]]]:

@@ -101,7 +101,8 @@ def preflight_on(loaded: LoadedModel, config: TrainConfig, timed: bool = True) -
     model may not be the run's base, and a run that would not start needs none."""
     config.check()
     data = data_preflight(config.dataset, loaded.tokenizer, config.max_len, config.train_on,
-                          skip_invalid=config.skip_invalid, batches=batch_settings(config, loaded.model))
+                          skip_invalid=config.skip_invalid, batches=batch_settings(config, loaded.model),
+                          preference=config.method != "sft")
     trainable = count_trainable(loaded.model, config)
     check_adapter_size(trainable, loaded.facts.parameters, config)
     steps = planned_steps(config, train_examples(config, data.rows - data.invalid_rows))
@@ -136,7 +137,8 @@ def estimate_seconds_per_step(model: nn.Module, config: TrainConfig, data: DataP
     linear -= head.in_features * head.out_features * (1 - data.trained_token_share)  # head runs on trained tokens only
     computed_tokens = mean_tokens_per_step(config, data) * (1 - data.shared_token_share)
     dtype = resolve_dtype(training_dtype(config.dtype, config.quant, config.device), model.device)
-    return 4 * linear * computed_tokens / _training_flops(model.device, dtype)
+    reference = 2 if config.method == "dpo" else 0  # DPO's reference pass: a forward without the adapter
+    return (4 + reference) * linear * computed_tokens / _training_flops(model.device, dtype)
 
 
 def _training_flops(device: torch.device, dtype: torch.dtype) -> float:
@@ -176,7 +178,8 @@ def estimate_memory(loaded: LoadedModel, config: TrainConfig, data: DataPrefligh
     linear_weights = quantizable_weights(loaded.model) * QUANTIZED_BYTES.get(config.quant, value_bytes)
     if config.strategy == "fsdp" and config.nproc > 1:
         linear_weights /= config.nproc  # each process holds its shard of the decoder layers
-    tokens = -(-config.batch_size // config.nproc) * min(data.length_p95, config.max_len)  # the largest share
+    answers = 2 if config.method != "sft" else 1  # a preference pair is two examples
+    tokens = answers * -(-config.batch_size // config.nproc) * min(data.length_p95, config.max_len)  # largest share
     layers, hidden = getattr(settings, "num_hidden_layers", 1), settings.hidden_size
     one_layer = 20 * hidden + 4 * getattr(settings, "intermediate_size", 0)
     kept = layers * hidden + one_layer if config.gradient_checkpointing else layers * one_layer

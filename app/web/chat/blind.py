@@ -80,10 +80,15 @@ class BlindHandlers:
         sides = random.sample([first, second], 2)
         yield {ui.prompt: "", ui.pending: None, ui.reveal: "A and B are answering…", **{chat: [] for chat in ui.chats},
                **self.voting(False)}
+        system, answers = (data[self.settings.system] or "").strip(), []
         for chat, (_, gains) in zip(ui.chats, sides):
-            for history in stream(self.loaded, gains, text, [], data[self.settings.system], sampling):
+            for history in stream(self.loaded, gains, text, [], system, sampling):
                 yield {chat: history}
-        yield {ui.pending: {"prompt": text, "left": sides[0][0].describe(), "right": sides[1][0].describe()},
+            answers.append(history[-1]["content"] if history[-1]["role"] == "assistant" else "")
+        # each side keeps its answer (and the system prompt it answered under): a vote is then a preference pair
+        left, right = ({**contender.describe(), "answer": answer, "system": system}
+                       for (contender, _), answer in zip(sides, answers))
+        yield {ui.pending: {"prompt": text, "left": left, "right": right},
                ui.reveal: "Which answer is better? Vote to see who was who.", **self.voting(True)}
 
     def voter(self, winner: str, verdict: str) -> Callable:
