@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.data.formats import FORMATS, Example, dominant_format, normalise
+from core.data.preference import mostly_pairs
 from core.data.problems import DatasetError, RowProblem, ValidationReport
 from core.data.read import read_rows, source_unit
 
@@ -34,12 +35,13 @@ def load_examples(source: str | Path, format: str = AUTO) -> LoadedExamples:
     report.total_rows = len(rows)
     if not rows:
         raise DatasetError(f"{report.source} has no example rows (the file is empty). Add at least one example.")
-    fmt = format if format != AUTO else dominant_format(row.record for row in rows if row.record is not None)
+    records = [row.record for row in rows if row.record is not None]
+    if format == AUTO and mostly_pairs(records):
+        raise DatasetError(f"{report.source} is a preference dataset (prompt, chosen, rejected): train on it with "
+                           "--method dpo or orpo (Method in the page), or score it with `evaluate`.")
+    fmt = format if format != AUTO else dominant_format(records)
     if fmt is None and any(row.record is not None for row in rows):
         fields = sorted({str(key) for row in rows if row.record for key in row.record})
-        if {"chosen", "rejected"} <= set(fields):
-            raise DatasetError(f"{report.source} is a preference dataset (prompt, chosen, rejected): train on it with "
-                               "--method dpo or orpo (Method in the page), or score it with `evaluate`.")
         raise DatasetError(
             f"{report.source}: no row has a known format (fields found: {', '.join(fields) or 'none'}). "
             "Use alpaca (instruction/input/output), sharegpt (conversations), messages, prompt/completion "

@@ -79,6 +79,11 @@ def is_preference_row(record: dict[str, Any]) -> bool:
 def is_preference_dataset(source: str | Path) -> bool:
     """Whether most readable rows of `source` are (prompt, chosen, rejected) pairs."""
     records = [row.record for row in read_rows(str(source)) if row.record is not None]
+    return mostly_pairs(records)
+
+
+def mostly_pairs(records: list[dict[str, Any]]) -> bool:
+    """Whether most of these rows are preference pairs (a file of them is no SFT dataset)."""
     return sum(map(is_preference_row, records)) * 2 > len(records)
 
 

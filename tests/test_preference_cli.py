@@ -1,0 +1,59 @@
+"""Votes to data to a DPO run, through the command line: `votes export`, `train --method dpo`, `evaluate`."""
+
+import json
+
+import pytest
+
+from core.data import DatasetError, load_examples
+from core.store.database import Store
+from tests.test_train_cli import last_json, run_cli
+
+
+def cast_votes(store: Store) -> None:
+    """Six decided votes with answers, a tie, a both-bad, and one vote from before answers were kept."""
+    side = {"label": "base model", "adapters": []}
+    for i in range(6):
+        good, bad = f"Item {i} is red, thank you!", f"red {i}."
+        winner = "left" if i % 2 else "right"
+        left, right = (good, bad) if winner == "left" else (bad, good)
+        store.add_vote(f"What colour is item {i}?", {**side, "answer": left, "system": "Be polite." if i else ""},
+                       {**side, "answer": right, "system": "Be polite." if i else ""}, winner)
+    store.add_vote("Tied?", {**side, "answer": "a"}, {**side, "answer": "b"}, "tie")
+    store.add_vote("Bad?", {**side, "answer": "a"}, {**side, "answer": "b"}, "both_bad")
+    store.add_vote("Old vote", side, side, "left")
+
+
+def test_votes_export_as_pairs_that_train_and_evaluate(tiny_llama_dir, loraforge_home, tmp_path):
+    with Store() as store:
+        cast_votes(store)
+    out = tmp_path / "prefs.jsonl"
+    exported = last_json(run_cli("votes", "export", "--out", str(out), home=loraforge_home))
+    assert exported == {"path": str(out), "pairs": 6, "ties": 1, "both_bad": 1, "without_answers": 1,
+                        "same_answers": 0}
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rows[0] == {"prompt": [{"role": "user", "content": "What colour is item 0?"}],
+                       "chosen": "Item 0 is red, thank you!", "rejected": "red 0."}
+    assert rows[1]["prompt"][0] == {"role": "system", "content": "Be polite."}
+
+    trained = last_json(run_cli("train", "--method", "dpo", "--beta", "0.2", "--base", str(tiny_llama_dir),
+                                "--dataset", str(out), "--eval-share", "0", "--max-steps", "3", "--batch-size", "2",
+                                "--lr", "0.01", "--targets", "all-linear", home=loraforge_home))
+    assert trained["steps"] == 3 and trained["train_loss"] < 0.6931
+    with Store() as store:
+        run = store.get_run(trained["run_id"])
+        assert run["config"]["method"] == "dpo" and run["config"]["beta"] == 0.2
+        logged = store.metrics(trained["run_id"], "train")
+        assert [row["step"] for row in logged] == [1, 2, 3] and logged[-1]["preference_accuracy"] > 0.5
+
+    scores = last_json(run_cli("evaluate", "--adapter", trained["run_id"], "--dataset", str(out),
+                               home=loraforge_home))
+    assert scores["base"]["pairs"] == scores["adapter"]["pairs"] == 6
+    assert scores["base"]["reward_accuracy"] is None and scores["adapter"]["reward_accuracy"] > 0.5
+    assert scores["adapter"]["mean_margin"] > scores["base"]["mean_margin"]
+
+
+def test_sft_on_a_preference_dataset_names_the_method_to_use(tmp_path):
+    out = tmp_path / "prefs.jsonl"
+    out.write_text(json.dumps({"prompt": "Hi", "chosen": "Hello!", "rejected": "Go away."}) + "\n")
+    with pytest.raises(DatasetError, match="prefs.jsonl is a preference dataset.*--method dpo or orpo"):
+        load_examples(out)
