@@ -26,9 +26,17 @@ def test_final_figures_from_the_summary_else_the_newest_metrics(loraforge_home):
         store.add_metrics(going, [{"step": 1, "loss": 3.0, "tokens_per_s": 10.0},
                                   {"step": 2, "loss": 2.5, "tokens_per_s": 12.0},
                                   {"step": 2, "split": "eval", "loss": 2.75}])
-        assert final_figures(store, store.get_run(done)) == {"train_loss": 1.5, "eval_loss": 1.7, "tokens_per_s": 99.0}
+        no_preferences = {"preference_accuracy": None, "reward_margin": None}  # an SFT run logs none
+        assert final_figures(store, store.get_run(done)) == {"train_loss": 1.5, "eval_loss": 1.7, "tokens_per_s": 99.0,
+                                                             **no_preferences}
         assert final_figures(store, store.get_run(going)) == {"train_loss": 2.5, "eval_loss": 2.75,
-                                                              "tokens_per_s": 12.0}
+                                                              "tokens_per_s": 12.0, **no_preferences}
+        dpo = store.create_run("dpo", {}, "tiny", None, None)
+        store.add_metrics(dpo, [{"step": 1, "loss": 0.6, "preference_accuracy": 0.75, "reward_margin": 0.5},
+                                {"step": 1, "split": "eval", "loss": 0.65, "preference_accuracy": 0.5,
+                                 "reward_margin": 0.25}])
+        assert final_figures(store, store.get_run(dpo))["preference_accuracy"] == 0.5  # the evaluation's
+        assert final_figures(store, store.get_run(dpo))["reward_margin"] == 0.25
         starting = store.create_run("starting", {}, "tiny", None, None)  # evaluated at step 0 only: the base's loss
         store.add_metrics(starting, [{"step": 0, "split": "eval", "loss": 2.9},
                                      {"step": 1, "loss": 2.8, "tokens_per_s": 11.0}])

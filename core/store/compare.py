@@ -29,4 +29,7 @@ def final_figures(store: Store, run: dict) -> dict[str, float | None]:
         "train_loss": summary.get("train_loss", train[-1]["loss"] if train else None),
         "eval_loss": summary.get("eval_loss", evals[-1]["loss"] if evals else None),
         "tokens_per_s": summary.get("tokens_per_s", train[-1]["tokens_per_s"] if train else None),
+        # DPO and ORPO runs: the newest evaluation's (else the newest step's) preference figures
+        **{key: next((row[key] for row in reversed(evals or train) if row.get(key) is not None), None)
+           for key in ("preference_accuracy", "reward_margin")},
     }

@@ -1,6 +1,6 @@
 """The Chat tab: one model (the base, an adapter or a weighted set); side by side in 2 to 4 columns; or a blind
-A/B test that stores votes and shows win rates. One system prompt and one set of sampling settings (seed included)
-serve every mode.
+A/B test that stores votes and shows win rates, and exports them as preference data to train on. One system
+prompt and one set of sampling settings (seed included) serve every mode.
 
 Each mode's module (single, columns, blind) holds its layout, handlers and wiring; this module builds the modes in
 page order, wiring each right after its layout, then the parts they share: Clear, the settings panel, and the
@@ -21,6 +21,7 @@ from app.web.chat.columns import ColumnsHandlers, build_columns_layout, wire_col
 from app.web.chat.picker import picker_options
 from app.web.chat.single import SingleHandlers, build_single_layout, wire_single
 from app.web.chat.stream import shared_settings
+from app.web.chat.votes_data import VotesDataHandlers, build_votes_data_layout, wire_votes_data
 from core.chat.contenders import BASE_CHOICE
 from core.models.loading import LoadedModel
 from core.store.database import Store
@@ -60,8 +61,10 @@ def build_chat_tab(loaded: LoadedModel, store: Store) -> ChatTab:
         wire_columns(columns, ColumnsHandlers(loaded, store, settings, columns), settings)
         with gr.Tab("Blind A/B", id="blind") as blind_tab:
             blind = build_blind_layout()
+            votes_data = build_votes_data_layout()
         blind_act = BlindHandlers(loaded, store, settings, blind)
         wire_blind(blind, blind_act, settings)
+        wire_votes_data(votes_data, VotesDataHandlers(loaded, store, votes_data))
     clear = gr.Button("Clear conversations", elem_id="clear", size="sm")  # not in the closed accordion below
     with gr.Accordion("Sampling settings", open=False):
         settings.render()

@@ -15,6 +15,9 @@ from core.store.database import Store
 HINT = "Choose two or more runs to overlay their loss curves and list the settings that differ."
 OUTCOMES = (("final train loss", "train_loss", "{:.4f}"), ("final eval loss", "eval_loss", "{:.4f}"),
             ("tokens per second", "tokens_per_s", "{:,.0f}"))
+# DPO and ORPO runs' own outcomes, listed when a compared run has them
+PREFERENCE_OUTCOMES = (("final preference accuracy", "preference_accuracy", "{:.0%}"),
+                       ("final reward margin", "reward_margin", "{:.3f}"))
 
 
 @dataclass
@@ -77,8 +80,10 @@ def diff_table(store: Store, runs: list[dict], labels: list[str], differences: d
     """One row per differing setting, then the final figures; one column per run."""
     rows = [[key, *map(show, values)] for key, values in differences.items()]
     figures = [final_figures(store, run) for run in runs]
+    shown = OUTCOMES + tuple(outcome for outcome in PREFERENCE_OUTCOMES if any(f[outcome[1]] is not None
+                                                                               for f in figures))
     rows += [[title, *("—" if f[key] is None else form.format(f[key]) for f in figures)]
-             for title, key, form in OUTCOMES]
+             for title, key, form in shown]
     return pd.DataFrame(rows, columns=["Setting", *labels])
 
 

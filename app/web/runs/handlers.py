@@ -38,13 +38,14 @@ class RunsHandlers:
         if run_id is None:
             empty = "Choose a run in the table." if runs else "No runs yet. Start one in the Train tab."
             off = gr.Button(interactive=False)
-            return frame, choice, "", empty, None, None, "", off, off, off
+            return frame, choice, "", empty, None, preference_plot(None), None, "", off, off, off
         run = next(r for r in runs if r["id"] == run_id)
         status = run["status"]
         return (
             frame, choice, run_view.progress_html(run, self.store), run_view.stats_markdown(run, self.store),
-            run_view.loss_frame(self.store, run_id), run_view.samples_frame(self.store, run_id),
-            run_view.log_tail(run),
+            run_view.loss_frame(self.store, run_id),
+            preference_plot(run_view.preference_frame(self.store.metrics(run_id))),
+            run_view.samples_frame(self.store, run_id), run_view.log_tail(run),
             gr.Button(interactive=status in ACTIVE), gr.Button(interactive=status in jobs.RESUMABLE),
             gr.Button(interactive=status not in ACTIVE),
         )
@@ -73,3 +74,8 @@ class RunsHandlers:
         if run_id is None:  # the person kept the run
             return tuple(gr.skip() for _ in self.outputs)
         return self.run_action(delete_run, run_id, lambda r: f"Run {r} deleted.")
+
+
+def preference_plot(frame) -> gr.LinePlot:
+    """The preference curves as shown: hidden for a run that logs none (SFT)."""
+    return gr.LinePlot(value=frame, visible=frame is not None)

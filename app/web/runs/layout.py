@@ -23,6 +23,7 @@ class RunsLayout:
     resume: gr.Button
     delete: gr.Button
     plot: gr.LinePlot
+    preference_plot: gr.LinePlot  # DPO and ORPO runs: preference accuracy and reward margin by step
     samples: gr.Dataframe
     log: gr.Code
 
@@ -42,9 +43,11 @@ def build_layout() -> RunsLayout:
     # No fixed height: with one, Gradio sizes the chart to the box and clips the legend below it.
     plot = gr.LinePlot(x="step", y="loss", color="split", label="Loss (train and eval)", elem_id="loss-plot",
                        color_map=SPLIT_COLOURS)
+    preference_plot = gr.LinePlot(x="step", y="value", color="curve", visible=False, elem_id="preference-plot",
+                                  label="Preference accuracy and reward margin (train and eval)")
     samples = gr.Dataframe(label="Checkpoint samples (prompt by step)", interactive=False, wrap=True,
                            elem_id="run-samples")
     with gr.Accordion("Log tail", open=False):
         log = gr.Code(language=None, elem_id="run-log", interactive=False)
     return RunsLayout(timer=timer, table=table, selected=selected, bar=bar, stats=stats, stop=stop, resume=resume,
-                      delete=delete, plot=plot, samples=samples, log=log)
+                      delete=delete, plot=plot, preference_plot=preference_plot, samples=samples, log=log)

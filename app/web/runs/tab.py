@@ -37,7 +37,8 @@ class RunsTab:
 def build_runs_tab(store: Store) -> RunsTab:
     ui = build_layout()
     compare = build_compare(store)
-    outputs = [ui.table, ui.selected, ui.bar, ui.stats, ui.plot, ui.samples, ui.log, ui.stop, ui.resume, ui.delete]
+    outputs = [ui.table, ui.selected, ui.bar, ui.stats, ui.plot, ui.preference_plot, ui.samples, ui.log, ui.stop,
+               ui.resume, ui.delete]
     act = RunsHandlers(store, outputs)
 
     ui.timer.tick(lambda run_id: act.render(run_id, newest_if_none=False), ui.selected, outputs, show_progress="hidden")

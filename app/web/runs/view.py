@@ -97,6 +97,23 @@ def loss_frame(store: Store, run_id: str) -> pd.DataFrame | None:
     return pd.DataFrame(rows, columns=["step", "loss", "split"]).astype({"step": int, "loss": float})
 
 
+PREFERENCE_CURVES = (("preference_accuracy", "accuracy"), ("reward_margin", "margin"))
+
+
+def preference_frame(metrics: list[dict]) -> pd.DataFrame | None:
+    """A DPO or ORPO run's preference accuracy and reward margin by step, train and eval, long format (one curve
+    each); None for a run that logs none (SFT). Every curve is there from the first drawing, as in `loss_frame`."""
+    rows = [(m["step"], m[key], f"{name} · {m['split']}") for m in metrics for key, name in PREFERENCE_CURVES
+            if m.get(key) is not None]
+    if not rows:
+        return None
+    for _, name in PREFERENCE_CURVES:
+        for split in ("train", "eval"):
+            if not any(curve == f"{name} · {split}" for *_, curve in rows):
+                rows.append((rows[0][0], math.nan, f"{name} · {split}"))
+    return pd.DataFrame(rows, columns=["step", "value", "curve"]).astype({"step": int, "value": float})
+
+
 def stats_markdown(run: dict, store: Store) -> str:
     """The newest learning rate, throughput and memory, the rows the run skipped, and its error if it has one."""
     train = store.metrics(run["id"], "train")

@@ -13,7 +13,7 @@ import gradio as gr
 from core.lora.targets import PRESETS
 from core.models.devices import DTYPES
 from core.models.quantize import QUANTIZATIONS
-from core.training.config import OPTIMIZERS, SCHEDULES, STRATEGIES, ConfigError, TrainConfig
+from core.training.config import METHODS, OPTIMIZERS, SCHEDULES, STRATEGIES, ConfigError, TrainConfig
 from core.training.distributed import process_choices
 
 CUSTOM = "custom"
@@ -43,6 +43,10 @@ def _num(label: str, **options) -> Callable[[], gr.Number]:
 
 MAIN_ROWS: list[dict[str, Callable[[object], gr.Component]]] = [
     {"name": lambda value: gr.Textbox(value=value, label="Run name", placeholder="optional, e.g. dates-r8")},
+    {"method": lambda value: gr.Radio(list(METHODS), value=value, label="Method",
+                                      info="sft: learn the answers; dpo, orpo: learn which of two answers is preferred "
+                                           "(a prompt/chosen/rejected dataset)"),
+     "beta": _num("DPO beta (how far from the base)"), "orpo_lambda": _num("ORPO lambda")},
     {"rank": _num("Rank r"), "alpha": _num("Alpha"),
      "dropout": _num("Dropout", step=0.05)},
     {"targets": lambda value: gr.Radio(TARGET_CHOICES, value=value, label="Target layers"),

@@ -12,6 +12,7 @@ import pandas as pd
 from app.web.train.panels import length_chart, memory_gauge
 from core.data import load_examples
 from core.data.formats import Example
+from core.data.preference import is_preference_dataset, load_preferences
 from core.models.loading import LoadedModel
 from core.training.config import TrainConfig
 from core.training.preflight import preflight_on
@@ -24,10 +25,17 @@ MARK = '<mark style="background:#fde68a;color:#111">'
 def preview(source: str) -> tuple[pd.DataFrame, str]:
     """The first valid rows as a table, and a markdown summary: detected format and every listed problem.
     DatasetError (missing file, unknown format) propagates for the caller to show."""
-    loaded = load_examples(source)
-    report = loaded.report
-    rows = [_preview_row(example) for example in loaded.examples[:PREVIEW_ROWS]]
-    summary = f"**Format:** {report.format} · **{report.total_rows} rows**, {report.invalid_rows} invalid"
+    if is_preference_dataset(source):
+        pairs, report = load_preferences(source)
+        rows = [[pair.number, pair.prompt[-1]["content"], f"✔ {pair.chosen}\n✘ {pair.rejected}"]
+                for pair in pairs[:PREVIEW_ROWS]]
+        summary = (f"**Format:** preference pairs (prompt, chosen, rejected: train with Method dpo or orpo) · "
+                   f"**{report.total_rows} rows**, {report.invalid_rows} invalid")
+    else:
+        loaded = load_examples(source)
+        report = loaded.report
+        rows = [_preview_row(example) for example in loaded.examples[:PREVIEW_ROWS]]
+        summary = f"**Format:** {report.format} · **{report.total_rows} rows**, {report.invalid_rows} invalid"
     if report.problems:
         listed = "\n".join(f"- {html.escape(str(problem))}" for problem in report.problems)
         more = report.invalid_rows - len(report.problems)
@@ -43,6 +51,8 @@ def preflight_view(config: TrainConfig, loaded: LoadedModel) -> tuple[str, str, 
     plan = preflight_on(loaded, config, timed=on_its_base)
     data, steps, seconds = plan.data, plan.total_steps, plan.estimated_seconds_per_step
     lines = [f"**Rows:** {data.rows} ({data.invalid_rows} invalid) · **format** {data.format}"]
+    if data.pairs:
+        lines.append(f"**Pairs:** {data.pairs} · **{data.tokens_per_pair:.0f} tokens per pair** (both answers)")
     if data.invalid_rows == data.rows:  # the figures below would all be of no rows: 0 tokens, p50 0, 1 step
         return ("\n\n".join([*lines, f"**Not ready:**\n```\n{data.message}\n```"]), "", "",
                 highlighted(data.example_text, data.example_trained_spans))
