@@ -91,8 +91,8 @@ def train_trl(model_folder: Path, rows: list[dict], steps: int, folder: Path) ->
     model = AutoModelForCausalLM.from_pretrained(model_folder, dtype=torch.float32)
     args = DPOConfig(output_dir=str(folder), per_device_train_batch_size=SETTINGS["batch_size"], max_steps=steps,
                      learning_rate=SETTINGS["lr"], beta=SETTINGS["beta"], lr_scheduler_type="cosine",
-                     warmup_steps=math.ceil(0.05 * steps), logging_steps=1, save_strategy="no", report_to=[], use_cpu=True,
-                     max_length=SETTINGS["max_len"], bf16=False, seed=0, dataloader_num_workers=0,
+                     warmup_steps=math.ceil(0.05 * steps), logging_steps=1, save_strategy="no", report_to=[],
+                     use_cpu=True, max_length=SETTINGS["max_len"], bf16=False, seed=0, dataloader_num_workers=0,
                      gradient_checkpointing=False)  # ours keeps activations too
     peft = LoraConfig(r=SETTINGS["rank"], lora_alpha=SETTINGS["alpha"], lora_dropout=0.0,
                       target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")

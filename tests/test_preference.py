@@ -62,16 +62,20 @@ def sequence_log_probs(model, tokenizer, prompt: list[dict], answer: str) -> flo
 
 @pytest.fixture
 def adapted(tiny_llama_dir):
-    """The tiny Llama with a LoRA adapter whose B is random (so policy and reference differ), and a separate copy
-    of the base with no adapter at all."""
+    return adapted_models(tiny_llama_dir)
+
+
+def adapted_models(model_dir):
+    """The tiny Llama with a LoRA adapter whose A and B are random (so policy and reference differ), a separate copy
+    of the base with no adapter at all, and the tokenizer."""
     torch.manual_seed(0)
-    policy = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)
-    base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)
+    policy = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     for model in (policy, base):
         use_packed_attention(model)  # the attention that lets a packed row's answers share their prompt
     add_adapter(policy, "default", LoraSettings(r=4, alpha=8, targets="all-linear"))
     randomize(policy, "default", std=0.3)
-    return policy, base, AutoTokenizer.from_pretrained(tiny_llama_dir)
+    return policy, base, AutoTokenizer.from_pretrained(model_dir)
 
 
 def test_dpo_and_orpo_losses_match_hand_computed_values(adapted, tmp_path):

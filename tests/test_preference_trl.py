@@ -18,8 +18,7 @@ from core.data import BatchSettings  # noqa: E402
 from core.data.preference import iterate_pair_batches, prepare_preferences  # noqa: E402
 from core.lora.peft_format import save_adapter  # noqa: E402
 from core.training.preference import PreferenceObjective, pair_count  # noqa: E402
-from tests.test_preference import adapted, write_pairs  # noqa: E402, F401  (adapted: a fixture)
-
+from tests.test_preference import adapted_models, write_pairs  # noqa: E402
 
 # ChatML without the newline after the last turn's end: TRL counts whatever the template writes after the answer
 # as part of it (ChatML's "\n" after <|im_end|>), where we stop at the end-of-turn token the model generates last.
@@ -29,8 +28,8 @@ NO_TRAILING_TEXT = ("{% for m in messages %}{% if not loop.first %}{{ '\n' }}{% 
                     "{% if add_generation_prompt %}{{ '\n<|im_start|>assistant\n' }}{% endif %}")
 
 
-def test_our_dpo_loss_equals_trls_on_the_same_pairs(adapted, tiny_llama_dir, tmp_path):
-    policy, _, tokenizer = adapted
+def test_our_dpo_loss_equals_trls_on_the_same_pairs(tiny_llama_dir, tmp_path):
+    policy, _, tokenizer = adapted_models(tiny_llama_dir)
     tokenizer.chat_template = NO_TRAILING_TEXT
     dataset = write_pairs(tmp_path / "pairs.jsonl", 6)
     data = prepare_preferences(dataset, tokenizer, max_length=96)
