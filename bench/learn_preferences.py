@@ -1,7 +1,7 @@
 """Preference tuning on a task the project generates: does DPO teach the default model a preference the base does
 not have, how fast, and how does our DPO compare with TRL's DPOTrainer + PEFT on the same pairs and settings.
 
-    python bench/learn_preferences.py [--steps 40] [--base default] [--no-trl] [--home DIR]
+    python bench/learn_preferences.py [--steps 20] [--base default] [--no-trl] [--threads N] [--home DIR]
 
 The task: prompts ask the model to pick one of two options (a colour, or a number), in a random order; the chosen
 answer names the warm colour (red, orange...) or the even number, the rejected one the cool colour or the odd
@@ -128,11 +128,13 @@ def pair_tokens(train_file: str, tokenizer, steps: int) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--base", default="default")
     parser.add_argument("--train-pairs", type=int, default=320)
     parser.add_argument("--eval-pairs", type=int, default=64)
     parser.add_argument("--no-trl", action="store_true")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's own choice); on a machine whose "
+                                                    "cores other jobs share, 1 avoids threads waiting on each other")
     parser.add_argument("--home", help="LORAFORGE_HOME to use (default: a fresh temporary folder)")
     args = parser.parse_args()
     os.environ["LORAFORGE_HOME"] = args.home or tempfile.mkdtemp(prefix="loraforge-bench-")
@@ -141,6 +143,8 @@ def main() -> None:
 
     import torch
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     from core.lora.model import active_adapters
     from core.lora.peft_format import load_adapter
     from core.models.loading import load_base_model, resolve_source
