@@ -190,3 +190,14 @@ def test_a_preference_method_needs_answers_only_and_sane_strengths():
         TrainConfig(dataset="x", method="dpo", train_on="all").check()
     with pytest.raises(ConfigError, match="beta is 0.0"):
         TrainConfig(dataset="x", method="dpo", beta=0.0).check()
+
+
+def test_dpo_on_a_4bit_base_references_the_quantized_base(tiny_llama_dir, tmp_path):
+    """QLoRA: the reference pass runs the nf4 base with the adapter off, so the run starts at exactly log 2."""
+    config = pair_config(tiny_llama_dir, write_pairs(tmp_path / "pairs.jsonl"), quant="nf4", dtype="auto",
+                         max_steps=4, eval_every=4, save_every=4)
+    result = train(config, tmp_path / "run")
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert result.status == "completed" and rows[0]["split"] == "eval"
+    assert rows[0]["loss"] == pytest.approx(math.log(2), abs=1e-6) and rows[0]["preference_accuracy"] == 0.5
+    assert rows[-1]["split"] == "eval" and rows[-1]["loss"] < math.log(2) and rows[-1]["reward_margin"] > 0
