@@ -1,12 +1,13 @@
-"""Votes to data to a DPO run, through the command line: `votes export`, `train --method dpo`, `evaluate`."""
+"""Votes to data to a DPO run, through the command line: `votes export`, `train --method dpo`, `evaluate` (the verbs
+run in this process: the model loads in a second, and three interpreters would start in most of a minute)."""
 
 import json
 
 import pytest
 
+from app.cli import main
 from core.data import DatasetError, load_examples
 from core.store.database import Store
-from tests.test_train_cli import last_json, run_cli
 
 
 def cast_votes(store: Store) -> None:
@@ -23,11 +24,17 @@ def cast_votes(store: Store) -> None:
     store.add_vote("Old vote", side, side, "left")
 
 
-def test_votes_export_as_pairs_that_train_and_evaluate(tiny_llama_dir, loraforge_home, tmp_path):
+def cli(capsys, *args: str) -> dict:
+    """Run a verb as `launch.py` does; its last stdout line, the JSON outcome."""
+    assert main(list(args)) == 0
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_votes_export_as_pairs_that_train_and_evaluate(tiny_llama_dir, tmp_path, capsys):
     with Store() as store:
         cast_votes(store)
     out = tmp_path / "prefs.jsonl"
-    exported = last_json(run_cli("votes", "export", "--out", str(out), home=loraforge_home))
+    exported = cli(capsys, "votes", "export", "--out", str(out))
     assert exported == {"path": str(out), "pairs": 6, "ties": 1, "both_bad": 1, "without_answers": 1,
                         "same_answers": 0}
     rows = [json.loads(line) for line in out.read_text().splitlines()]
@@ -35,9 +42,9 @@ def test_votes_export_as_pairs_that_train_and_evaluate(tiny_llama_dir, loraforge
                        "chosen": "Item 0 is red, thank you!", "rejected": "red 0."}
     assert rows[1]["prompt"][0] == {"role": "system", "content": "Be polite."}
 
-    trained = last_json(run_cli("train", "--method", "dpo", "--beta", "0.2", "--base", str(tiny_llama_dir),
-                                "--dataset", str(out), "--eval-share", "0", "--max-steps", "3", "--batch-size", "2",
-                                "--lr", "0.01", "--targets", "all-linear", home=loraforge_home))
+    trained = cli(capsys, "train", "--method", "dpo", "--beta", "0.2", "--base", str(tiny_llama_dir), "--dataset",
+                  str(out), "--eval-share", "0", "--max-steps", "3", "--batch-size", "2", "--lr", "0.01", "--targets",
+                  "all-linear")
     assert trained["steps"] == 3 and trained["train_loss"] < 0.6931
     with Store() as store:
         run = store.get_run(trained["run_id"])
@@ -45,8 +52,7 @@ def test_votes_export_as_pairs_that_train_and_evaluate(tiny_llama_dir, loraforge
         logged = store.metrics(trained["run_id"], "train")
         assert [row["step"] for row in logged] == [1, 2, 3] and logged[-1]["preference_accuracy"] > 0.5
 
-    scores = last_json(run_cli("evaluate", "--adapter", trained["run_id"], "--dataset", str(out),
-                               home=loraforge_home))
+    scores = cli(capsys, "evaluate", "--adapter", trained["run_id"], "--dataset", str(out))
     assert scores["base"]["pairs"] == scores["adapter"]["pairs"] == 6
     assert scores["base"]["reward_accuracy"] is None and scores["adapter"]["reward_accuracy"] > 0.5
     assert scores["adapter"]["mean_margin"] > scores["base"]["mean_margin"]
