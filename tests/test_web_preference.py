@@ -1,5 +1,6 @@
 """Votes to data to a DPO run, driven in Chromium: two blind A/B votes and a tie, exported as preference pairs
-from the Chat tab, one click queues a DPO run on them, and the Runs tab draws its preference curves.
+from the Chat tab, the Train tab reads them as pairs for DPO, one click queues a DPO run on them, and the Runs tab
+draws its preference curves.
 
 One real server (tiny random Llama, one registered adapter, its own LORAFORGE_HOME) serves the module.
 """
@@ -42,6 +43,19 @@ def ask_and_vote(page, prompt: str, vote: str) -> list[str]:
     return answers
 
 
+def train_tab_reads_the_pairs(page, exported: Path) -> None:
+    """The Train tab previews the exported file as pairs, says which method takes it, and with DPO chosen its
+    preflight counts the pairs and their tokens."""
+    page.get_by_role("tab", name="Train").click()
+    page.locator("#cfg-dataset textarea").fill(str(exported))
+    page.locator("#cfg-dataset textarea").press("Tab")
+    wait_for_text(page, "#dataset-summary", "preference pairs")
+    wait_for_text(page, "#preflight", "is a preference dataset")  # SFT, the default method, refuses it by name
+    page.locator("#cfg-method").get_by_text("dpo", exact=True).click()
+    wait_for_text(page, "#preflight", "Pairs: 2")
+    assert "tokens per pair" in page.locator("#preflight").inner_text()
+
+
 def test_votes_export_as_preference_data_and_train_a_dpo_run_in_one_click(app_url, web_home):
     with browser_page() as page:
         open_chat(page, app_url, "Blind A/B")
@@ -60,6 +74,8 @@ def test_votes_export_as_preference_data_and_train_a_dpo_run_in_one_click(app_ur
         assert page.locator("#votes-file").is_visible()
         screenshot(page, "chat-votes-exported")
 
+        train_tab_reads_the_pairs(page, exported)
+        page.get_by_role("tab", name="Chat").click()
         page.locator("#votes-train").click()
         wait_for_text(page, "#votes-note", "is queued")
         with Store(web_home / "loraforge.db") as store:

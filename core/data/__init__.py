@@ -5,6 +5,9 @@
         --render-->  RenderedExample (input_ids, labels)            labels = -100 except answers + their EOS
         --batch-->   Batch (packed rows, or length-grouped padding) resumable at DataPosition(epoch, index)
 
+Preference datasets (prompt, chosen, rejected) for DPO and ORPO take the same path in core.data.preference: every
+row checked by line, each pair rendered as two examples sharing the prompt, batched two answers per pair.
+
 The training loop calls `prepare_dataset` once (it refuses invalid data unless skip_invalid) and then
 `iterate_batches`; the CLI and UI call `data_preflight` to show the same facts before a run.
 """

@@ -1,7 +1,8 @@
 """Training: a config and a dataset in, a PEFT-format adapter out, resumable at any checkpoint.
 
     TrainConfig (config) --preflight--> what the run would do: tokens, memory, time, problems first
-    TrainConfig --loop.train--> steps (data_plan: train/eval sets and batches; loss: trained tokens only)
+    TrainConfig --loop.train--> steps (data_plan: train/eval sets and batches; loss: trained tokens only;
+                                preference: DPO and ORPO on pairs, the reference being the base with the adapter off)
         --> run folder (run_folder, events: metrics, samples, job.log), checkpoints (checkpoint), adapter
     stop         SIGTERM or Ctrl-C ends the step and saves a checkpoint
     evaluate     loss, perplexity and exact match of a base or an adapter on a dataset
@@ -23,7 +24,8 @@ API = {
     "estimate_memory": "preflight", "estimate_seconds_per_step": "preflight", "preflight": "preflight",
     "JOB_LOG": "run_folder", "METRICS": "run_folder",
     "event_line": "events", "log_events": "events", "timestamped": "events",
-    "evaluate": "evaluate", "keep_freed_memory": "allocator",
+    "evaluate": "evaluate", "evaluate_preferences": "evaluate", "keep_freed_memory": "allocator",
+    "PreferenceObjective": "preference", "PreferenceData": "data_plan",
 }
 __all__ = sorted(API)
 __getattr__, __dir__ = lazy_api(__name__, API)

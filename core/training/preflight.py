@@ -4,7 +4,8 @@ Data facts come from `core.data.data_preflight`; this adds the adapter's trainab
 estimates of peak memory and seconds per step on this machine. The estimates are rough on purpose:
     time   = 4 x (linear-layer parameters, the LM head only on trained tokens) FLOPs per token (forward + input
              gradients; frozen W gets no weight gradient) / (measured matmul speed x efficiency seen in our benchmarks),
-             for the tokens a step computes (shared openings once: core.data.prefixes)
+             for the tokens a step computes (shared openings once: core.data.prefixes); 6 x for DPO, whose reference
+             pass is one more forward; a preference pair is two examples (its chosen and its rejected answer)
     memory = weights (in the run's dtype, linear layers in nf4/int8 when quantized)
              + 16 bytes per trainable parameter (value, gradient, two Adam moments)
              + activations kept for the backward pass (about 20 hidden + 4 intermediate values per token per layer;
