@@ -1,7 +1,7 @@
 """Preference tuning on a task the project generates: does DPO teach the default model a preference the base does
 not have, how fast, and how does our DPO compare with TRL's DPOTrainer + PEFT on the same pairs and settings.
 
-    python bench/learn_preferences.py [--steps 20] [--base default] [--no-trl] [--threads N] [--home DIR]
+    python bench/learn_preferences.py [--steps 20] [--lr 1e-3] [--base default] [--no-trl] [--threads N] [--home DIR]
 
 The task: prompts ask the model to pick one of two options (a colour, or a number), in a random order; the chosen
 answer names the warm colour (red, orange...) or the even number, the rejected one the cool colour or the odd
@@ -132,12 +132,14 @@ def main() -> None:
     parser.add_argument("--base", default="default")
     parser.add_argument("--train-pairs", type=int, default=320)
     parser.add_argument("--eval-pairs", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=SETTINGS["lr"])
     parser.add_argument("--no-trl", action="store_true")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own choice); on a machine whose "
                                                     "cores other jobs share, 1 avoids threads waiting on each other")
     parser.add_argument("--home", help="LORAFORGE_HOME to use (default: a fresh temporary folder)")
     args = parser.parse_args()
     os.environ["LORAFORGE_HOME"] = args.home or tempfile.mkdtemp(prefix="loraforge-bench-")
+    SETTINGS["lr"] = args.lr
     work = Path(os.environ["LORAFORGE_HOME"])
     work.mkdir(parents=True, exist_ok=True)
 

@@ -2,6 +2,7 @@
 run in this process: the model loads in a second, and three interpreters would start in most of a minute)."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -46,6 +47,8 @@ def test_votes_export_as_pairs_that_train_and_evaluate(tiny_llama_dir, tmp_path,
                   str(out), "--eval-share", "0", "--max-steps", "3", "--batch-size", "2", "--lr", "0.01", "--targets",
                   "all-linear")
     assert trained["steps"] == 3 and trained["train_loss"] < 0.6931
+    log = (Path(trained["run_dir"]) / "job.log").read_text()
+    assert "step 3 of 3: loss" in log and "preference accuracy" in log and "reward margin" in log
     with Store() as store:
         run = store.get_run(trained["run_id"])
         assert run["config"]["method"] == "dpo" and run["config"]["beta"] == 0.2

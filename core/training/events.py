@@ -20,9 +20,9 @@ def event_line(kind: str, payload: dict) -> str | None:
     """One line about a training event (None for the ones not worth a line, such as samples)."""
     if kind == "metrics" and payload["split"] == "train":
         return (f"step {payload['step']} of {payload['total_steps']}: loss {payload['loss']:.4f}, "
-                f"lr {payload['lr']:.2e}, {payload['tokens_per_s']:,.0f} tokens/s")
+                f"lr {payload['lr']:.2e}, {payload['tokens_per_s']:,.0f} tokens/s{_preference(payload)}")
     if kind == "metrics":
-        return f"eval loss at step {payload['step']}: {payload['loss']:.4f}"
+        return f"eval loss at step {payload['step']}: {payload['loss']:.4f}{_preference(payload)}"
     if kind == "checkpoint":
         return f"checkpoint saved at step {payload['step']}: {payload['path']}"
     if kind == "oom_retry":
@@ -34,3 +34,10 @@ def event_line(kind: str, payload: dict) -> str | None:
         return (f"{payload['rows']} invalid row(s) skipped, as asked; "
                 f"listed with their lines and problems in {payload['file']}")
     return None
+
+
+def _preference(payload: dict) -> str:
+    """A DPO or ORPO run's preference figures, after its loss; nothing for SFT."""
+    if payload.get("preference_accuracy") is None:
+        return ""
+    return f", preference accuracy {payload['preference_accuracy']:.0%}, reward margin {payload['reward_margin']:.3f}"
