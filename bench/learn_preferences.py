@@ -1,7 +1,7 @@
 """Preference tuning on a task the project generates: does DPO teach the default model a preference the base does
 not have, how fast, and how does our DPO compare with TRL's DPOTrainer + PEFT on the same pairs and settings.
 
-    python bench/learn_preferences.py [--steps 20] [--lr 1e-3] [--base default] [--no-trl] [--threads N] [--home DIR]
+    python bench/learn_preferences.py [--steps 60] [--lr 2e-3] [--base default] [--no-trl] [--threads N] [--home DIR]
 
 The task: prompts ask the model to pick one of two options (a colour, or a number), in a random order; the chosen
 answer names the warm colour (red, orange...) or the even number, the rejected one the cool colour or the odd
@@ -40,7 +40,7 @@ NUMBER_PROMPTS = ["Pick a number: {} or {}?", "Which number do you choose, {} or
                   "Choose between {} and {}.",
                   "Name your pick, {} or {}?", "Which is your number: {} or {}?"]
 TRAIN_WORDINGS = 5
-SETTINGS = dict(rank=8, alpha=16, targets="qv", lr=1e-3, batch_size=8, beta=0.1, max_len=256)
+SETTINGS = dict(rank=8, alpha=16, targets="qv", lr=2e-3, batch_size=8, beta=0.1, max_len=256)
 
 
 def make_pairs(count: int, held_out: bool, seed: int) -> list[dict]:
@@ -128,7 +128,7 @@ def pair_tokens(train_file: str, tokenizer, steps: int) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--base", default="default")
     parser.add_argument("--train-pairs", type=int, default=320)
     parser.add_argument("--eval-pairs", type=int, default=64)
