@@ -80,13 +80,13 @@ def _prompt_completion(record: dict[str, Any]) -> list[dict[str, str]]:
 
 
 def _openai_messages(record: dict[str, Any]) -> list[dict[str, str]]:
-    turns = _turn_list(record, "messages")
+    turns = turn_list(record["messages"], "messages")
     return _checked_chat([_turn(turn, f"messages[{i}]", "role", "content", {r: r for r in CHAT_ROLES})
                           for i, turn in enumerate(turns)])
 
 
 def _sharegpt(record: dict[str, Any]) -> list[dict[str, str]]:
-    turns = _turn_list(record, "conversations")
+    turns = turn_list(record["conversations"], "conversations")
     return _checked_chat([_turn(turn, f"conversations[{i}]", "from", "value", SHAREGPT_ROLES)
                           for i, turn in enumerate(turns)])
 
@@ -112,8 +112,8 @@ def _text(record: dict[str, Any], field: str, optional: bool = False) -> str:
     return value
 
 
-def _turn_list(record: dict[str, Any], field: str) -> list:
-    value = record[field]
+def turn_list(value: Any, field: str) -> list:
+    """A field's non-empty list of turns, read from JSON text where a file stores it so."""
     if isinstance(value, str):  # CSV and some Parquet exports store the list as a JSON string
         try:
             value = json.loads(value)

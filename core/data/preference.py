@@ -10,7 +10,6 @@ renders as two examples with the same prompt tokens, and only the final answer's
 packed batch with shared prefixes (core.data.prefixes) the prompt is then computed once for both answers.
 """
 
-import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any
 from transformers import PreTrainedTokenizerBase
 
 from core.data.batch import Batch, BatchSettings, DataPosition, collate, epoch_plan
-from core.data.formats import CHAT_ROLES, Example
+from core.data.formats import CHAT_ROLES, Example, turn_list
 from core.data.problems import DatasetError, RowProblem, ValidationReport
 from core.data.read import describe_type, read_rows, source_unit
 from core.data.render import IGNORE_INDEX, RenderedExample, render_example
@@ -153,17 +152,8 @@ def _prompt(value: Any) -> Messages:
 
 def _messages(value: Any, name: str) -> list[dict[str, str]]:
     """A list of {"role", "content"} turns (CSV and Parquet exports may store it as JSON text)."""
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError:
-            raise RowProblem(f"field '{name}' must be text or a list of turns") from None
-    if not isinstance(value, list):
-        raise RowProblem(f"field '{name}' must be text or a list of turns, got {describe_type(value)}")
-    if not value:
-        raise RowProblem(f"field '{name}' is empty")
     turns = []
-    for i, turn in enumerate(value):
+    for i, turn in enumerate(turn_list(value, name)):
         where = f"{name}[{i}]"
         if not isinstance(turn, dict) or turn.get("role") not in CHAT_ROLES:
             raise RowProblem(f"{where} must be an object with 'role' ({', '.join(CHAT_ROLES)}) and 'content'")
