@@ -39,9 +39,10 @@ GREEDY_TOKENS = 16
 # fp16/bf16 weight rounding for a merged folder stored in 16 bits: the default model shows 0.12% and 1.2%).
 RELATIVE_TOLERANCES = {"merged": 1e-4, "peft": 1e-5, "f16": 0.01, "fp16": 0.01, "bf16": 0.05, "q8_0": 0.15,
                        "q6_k": 0.5, "q5_k_m": 0.75, "q4_k_m": 0.75, "q4_0": 1.0}
-# The same checks run in llama.cpp, whose kernels round differently again (its products take 8-bit activations
-# for quantized weights): the default model shows 0.24% for f16 and 7.8% for q8_0 there.
-LLAMA_CPP_TOLERANCES = {**RELATIVE_TOLERANCES, "q8_0": 0.2}
+# The same checks run in llama.cpp, whose kernels round the activations too (to f16 for f16 weights, to 8 bits
+# for quantized ones) and sum in another order per thread count: the default model shows 0.24% for f16 and 7.8%
+# for q8_0 there, a tiny random model with a strong adapter up to 1% for f16 (its logits are all near 1).
+LLAMA_CPP_TOLERANCES = {**RELATIVE_TOLERANCES, "f16": 0.02, "q8_0": 0.2}
 # 4- to 6-bit weights move the largest logit difference far (a few logits by 20-55% of the largest one), so those
 # exports are judged by the share of prompt positions whose likeliest token stays the live adapter's: the default
 # model keeps 94% (q6_k), 86% (q5_k_m), 91% (q4_k_m) and 71% (q4_0) in llama.cpp. A broken layout keeps ~0%.
