@@ -188,6 +188,10 @@ def test_preflight_shows_the_length_histogram_and_warns_when_memory_will_not_do(
                                      for _ in range(4)))
         page.locator("#cfg-dataset textarea").fill(str(long_rows))
         page.locator("#cfg-dataset textarea").press("Tab")
+        # the new file's own preflight first (every row is longer than 64 tokens), so it cannot land after the one
+        # for the settings typed next
+        page.locator("#preflight-lengths").get_by_text("100% of examples are longer than max length 64").wait_for(
+            timeout=120_000)
         set_number(page, "max_len", 32768)
         set_number(page, "batch_size", 4096)
         page.locator("#preflight-memory [data-fits=false] .lf-warning").wait_for(timeout=60_000)
