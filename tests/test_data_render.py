@@ -6,7 +6,7 @@ import pytest
 
 from core.data import IGNORE_INDEX, Example, prepare_dataset, render_example
 from core.data.render import chat_segments
-from tests.tiny_models import CHATML_TEMPLATE, make_tokenizer
+from tests.tiny_models import CHATML_TEMPLATE, make_sentencepiece_tokenizer, make_tokenizer
 
 # SmolLM2-135M-Instruct's template: it injects its own system prompt when the conversation has none.
 SMOLLM2_TEMPLATE = (
@@ -123,17 +123,29 @@ def test_truncation_is_counted_and_rows_left_without_answers_are_reported(tmp_pa
 
 
 def test_template_that_refuses_a_conversation_is_a_row_problem(tmp_path):
-    strict = ("{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('no system role') }}"
-              "{% endif %}{{ m['content'] }}{% endfor %}")
+    strict = ("{% for m in messages %}{% if loop.index0 > 0 and m['role'] == loop.previtem['role'] %}"
+              "{{ raise_exception('roles must alternate') }}{% endif %}{{ m['content'] }}{% endfor %}")
     tokenizer = make_tokenizer(strict)
     rows = [{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]},
-            {"messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "Hi"},
+            {"messages": [{"role": "user", "content": "Hi"}, {"role": "user", "content": "Hi"},
                           {"role": "assistant", "content": "Yo"}]}]
     path = tmp_path / "d.jsonl"
     path.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
     report = prepare_dataset(path, tokenizer, max_length=64, check=False).report
-    assert [(p.number, "chat template refused this conversation: no system role" in p.message)
+    assert [(p.number, "chat template refused this conversation: roles must alternate" in p.message)
             for p in report.problems] == [(2, True)]
+
+
+def test_a_system_prompt_opens_the_first_user_turn_where_the_template_has_no_system_role():
+    """Gemma 2's template raises on a system message; the system text then leads the first user message, as
+    Gemma 3's own template does, in training and chat alike."""
+    tokenizer = make_sentencepiece_tokenizer("gemma")
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Yo"}]
+    segments = chat_segments(messages, tokenizer)
+    assert "".join(text for text, _ in segments) == (
+        "<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\nYo<end_of_turn>\n")
+    assert [text for text, trained in segments if trained] == ["Yo<end_of_turn>"]
 
 
 @pytest.mark.slow

@@ -13,6 +13,7 @@ import torch
 from transformers import TextIteratorStreamer
 
 from core.chat.turns import model_turns
+from core.data.template import apply_template
 from core.errors import LoraForgeError
 from core.lora.model import active_adapters
 
@@ -54,8 +55,8 @@ def stream_reply(model, tokenizer, messages: list[Message], sampling: Sampling |
     API server's engine, sharing the model, never steps while it is half set."""
     sampling = sampling or Sampling()
     sampling.check()
-    inputs = tokenizer.apply_chat_template(
-        messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+    inputs = apply_template(
+        tokenizer, messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
     ).to(model.device)
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     greedy = sampling.temperature == 0
@@ -105,7 +106,7 @@ def greedy_answers(
     tokenizer.padding_side = "left"
     try:
         for start in range(0, len(conversations), batch_size):
-            texts = [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False)
+            texts = [apply_template(tokenizer, c, add_generation_prompt=True, tokenize=False)
                      for c in conversations[start : start + batch_size]]
             inputs = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
             with torch.inference_mode():

@@ -20,6 +20,7 @@ from transformers import PreTrainedTokenizerBase
 
 from core.data.formats import Example
 from core.data.problems import RowProblem
+from core.data.template import apply_template
 
 IGNORE_INDEX = -100
 TRAIN_ON = ("assistant", "all")
@@ -98,8 +99,7 @@ def _whole_chat(messages: Sequence[dict[str, str]], tokenizer: PreTrainedTokeniz
 def _render(tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict[str, str]],
             add_generation_prompt: bool = False) -> str:
     try:
-        return tokenizer.apply_chat_template(list(messages), tokenize=False,
-                                             add_generation_prompt=add_generation_prompt)
+        return apply_template(tokenizer, messages, tokenize=False, add_generation_prompt=add_generation_prompt)
     except (TemplateError, ValueError, TypeError) as error:
         raise RowProblem(f"the chat template refused this conversation: {str(error).splitlines()[0]}") from None
 

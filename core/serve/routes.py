@@ -16,6 +16,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from core.data.template import apply_template
 from core.errors import LoraForgeError
 from core.models.loading import LoadedModel
 from core.serve import body as bodies
@@ -116,7 +117,7 @@ def _prompt_tokens(tokenizer, body: dict, chat: bool, context: int) -> list[int]
     messages = bodies.chat_messages(body)
     bodies.check_length("".join(message["content"] for message in messages), context)
     try:
-        return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)["input_ids"])
+        return list(apply_template(tokenizer, messages, add_generation_prompt=True, return_dict=True)["input_ids"])
     except Exception as error:  # noqa: BLE001 - a template may refuse some conversations (e.g. no system role)
         raise ApiError(f"The model's chat template refused these messages: {error}", param="messages") from None
 
