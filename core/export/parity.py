@@ -5,7 +5,9 @@ reloaded from disk. For every export we report
 
     max_logit_diff   the largest |logit difference| over every prompt position and vocabulary entry,
                      judged against logit_scale (the largest |logit| of the live adapter) times a per-format factor
-    greedy_agree     whether greedy continuations are token-for-token the same on every prompt
+    greedy_agree     whether greedy continuations are token-for-token the same on every prompt, or part only
+                     where the live adapter's two likeliest tokens were closer than the tolerance (a tie at
+                     that precision, which any rounding may break either way)
     template_same    whether the export's chat template renders every prompt to the same text (and tokens)
 
 An export passes when its template renders the same prompts, its logits stay within the format's tolerance,
@@ -17,6 +19,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+from core.data.template import apply_template
 
 Conversation = list[dict[str, str]]
 
@@ -57,6 +61,7 @@ class ModelOutputs:
     token_ids: list[list[int]]
     logits: list[torch.Tensor]
     greedy: list[list[int]]
+    margins: list[list[float]] = field(default_factory=list)  # per greedy step: likeliest minus second logit
 
 
 @dataclass
@@ -68,7 +73,7 @@ class ParityCheck:
     logit_scale: float
     tolerance: float
     greedy_agree: bool
-    greedy_matches: int
+    greedy_matches: int  # prompts whose greedy answers agree (near-ties included)
     prompts: int
     template_same: bool
     greedy_required: bool = True
@@ -76,6 +81,7 @@ class ParityCheck:
     reader: str = "transformers"  # which program read the export back: transformers or llama.cpp
     top1_agreement: float | None = None  # share of prompt positions with the live adapter's likeliest token
     top1_minimum: float | None = None
+    greedy_ties: int = 0  # of greedy_matches, those whose answers part at a near-tie
 
     @property
     def passed(self) -> bool:
@@ -124,16 +130,19 @@ def model_outputs(
     greedy = GenerationConfig(
         max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        output_scores=True, return_dict_in_generate=True,
     )
     device = next(model.parameters()).device
     for messages in prompts:
-        text = tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+        text = apply_template(tokenizer, messages, tokenize=False, add_generation_prompt=True)
         ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"].to(device)
         outputs.rendered.append(text)
         outputs.token_ids.append(ids[0].tolist())
         outputs.logits.append(model(ids).logits[0].float().cpu())
         generated = model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=greedy)
-        outputs.greedy.append(generated[0, ids.shape[1]:].tolist())
+        outputs.greedy.append(generated.sequences[0, ids.shape[1]:].tolist())
+        top2 = [step[0].float().topk(2).values for step in generated.scores]
+        outputs.margins.append([float(pair[0] - pair[1]) for pair in top2])
     return outputs
 
 
@@ -151,7 +160,10 @@ def compare_outputs(
         same = sum(int((ref.argmax(-1) == cand.argmax(-1)).sum()) for ref, cand in zip(reference.logits,
                                                                                        candidate.logits))
         top1 = same / sum(len(ref) for ref in reference.logits)
-    matches = sum(ref == cand for ref, cand in zip(reference.greedy, candidate.greedy))
+    exact = sum(ref == cand for ref, cand in zip(reference.greedy, candidate.greedy))
+    ties = sum(_parts_at_a_tie(ref, cand, margins, tolerance)
+               for ref, cand, margins in zip(reference.greedy, candidate.greedy, reference.margins))
+    matches = exact + ties
     check = ParityCheck(
         target=target,
         max_logit_diff=max_diff,
@@ -165,6 +177,7 @@ def compare_outputs(
         reader=reader,
         top1_agreement=top1,
         top1_minimum=top1_minimum,
+        greedy_ties=ties,
     )
     if reference.rendered != candidate.rendered:
         check.problems.append(f"{target}: the chat template was lost or changed (prompts render differently)")
@@ -180,3 +193,13 @@ def compare_outputs(
             f"{target}: greedy answers differ on {check.prompts - matches} of {check.prompts} prompts"
         )
     return check
+
+
+def _parts_at_a_tie(reference: list[int], candidate: list[int], margins: list[float], tolerance: float) -> bool:
+    """Whether two different greedy answers first part where the live adapter's two likeliest tokens were within
+    `tolerance` of each other."""
+    if reference == candidate:
+        return False
+    first = next((step for step, (ref, cand) in enumerate(zip(reference, candidate)) if ref != cand),
+                 min(len(reference), len(candidate)))
+    return first < len(margins) and margins[first] <= tolerance
