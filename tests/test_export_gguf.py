@@ -96,7 +96,7 @@ def test_modelfile_points_at_the_gguf_with_a_chatml_template(tiny_llama_dir, ada
 
 def test_a_non_llama_model_is_refused_before_anything_is_written(tiny_gpt2_dir, tmp_path):
     adapter = make_adapter(tiny_gpt2_dir, tmp_path / "adapter", targets="attention")
-    with pytest.raises(GgufExportError, match="supports llama, mistral, qwen2, qwen3 models; this one is 'gpt2'"):
+    with pytest.raises(GgufExportError, match="writes llama, .*, phi3 models; this one is 'gpt2'"):
         export_adapters([str(adapter)], "gguf", tmp_path / "g", base=str(tiny_gpt2_dir))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter", "home"]
     assert Store().exports() == []
