@@ -3,7 +3,6 @@ quantizer, and every GGUF export is also run in llama.cpp for its parity check; 
 are refused with the command that adds it, and f16/bf16/q8_0 still work."""
 
 import json
-import os
 
 import gguf
 import pytest
@@ -12,15 +11,7 @@ from app.cli import main
 from core.export import llamacpp
 from core.export.exporter import ExportError, export_adapters
 from core.store.database import Store
-from tests.export_helpers import make_adapter
-
-
-def need_llama_cpp() -> None:
-    """In CI a missing llama-cpp-python is a failure (`make test` installs it); elsewhere these tests skip."""
-    if not llamacpp.available():
-        if os.environ.get("CI"):
-            pytest.fail("llama-cpp-python is not installed; `make test` installs it with the dev extra")
-        pytest.skip("llama-cpp-python is not installed")
+from tests.export_helpers import make_adapter, need_llama_cpp
 
 
 @pytest.fixture(scope="module")

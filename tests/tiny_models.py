@@ -4,10 +4,11 @@ No hub is reachable here, so tests that are about mechanics (loading paths, LoRA
 use these instead of downloaded weights. The tokenizer is a real byte-level BPE trained on a few lines.
 """
 
+import json
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import (
     GPT2Config,
     GPT2LMHeadModel,
@@ -84,16 +85,66 @@ def make_tiny_gpt2(folder: Path, seed: int = 0) -> Path:
     return Path(folder)
 
 
+GEMMA_TEMPLATE = (  # Gemma 2's own rules: no system turn, user and model alternate
+    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+    "{% endif %}{% for message in messages %}{% set role = 'model' if message['role'] == 'assistant' "
+    "else message['role'] %}{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+)
+PHI3_TEMPLATE = (
+    "{% for message in messages %}{{ '<|' + message['role'] + '|>\n' + message['content'] + '<|end|>\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% else %}{{ eos_token }}{% endif %}"
+)
+# SentencePiece-style vocabularies as the hub's tokenizer.json files hold them: special tokens, the 256 byte
+# pieces byte fallback needs, then BPE pieces whose words start with '▁'.
+_SPM_STYLES = {
+    "gemma": dict(specials=["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"],
+                  bos="<bos>", eos="<end_of_turn>", pad="<pad>", space_prefix=False, template=GEMMA_TEMPLATE),
+    "llama": dict(specials=["<unk>", "<s>", "</s>", "<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>",
+                            "<|end|>"],
+                  bos="<s>", eos="<|end|>", pad="<|endoftext|>", space_prefix=True, template=PHI3_TEMPLATE),
+}
+
+
+def make_sentencepiece_tokenizer(style: str) -> PreTrainedTokenizerFast:
+    """A SentencePiece-style BPE tokenizer with byte fallback (vocab about 600), as Gemma ("gemma": no space
+    prefix) and Llama 2 / Phi-3 ("llama": a '▁' before the text) ship theirs, with that family's chat tokens."""
+    spec = _SPM_STYLES[style]
+    trainer = trainers.BpeTrainer(vocab_size=300, show_progress=False)
+    learner = Tokenizer(models.BPE())
+    learner.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always", split=True)
+    learner.train_from_iterator(_CORPUS, trainer=trainer)
+    learned = learner.get_vocab()
+    pieces = spec["specials"] + [f"<0x{byte:02X}>" for byte in range(256)]
+    pieces += sorted(learned, key=learned.get)
+    merges = [tuple(merge.split(" ")) if isinstance(merge, str) else tuple(merge)
+              for merge in json.loads(learner.to_str())["model"]["merges"]]
+    spm = Tokenizer(models.BPE({piece: index for index, piece in enumerate(pieces)}, merges, unk_token="<unk>",
+                               byte_fallback=True, fuse_unk=True))
+    steps = [normalizers.Replace(" ", "\u2581")]
+    spm.normalizer = normalizers.Sequence(([normalizers.Prepend("\u2581")] if spec["space_prefix"] else []) + steps)
+    spm.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()]
+                                    + ([decoders.Strip(" ", 1, 0)] if spec["space_prefix"] else []))
+    spm.add_special_tokens([AddedToken(token, special=True, normalized=False) for token in spec["specials"]])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=spm, bos_token=spec["bos"], eos_token=spec["eos"],
+                                        pad_token=spec["pad"], unk_token="<unk>")
+    tokenizer.chat_template = spec["template"]
+    return tokenizer
+
+
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3")
+# Gemma and Phi-3 ship SentencePiece vocabularies; the others byte-level BPE.
+_FAMILY_TOKENIZERS = {"gemma2": "gemma", "gemma3": "gemma", "phi3": "llama"}
 
 
-def make_tiny_family(folder: Path, family: str, seed: int = 0) -> Path:
+def make_tiny_family(folder: Path, family: str, seed: int = 0, **overrides) -> Path:
     """A random tiny model of one family (its own transformers class and config quirks: Qwen's q/k/v biases,
-    Qwen3's q/k norms, Gemma's soft-capping and sliding windows, Phi-3's fused qkv_proj and gate_up_proj) with
-    the byte-level BPE tokenizer, saved as a Hugging Face folder."""
+    Qwen3's q/k norms, Gemma's soft-capping, sliding windows and tied embeddings, Phi-3's fused qkv_proj and
+    gate_up_proj) with its kind of tokenizer and chat template, saved as a Hugging Face folder."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    tokenizer = make_tokenizer()
+    style = _FAMILY_TOKENIZERS.get(family)
+    tokenizer = make_sentencepiece_tokenizer(style) if style else make_tokenizer()
     shape = dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=False,
                  bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
@@ -101,11 +152,11 @@ def make_tiny_family(folder: Path, family: str, seed: int = 0) -> Path:
     quirks = {
         "mistral": dict(sliding_window=None),
         "qwen3": dict(head_dim=128),  # every Qwen3 has 128, and transformers' GGUF reader assumes it
-        "gemma2": dict(head_dim=16, sliding_window=32, query_pre_attn_scalar=16),
-        "gemma3_text": dict(head_dim=16, sliding_window=32, query_pre_attn_scalar=16),
+        "gemma2": dict(head_dim=256, sliding_window=32, query_pre_attn_scalar=256, tie_word_embeddings=True),
+        "gemma3_text": dict(head_dim=256, sliding_window=32, query_pre_attn_scalar=256, tie_word_embeddings=True),
     }
     model_type = "gemma3_text" if family == "gemma3" else family
-    config = AutoConfig.for_model(model_type, **shape, **quirks.get(model_type, {}))
+    config = AutoConfig.for_model(model_type, **{**shape, **quirks.get(model_type, {}), **overrides})
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
