@@ -1,5 +1,6 @@
-"""The single-process side of distributed training, fast: each rank's share of a batch, the placeholder of an empty
-share, the per-device memory estimate by strategy and its refusal, and the launcher's refusals of bad node flags."""
+"""The single-process side of distributed training, fast: each rank's share of a batch (of preference pairs too),
+the placeholder of an empty share, the per-device memory estimate by strategy and its refusal, and the launcher's
+refusals of bad node flags."""
 
 import json
 
@@ -10,11 +11,13 @@ from app.web.runs.view import world_line
 from app.web.train.form import form_values, to_config
 from core.data import BatchSettings, iterate_batches
 from core.data.batch import share_of
+from core.data.preference import RenderedPair, iterate_pair_batches
 from core.data.render import IGNORE_INDEX, RenderedExample
 from core.models.loading import load_base_model
 from core.training.config import ConfigError, TrainConfig
 from core.training.distributed import Replicas, World, default_processes, process_choices
 from core.training.launcher import Nodes, RanksFailed
+from core.training.preference import PreferenceObjective, pair_count
 from core.training.preflight import preflight_on
 from tests.job_helpers import DATES
 
@@ -52,6 +55,23 @@ def test_ranks_together_see_every_batch_and_an_empty_share_trains_nothing(packin
 @pytest.fixture(scope="module")
 def tiny(tiny_llama_dir):
     return load_base_model(str(tiny_llama_dir))
+
+
+def test_ranks_share_pair_batches_by_whole_pairs_and_an_empty_share_scores_nothing(tiny):
+    answers = examples(10)
+    pairs = [RenderedPair(i + 1, answers[2 * i], answers[2 * i + 1]) for i in range(5)]
+    settings = BatchSettings(batch_size=3)
+    single = list(iterate_pair_batches(pairs, settings, 0, epochs=1))
+    ranks = [list(iterate_pair_batches(pairs, settings, 0, epochs=1, share=(rank, 4))) for rank in range(4)]
+    for index, batch in enumerate(single):
+        shares = [batches[index] for batches in ranks]
+        assert sum((share.example_numbers for share in shares), []) == batch.example_numbers
+        for share in shares:  # chosen 2i and rejected 2i + 1 of the same pair, on the same rank
+            assert [number + 1 for number in share.example_numbers[0::2]] == share.example_numbers[1::2]
+    assert [[pair_count(batches[index]) for batches in ranks] for index in range(2)] == [[1, 1, 1, 0], [1, 1, 0, 0]]
+    for method in ("dpo", "orpo"):
+        loss, metrics = PreferenceObjective(method).batch_loss(tiny.model, ranks[3][0])
+        assert float(loss) == 0.0 and set(metrics.values()) == {0.0}
 
 
 def memory(tiny, **settings):

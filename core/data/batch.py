@@ -28,7 +28,7 @@ nothing to train, so every process still runs the same passes.
 """
 
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -130,15 +130,29 @@ def iterate_batches(
     """Yield batches from `start` on, epoch after epoch (for ever when epochs is None); with `share=(rank, ranks)`,
     that process's share of each batch."""
     lengths = [len(example.input_ids) for example in examples]
+    return iterate_items(lengths, lambda i: (examples[i],), settings, pad_token_id, start, epochs, share)
+
+
+def iterate_items(
+    lengths: Sequence[int],
+    members: Callable[[int], Sequence[RenderedExample]],
+    settings: BatchSettings,
+    pad_token_id: int,
+    start: DataPosition = DataPosition(),
+    epochs: int | None = None,
+    share: tuple[int, int] = (0, 1),
+) -> Iterator[Batch]:
+    """`iterate_batches` over items of `lengths` tokens that each collate as `members(index)`: an example, or a
+    preference pair's two answers, which stay together in one rank's share."""
     epoch, index = start.epoch, start.index
     while epochs is None or epoch < epochs:
         plan = epoch_plan(lengths, settings, epoch)
         for position in range(index, len(plan)):
-            chosen = [examples[i] for i in share_of(plan[position], *share)]
+            chosen = [example for i in share_of(plan[position], *share) for example in members(i)]
             following = DataPosition(epoch, position + 1) if position + 1 < len(plan) else DataPosition(epoch + 1, 0)
             here = DataPosition(epoch, position)
             if not chosen:
-                yield _placeholder(examples[plan[position][0]], settings.packing, here, following)
+                yield _placeholder(members(plan[position][0])[0], settings.packing, here, following)
             else:
                 yield collate(chosen, settings, pad_token_id, here, following)
         epoch, index = epoch + 1, 0

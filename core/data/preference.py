@@ -17,7 +17,7 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from core.data.batch import Batch, BatchSettings, DataPosition, collate, epoch_plan
+from core.data.batch import Batch, BatchSettings, DataPosition, iterate_items
 from core.data.formats import CHAT_ROLES, Example, turn_list
 from core.data.problems import DatasetError, RowProblem, ValidationReport
 from core.data.read import describe_type, read_rows, source_unit
@@ -216,15 +216,10 @@ def prepare_preferences(source: str | Path, tokenizer: PreTrainedTokenizerBase, 
 
 
 def iterate_pair_batches(pairs: Sequence[RenderedPair], settings: BatchSettings, pad_token_id: int,
-                         start: DataPosition = DataPosition(), epochs: int | None = None) -> Iterator[Batch]:
+                         start: DataPosition = DataPosition(), epochs: int | None = None,
+                         share: tuple[int, int] = (0, 1)) -> Iterator[Batch]:
     """Batches of `settings.batch_size` pairs, in the order and positions `iterate_batches` gives examples (so
-    resume works alike); each batch holds chosen 2i and rejected 2i + 1 (`Batch.segment_examples`)."""
-    lengths = [pair.tokens for pair in pairs]
-    epoch, index = start.epoch, start.index
-    while epochs is None or epoch < epochs:
-        plan = epoch_plan(lengths, settings, epoch)
-        for position in range(index, len(plan)):
-            following = DataPosition(epoch, position + 1) if position + 1 < len(plan) else DataPosition(epoch + 1, 0)
-            answers = [answer for i in plan[position] for answer in (pairs[i].chosen, pairs[i].rejected)]
-            yield collate(answers, settings, pad_token_id, DataPosition(epoch, position), following)
-        epoch, index = epoch + 1, 0
+    resume works alike); each batch holds chosen 2i and rejected 2i + 1 (`Batch.segment_examples`). With
+    `share=(rank, ranks)`, that process's share of each batch's pairs (a placeholder when it has none)."""
+    return iterate_items([pair.tokens for pair in pairs], lambda i: (pairs[i].chosen, pairs[i].rejected), settings,
+                         pad_token_id, start, epochs, share)

@@ -35,7 +35,7 @@ def answer_log_probs(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor
         segments = torch.searchsorted(batch.boundaries[1:].to(columns.device), columns + 1, right=True)
     else:
         segments = rows
-    owners = torch.tensor(batch.segment_examples, device=segments.device)[segments]
+    owners = torch.tensor(batch.segment_examples, dtype=torch.long, device=segments.device)[segments]
     count = 2 * pair_count(batch)
     sums = torch.zeros(count, dtype=log_probs.dtype, device=log_probs.device).index_add(0, owners, log_probs)
     return sums, torch.bincount(owners, minlength=count)
