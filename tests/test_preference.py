@@ -190,8 +190,6 @@ def test_a_preference_method_needs_answers_only_and_sane_strengths():
         TrainConfig(dataset="x", method="dpo", train_on="all").check()
     with pytest.raises(ConfigError, match="beta is 0.0"):
         TrainConfig(dataset="x", method="dpo", beta=0.0).check()
-    with pytest.raises(ConfigError, match="dpo trains in one process for now; use nproc 1"):
-        TrainConfig(dataset="x", method="dpo", nproc=2).check()
 
 
 def test_dpo_on_a_4bit_base_references_the_quantized_base(tiny_llama_dir, tmp_path):

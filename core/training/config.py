@@ -125,9 +125,6 @@ class TrainConfig:
         if self.method != "sft" and self.train_on != "assistant":
             raise ConfigError(f"train_on is {self.train_on!r}; {self.method} compares answers, so it trains on "
                               "answers only: use train_on 'assistant'.")
-        if self.method != "sft" and self.nproc > 1:
-            raise ConfigError(f"{self.method} trains in one process for now; use nproc 1 (--nproc 1). Several "
-                              "processes train supervised (sft) runs.")
         if not 0 < self.beta <= 100:
             raise ConfigError(f"beta is {self.beta}; use a positive value up to 100 (0.1 is usual for DPO).")
         if not 0 < self.orpo_lambda <= 100:

@@ -72,8 +72,8 @@ class PreferenceData(TrainingData):
 
     def batches(self, settings: BatchSettings, start: DataPosition = DataPosition(),
                 share: tuple[int, int] = (0, 1)) -> Iterator[Batch]:
-        """Every pair batch (preference runs train in one process: TrainConfig refuses nproc > 1)."""
-        return iterate_pair_batches(self.train.examples, settings, self.pad_token_id, start=start)
+        """The pair batches from `start` on, epoch after epoch (this rank's `share` of each batch's pairs)."""
+        return iterate_pair_batches(self.train.examples, settings, self.pad_token_id, start=start, share=share)
 
     def weight(self, batch: Batch) -> int:
         """Pairs: the loss and metrics are means over the step's pairs."""
@@ -81,14 +81,15 @@ class PreferenceData(TrainingData):
 
     def eval_scores(self, model: torch.nn.Module, settings: BatchSettings, world: World = World()
                     ) -> dict[str, float] | None:
-        """Mean loss, rewards, margin and preference accuracy per eval pair (None without an eval set)."""
+        """Mean loss, rewards, margin and preference accuracy per eval pair (None without an eval set), each rank
+        scoring its share of every batch."""
         if self.eval is None:
             return None
-        return self.objective.evaluate(model, iterate_pair_batches(self.eval.examples, settings, self.pad_token_id,
-                                                                   epochs=1))
+        batches = iterate_pair_batches(self.eval.examples, settings, self.pad_token_id, epochs=1, share=world.share)
+        return self.objective.evaluate(model, batches, world)
 
     def eval_loss(self, model: torch.nn.Module, settings: BatchSettings, world: World = World()) -> float | None:
-        scores = self.eval_scores(model, settings)
+        scores = self.eval_scores(model, settings, world)
         return None if scores is None else scores["loss"]
 
 

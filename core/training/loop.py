@@ -246,7 +246,8 @@ def _optimizer_step(run: _Session, window: list, step: int, stop: StopFlag) -> t
             loss_sum += loss.item()
             for name, value in metrics.items():
                 measured[name] = measured.get(name, 0.0) + value / trained
-    train_loss = run.world.total(loss_sum)[0] / trained
+    train_loss, *summed = run.world.total(loss_sum, *measured.values())
+    train_loss, measured = train_loss / trained, dict(zip(measured, summed))
     if not math.isfinite(train_loss):
         raise TrainingError(
             f"The loss became {train_loss} at step {step + 1}, so training stopped. The last good checkpoint "
@@ -265,7 +266,7 @@ def _batch_loss(run: _Session, batch) -> tuple[torch.Tensor, dict[str, float]]:
     """SFT: the summed cross-entropy of the trained tokens; DPO and ORPO: the summed pair losses and metrics."""
     if run.config.method == "sft":
         return trained_token_loss(run.model, batch.model_inputs(run.model.device), run.replicas.decoder)[0], {}
-    return run.data.objective.batch_loss(run.model, batch)
+    return run.data.objective.batch_loss(run.model, batch, run.replicas.decoder)
 
 
 def _evaluate(run: _Session, step: int, stop: StopFlag, metrics_file, emit: Events, last_eval: float | None

@@ -11,6 +11,9 @@ The reference model is the base the adapter sits on, so there is one copy of the
 computed with the adapter switched off (`active_adapters(model, {})`), once per batch, without a graph. Answer
 log-probs are summed per sequence as the DPO paper defines them. Preference accuracy is the share of pairs whose
 chosen answer gets the higher reward (a tie counts half, so an untrained adapter scores 0.5).
+
+With several processes each scores its share of a batch's pairs; the policy pass runs through the ranks' wrapper
+(core/training/distributed.py), so its gradients are summed, and the sums of losses and metrics are totaled.
 """
 
 import math
@@ -18,18 +21,23 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from core.data.batch import Batch
 from core.lora.model import active_adapters
+from core.training.distributed import World
 from core.training.loss import trained_token_log_probs
 
 METRICS = ("reward_chosen", "reward_rejected", "reward_margin", "preference_accuracy")
 
 
-def answer_log_probs(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per example of the batch (in collated order): the summed log-probs of its trained tokens, and their count."""
+def answer_log_probs(model: torch.nn.Module, batch: Batch, decoder: nn.Module | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per example of the batch (in collated order): the summed log-probs of its trained tokens, and their count.
+    `decoder` runs the model's decoder in its place (the ranks' DistributedDataParallel wrapper of it); an empty
+    share's placeholder gives no examples, its (zero) sum still tied to the decoder's graph."""
     inputs = batch.model_inputs(model.device)
-    log_probs, trained = trained_token_log_probs(model, inputs)
+    log_probs, trained = trained_token_log_probs(model, inputs, decoder)
     rows, columns = trained.nonzero(as_tuple=True)
     if batch.boundaries is not None:  # packed: the segment a target token sits in (targets are labels[:, 1:])
         segments = torch.searchsorted(batch.boundaries[1:].to(columns.device), columns + 1, right=True)
@@ -78,9 +86,12 @@ class PreferenceObjective:
     beta: float = 0.1
     orpo_lambda: float = 0.1
 
-    def batch_loss(self, model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-        """The batch's summed pair losses (divide by the window's pairs) and its metrics summed over pairs."""
-        sums, counts = answer_log_probs(model, batch)
+    def batch_loss(self, model: torch.nn.Module, batch: Batch, decoder: nn.Module | None = None
+                   ) -> tuple[torch.Tensor, dict[str, float]]:
+        """The batch's summed pair losses (divide by the window's pairs) and its metrics summed over pairs; the
+        policy pass runs through `decoder` when given (so the ranks exchange its gradients), the reference pass
+        needs no gradient and runs the model's own."""
+        sums, counts = answer_log_probs(model, batch, decoder)
         policy_chosen, policy_rejected = sums[0::2], sums[1::2]
         if self.method == "dpo":
             reference = reference_log_probs(model, batch)
@@ -91,8 +102,9 @@ class PreferenceObjective:
                                                    self.orpo_lambda)
         return losses.sum(), pair_metrics(chosen, rejected)
 
-    def evaluate(self, model: torch.nn.Module, batches) -> dict[str, float]:
-        """Mean loss and metrics per pair over `batches` (one pass), the model in eval mode and without a graph."""
+    def evaluate(self, model: torch.nn.Module, batches, world: World = World()) -> dict[str, float]:
+        """Mean loss and metrics per pair over `batches` (one pass), the model in eval mode and without a graph;
+        with several ranks, each scores its share of the batches and the sums are totaled."""
         was_training = model.training
         model.eval()
         total, pairs, sums = 0.0, 0, dict.fromkeys(METRICS, 0.0)
@@ -103,7 +115,8 @@ class PreferenceObjective:
                 for name, value in measured.items():
                     sums[name] += value
         model.train(was_training)
-        return {"loss": total / max(pairs, 1), **{name: value / max(pairs, 1) for name, value in sums.items()}}
+        total, pairs, *summed = world.total(total, pairs, *sums.values())
+        return {"loss": total / max(pairs, 1), **{name: value / max(pairs, 1) for name, value in zip(sums, summed)}}
 
 
 def pair_count(batch: Batch) -> int:
