@@ -113,3 +113,44 @@ def test_a_gemma_with_its_own_output_layer_is_refused_for_gguf_with_the_way_out(
     with pytest.raises(GgufExportError, match="output layer of its own.*convert_hf_to_gguf.py"):
         export_adapters([str(adapter)], "gguf", tmp_path / "gguf", base=str(base))
     assert not (tmp_path / "gguf").exists()
+
+
+ROPE_SCALINGS = {
+    "llama3": ("llama", dict(rope_parameters={"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0,
+                                              "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                              "original_max_position_embeddings": 64})),
+    "linear": ("llama", dict(rope_parameters={"rope_type": "linear", "rope_theta": 10000.0, "factor": 8.0})),
+    "longrope": ("phi3", dict(max_position_embeddings=2048, original_max_position_embeddings=512,
+                              rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0,
+                                               "long_factor": [1.0 + i for i in range(8)],
+                                               "short_factor": [1.0 + 0.5 * i for i in range(8)],
+                                               "original_max_position_embeddings": 512})),
+}
+
+
+@pytest.mark.parametrize("scaling", ROPE_SCALINGS)
+def test_rope_scaling_reaches_llama_cpp_through_the_gguf(scaling, tmp_path):
+    """Llama 3.1's llama3 rope, linear scaling and Phi-3.5's longrope: llama.cpp's answers stay far closer to the
+    live adapter than the same weights with plain rope are (a GGUF without the scaling would be that far off)."""
+    need_llama_cpp()
+    family, settings = ROPE_SCALINGS[scaling]
+    scaled = make_tiny_family(tmp_path / "scaled", family, **settings)
+    plain = make_tiny_family(tmp_path / "plain", family)  # the same seed, so the same weights
+    ids = torch.arange(3, 63).unsqueeze(0)
+    with torch.no_grad():
+        effect = float((load(scaled)(ids).logits - load(plain)(ids).logits).abs().max())
+    adapter = make_adapter(scaled, tmp_path / "adapter", std=0.05)
+    result = export_adapters([str(adapter)], "gguf", tmp_path / "gguf", base=str(scaled), gguf_type="f16")
+    by_reader = {check["reader"]: check for check in result.parity["checks"]}
+    assert result.status == "done", result.parity
+    assert by_reader["llama.cpp"]["max_logit_diff"] < effect / 4, (by_reader["llama.cpp"], effect)
+    assert "rope scaling" in by_reader["transformers"]["notes"][0]  # its GGUF reader drops it; restored from config
+
+
+def test_a_rope_scaling_llama_cpp_would_misread_is_refused_for_gguf_with_the_way_out(tmp_path):
+    base = make_tiny_family(tmp_path / "qwen", "qwen2", rope_parameters={
+        "rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "original_max_position_embeddings": 64})
+    adapter = make_adapter(base, tmp_path / "adapter", std=0.05)
+    with pytest.raises(GgufExportError, match="rope scaling 'yarn' on full attention layers.*convert_hf_to_gguf"):
+        export_adapters([str(adapter)], "gguf", tmp_path / "gguf", base=str(base))
+    assert not (tmp_path / "gguf").exists()

@@ -134,6 +134,15 @@ def test_greedy_answers_a_quantized_export_may_change_are_not_shouted_as_a_diffe
     assert "color:#c2410c" not in report
 
 
+def test_how_a_reader_was_helped_is_noted_in_the_report():
+    note = "rope scaling llama3 from the model's config (transformers' GGUF reader does not read it)"
+    check = {"target": "gguf-f16", "max_logit_diff": 0.0004, "tolerance": 0.01, "greedy_agree": True,
+             "greedy_matches": 3, "prompts": 3, "template_same": True, "problems": [], "notes": [note]}
+    export = {"id": 3, "format": "gguf-f16", "path": "/x/out", "status": "done", "size_bytes": 2048,
+              "parity": {"passed": True, "checks": [check]}}
+    assert f"Note: gguf-f16: {note}" in report_markdown(export)
+
+
 def test_a_failed_job_shows_its_error_in_orange():
     export = {"id": 4, "format": "merged", "path": "/x/out", "status": "failed",
               "error": "The disk is full: writing the export /x/out failed"}

@@ -25,10 +25,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from core.export import llamacpp
 from core.export.gguf import GGUF_TYPES, LLAMA_CPP_TYPES, WRITTEN_TYPES, gguf_pre_tokenizer, write_gguf
+from core.export.gguf_families import restore_rope
 from core.export.merged import (
     AUTO_DTYPE,
     DEFAULT_SHARD_BYTES,
@@ -270,12 +271,15 @@ def _export_gguf(
         write_gguf(model, loaded.tokenizer, tmp / gguf_name, gguf_type, name=name, pre_tokenizer=pre)
     write_modelfile(tmp, gguf_name, loaded.tokenizer)
     say("Reloading the GGUF with transformers for the parity check")
-    reloaded = AutoModelForCausalLM.from_pretrained(tmp, gguf_file=gguf_name, dtype=torch.float32)
+    config = AutoConfig.from_pretrained(tmp, gguf_file=gguf_name)
+    notes = restore_rope(config, loaded.model.config)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp, gguf_file=gguf_name, config=config, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(tmp, gguf_file=gguf_name)
     exact = gguf_type in ("f16", "bf16")
     top1 = TOP1_MINIMUMS.get(gguf_type)
     checks = [compare_outputs(reference, model_outputs(reloaded, tokenizer), f"gguf-{gguf_type}",
                               RELATIVE_TOLERANCES[gguf_type], greedy_required=gguf_type == "f16", top1_minimum=top1)]
+    checks[0].notes = notes
     if llamacpp.available():
         say("Running the GGUF in llama.cpp for the parity check")
         ends = {loaded.tokenizer.eos_token_id} - {None}

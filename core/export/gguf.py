@@ -20,7 +20,14 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from core.export.gguf_families import CONVERTER_WAY_OUT, Family, GgufExportError, add_hyperparameters, family_of
+from core.export.gguf_families import (
+    CONVERTER_WAY_OUT,
+    Family,
+    GgufExportError,
+    add_hyperparameters,
+    family_of,
+    rope_tensors,
+)
 from core.export.gguf_vocab import add_tokenizer
 
 # Types this module writes itself, and those llama.cpp's quantizer makes from an f16 file (core.export.llamacpp).
@@ -110,6 +117,8 @@ def _tensors(model: PreTrainedModel, family: Family, gguf_type: str):
         elif module.endswith("norm") and suffix == "weight":
             weight = weight + family.norm_shift
         yield f"{gguf_name}.{suffix}", *_encode(weight.numpy(), gguf_type)
+    for name, factors in rope_tensors(config).items():
+        yield name, factors, gguf.GGMLQuantizationType.F32
 
 
 def _encode(array: np.ndarray, gguf_type: str) -> tuple[np.ndarray, gguf.GGMLQuantizationType]:

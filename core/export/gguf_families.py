@@ -7,11 +7,18 @@ differ from Hugging Face's, as llama.cpp's own converter (convert_hf_to_gguf.py)
                      output layer read from the embeddings (tied), soft-capping, sliding-window layers in
                      llama.cpp's fixed pattern (every 2nd / 6th layer global), Gemma 3's two rope bases
     phi3             fused qkv_proj and gate_up_proj kept fused, partial rotary dimension
+
+Rope scaling, as llama.cpp reads it: linear (Gemma 3 4B and up, on its global layers) as a factor; Llama 3.1's
+`llama3` as a per-frequency divisor tensor (rope_freqs), taken from transformers' own rope code so both agree;
+Phi-3.5's `longrope` as its long and short factor tensors and attention factor. Others (yarn, dynamic) are refused.
 """
 
+import math
 from dataclasses import dataclass
 
 import gguf
+import numpy as np
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from core.errors import LoraForgeError
 
@@ -32,16 +39,18 @@ class Family:
     norm_shift: float = 0.0  # added to every *norm.weight
     tied_output: bool = False  # llama.cpp always reads the output layer from token_embd
     global_every: int = 0  # llama.cpp's sliding-window pattern: layer i is global when (i + 1) % n == 0
+    rope_scalings: tuple[str, ...] = ("linear",)  # the rope types llama.cpp reads for this architecture
 
 
+_LLAMA = Family(gguf.MODEL_ARCH.LLAMA, permute_qk=True, rope_scalings=("linear", "llama3"))
 FAMILIES = {
-    "llama": Family(gguf.MODEL_ARCH.LLAMA, permute_qk=True),
-    "mistral": Family(gguf.MODEL_ARCH.LLAMA, permute_qk=True),  # llama.cpp's converter writes Mistral as llama
+    "llama": _LLAMA,
+    "mistral": _LLAMA,  # llama.cpp's converter writes Mistral as llama
     "qwen2": Family(gguf.MODEL_ARCH.QWEN2),
     "qwen3": Family(gguf.MODEL_ARCH.QWEN3),
     "gemma2": Family(gguf.MODEL_ARCH.GEMMA2, norm_shift=1.0, tied_output=True, global_every=2),
     "gemma3_text": Family(gguf.MODEL_ARCH.GEMMA3, norm_shift=1.0, tied_output=True, global_every=6),
-    "phi3": Family(gguf.MODEL_ARCH.PHI3),
+    "phi3": Family(gguf.MODEL_ARCH.PHI3, rope_scalings=("linear", "longrope")),
 }
 FAMILY_NAMES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3")  # as people call them
 
@@ -52,8 +61,9 @@ def family_of(config) -> Family:
     if family is None:
         raise GgufExportError(f"GGUF export writes {', '.join(FAMILY_NAMES)} models; this one is "
                               f"{config.model_type!r}. {CONVERTER_WAY_OUT}")
-    extras = [f"rope scaling {kind!r}" for kind in sorted({rope(config, layer).get("rope_type", "default")
-                                                          for layer in _layer_kinds(config)} - {"default"})]
+    scalings = {layer: rope(config, layer).get("rope_type", "default") for layer in _layer_kinds(config)}
+    extras = [f"rope scaling {kind!r} on {layer.replace('_', ' ')} layers" for layer, kind in sorted(scalings.items())
+              if kind != "default" and (kind not in family.rope_scalings or layer == "sliding_attention")]
     if getattr(config, "mlp_bias", False) or (getattr(config, "attention_bias", False)
                                               and family.arch != gguf.MODEL_ARCH.QWEN2):
         extras.append("bias terms in attention or MLP")
@@ -87,9 +97,62 @@ def add_hyperparameters(writer: gguf.GGUFWriter, config, family: Family) -> None
         writer.add_sliding_window(config.sliding_window)
     if family.arch == gguf.MODEL_ARCH.GEMMA3:
         writer.add_rope_freq_base_swa(_theta(config, "sliding_attention"))
+    _add_rope_scaling(writer, config)
     for key in ("attn_logit_softcapping", "final_logit_softcapping"):
         if getattr(config, key, None) is not None:
             getattr(writer, f"add_{key}")(float(getattr(config, key)))
+
+
+def rope_tensors(config) -> dict[str, np.ndarray]:
+    """The tensors llama.cpp reads its rope scaling from: Llama 3.1's frequency divisors, Phi-3.5's factors."""
+    settings = rope(config, "full_attention")
+    kind = settings.get("rope_type", "default")
+    if kind == "llama3":
+        plain, _ = ROPE_INIT_FUNCTIONS["linear"](_unscaled(config), "cpu")
+        scaled, _ = ROPE_INIT_FUNCTIONS["llama3"](config, "cpu")
+        return {"rope_freqs.weight": (plain / scaled).float().numpy()}
+    if kind == "longrope":
+        return {f"rope_factors_{length}.weight": np.asarray(settings[f"{length}_factor"], dtype=np.float32)
+                for length in ("long", "short")}
+    return {}
+
+
+def restore_rope(gguf_config, source_config) -> list[str]:
+    """Give the config transformers read from a GGUF the source's rope scaling, which transformers' GGUF reader
+    drops (llama.cpp reads it from the file): the settings restored, by name, for the parity report."""
+    source = getattr(source_config, "rope_parameters", None)
+    scaled = {rope(source_config, layer).get("rope_type", "default") for layer in _layer_kinds(source_config)}
+    if not source or scaled == {"default"}:
+        return []
+    gguf_config.rope_parameters = source
+    for key in ("original_max_position_embeddings", "max_position_embeddings"):
+        if getattr(source_config, key, None) is not None:
+            setattr(gguf_config, key, getattr(source_config, key))
+    return [f"rope scaling {', '.join(sorted(scaled - {'default'}))} from the model's config (transformers' GGUF "
+            "reader does not read it)"]
+
+
+def _add_rope_scaling(writer: gguf.GGUFWriter, config) -> None:
+    settings = rope(config, "full_attention")
+    kind = settings.get("rope_type", "default")
+    if kind == "linear":
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(float(settings["factor"]))
+    elif kind == "longrope":
+        original = int(settings.get("original_max_position_embeddings")
+                       or getattr(config, "original_max_position_embeddings", None) or config.max_position_embeddings)
+        scale = config.max_position_embeddings / original
+        attention = settings.get("attention_factor") or (
+            math.sqrt(1 + math.log(scale) / math.log(original)) if scale > 1 else 1.0)
+        writer.add_rope_scaling_orig_ctx_len(original)
+        writer.add_rope_scaling_attn_factors(float(attention))
+
+
+def _unscaled(config):
+    """A copy of the config whose rope is the same base with a linear factor of 1: transformers' plain frequencies."""
+    plain = config.__class__.from_dict(config.to_dict())
+    plain.rope_parameters = {**rope(config), "rope_type": "linear", "factor": 1.0}
+    return plain
 
 
 def rope(config, layer_kind: str | None = None) -> dict:

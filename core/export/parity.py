@@ -82,6 +82,7 @@ class ParityCheck:
     top1_agreement: float | None = None  # share of prompt positions with the live adapter's likeliest token
     top1_minimum: float | None = None
     greedy_ties: int = 0  # of greedy_matches, those whose answers part at a near-tie
+    notes: list[str] = field(default_factory=list)  # how the reader was helped, e.g. settings it cannot read
 
     @property
     def passed(self) -> bool:

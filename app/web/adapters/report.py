@@ -65,8 +65,10 @@ def report_markdown(export: dict | None) -> str:
         lines.append(f"| {check['target']} | {_figure(check['max_logit_diff'])} ({_figure(check['tolerance'])}) | "
                      f"{greedy_verdict(check)} ({check['greedy_matches']}/{check['prompts']}"
                      f" prompts) | {_yes(check['template_same'], 'kept', 'CHANGED')} |")
+    notes = [f"{check['target']}: {note}" for check in checks for note in check.get("notes", [])]
     problems = [problem for check in checks for problem in check.get("problems", [])]
-    lines += ["", *(f'<p style="{WARNING_STYLE}">⚠ parity check failed: {problem}</p>' for problem in problems)]
+    lines += ["", *(f"Note: {note}" for note in notes)]
+    lines += [*(f'<p style="{WARNING_STYLE}">⚠ parity check failed: {problem}</p>' for problem in problems)]
     return "\n".join(lines)
 
 
