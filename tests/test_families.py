@@ -1,5 +1,6 @@
 """Every model family end to end on tiny random models: train with the default preset (fp32 and QLoRA), chat,
-merge to a folder plain transformers loads, and the adapter read by PEFT with the same logits.
+merge to a folder plain transformers loads, the adapter and a weighted composition read by PEFT with the same
+logits, packed rows that train like padded ones, and GGUF files llama.cpp runs like the live adapter.
 
 Phi-3 computes q, k and v in one fused layer: the presets put the adapter on that layer (`qkv_proj`), as PEFT
 does when told that name.
@@ -15,16 +16,23 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from core.chat.generate import Sampling, conversation, stream_reply
+from core.data import BatchSettings, RenderedExample, iterate_batches
+from core.data.render import IGNORE_INDEX
 from core.export import llamacpp
 from core.export.exporter import export_adapters
 from core.export.gguf import GgufExportError
 from core.export.parity import LLAMA_CPP_TOLERANCES, compare_outputs, model_outputs
 from core.lora.model import LoraSettings, add_adapter
 from core.lora.peft_format import load_adapter
+from core.models.loading import load_base_model
+from core.models.packed_attention import use_packed_attention
+from core.training.config import TrainConfig
+from core.training.data_plan import attends_per_example
 from core.training.loop import train
-from tests.export_helpers import make_adapter, need_llama_cpp
+from core.training.loss import trained_token_loss
+from tests.export_helpers import live_logits, make_adapter, need_llama_cpp
 from tests.job_helpers import tiny_config
-from tests.lora_helpers import load
+from tests.lora_helpers import load, randomize
 from tests.tiny_models import FAMILIES, make_tiny_family
 
 peft = pytest.importorskip("peft")
@@ -66,6 +74,15 @@ def test_a_family_trains_chats_merges_and_reads_in_peft(family, family_dirs, tmp
     with torch.no_grad():
         torch.testing.assert_close(plain(IDS).logits, our_logits, rtol=0, atol=1e-4)
     assert AutoTokenizer.from_pretrained(tmp_path / "merged").chat_template
+
+    other = make_adapter(base, tmp_path / "other", seed=1, targets="qv", std=0.05)
+    mix = {adapter: 1.0, other: 0.5}
+    composed = export_adapters([str(path) for path in mix], "peft", tmp_path / "mix", weights=list(mix.values()),
+                               base=str(base))
+    assert composed.status == "done" and composed.parity["passed"]
+    with torch.no_grad():
+        theirs = peft.PeftModel.from_pretrained(load(base), tmp_path / "mix").eval()
+        torch.testing.assert_close(theirs(IDS).logits, live_logits(base, mix, IDS), rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -154,3 +171,38 @@ def test_a_rope_scaling_llama_cpp_would_misread_is_refused_for_gguf_with_the_way
     with pytest.raises(GgufExportError, match="rope scaling 'yarn' on full attention layers.*convert_hf_to_gguf"):
         export_adapters([str(adapter)], "gguf", tmp_path / "gguf", base=str(base))
     assert not (tmp_path / "gguf").exists()
+
+
+PER_EXAMPLE_ATTENTION = {"gemma2": False, "gemma3": False}  # soft-capping; a window shorter than max length
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_packed_rows_give_a_family_the_loss_and_gradients_of_padded_rows(family, family_dirs):
+    """Packing never lets examples see each other: per-example attention where the family's attention is plain
+    causal, transformers' own packed-sequence mask where it is not (Gemma's soft-capping, or a sliding window
+    shorter than the examples, as the 40-token one here is for Gemma's window of 32)."""
+    model = load_base_model(str(family_dirs[family]), "fp32", "none", "cpu").model
+    per_example = attends_per_example(TrainConfig(dataset="d.jsonl", max_len=64), model)
+    assert per_example == PER_EXAMPLE_ATTENTION.get(family, True)
+    if per_example:
+        use_packed_attention(model)
+    add_adapter(model, "a", LoraSettings(r=4, targets="all-linear"))
+    randomize(model, "a")
+    model.train()
+    generator = torch.Generator().manual_seed(0)
+    examples = []
+    for number, length in enumerate([9, 14, 5, 40, 11], start=1):
+        ids = torch.randint(3, model.config.vocab_size, (length,), generator=generator).tolist()
+        examples.append(RenderedExample(number, ids, [IGNORE_INDEX] * (length // 2) + ids[length // 2:], length))
+    results = []
+    for packing in (True, False):
+        batch = next(iterate_batches(examples, BatchSettings(packing=packing, batch_size=5, group_by_length=False),
+                                     pad_token_id=0))
+        loss, count = trained_token_loss(model, batch.model_inputs())
+        (loss / count).backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+        model.zero_grad(set_to_none=True)
+    (packed_loss, packed_grads), (padded_loss, padded_grads) = results
+    torch.testing.assert_close(packed_loss, padded_loss, rtol=1e-5, atol=1e-5)
+    for name, grad in padded_grads.items():
+        torch.testing.assert_close(packed_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
