@@ -99,7 +99,7 @@ PHI3_TEMPLATE = (
 # pieces byte fallback needs, then BPE pieces whose words start with '▁'.
 _SPM_STYLES = {
     "gemma": dict(specials=["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"],
-                  bos="<bos>", eos="<end_of_turn>", pad="<pad>", space_prefix=False, template=GEMMA_TEMPLATE),
+                  bos="<bos>", eos="<eos>", pad="<pad>", space_prefix=False, template=GEMMA_TEMPLATE),
     "llama": dict(specials=["<unk>", "<s>", "</s>", "<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>",
                             "<|end|>"],
                   bos="<s>", eos="<|end|>", pad="<|endoftext|>", space_prefix=True, template=PHI3_TEMPLATE),
@@ -160,6 +160,9 @@ def make_tiny_family(folder: Path, family: str, seed: int = 0, **overrides) -> P
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
+    if style == "gemma":  # as Gemma ships: <eos> ends a text, <end_of_turn> a reply
+        turn_end = tokenizer.convert_tokens_to_ids("<end_of_turn>")
+        model.generation_config.eos_token_id = [tokenizer.eos_token_id, turn_end]
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
     return Path(folder)

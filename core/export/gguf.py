@@ -64,7 +64,7 @@ def write_gguf(
         writer.add_name(name)
         writer.add_file_type(FILE_TYPES[gguf_type])
         add_hyperparameters(writer, config, family)
-        add_tokenizer(writer, tokenizer, config.vocab_size, pre_tokenizer)
+        add_tokenizer(writer, tokenizer, config.vocab_size, pre_tokenizer, _end_ids(model))
         for tensor_name, array, quant in tensors:
             writer.add_tensor(tensor_name, array, raw_dtype=quant)
         writer.write_header_to_file()
@@ -79,6 +79,11 @@ def gguf_pre_tokenizer(gguf_path: str | Path) -> str | None:
     """The `tokenizer.ggml.pre` a GGUF file declares, or None."""
     field = gguf.GGUFReader(str(gguf_path)).fields.get("tokenizer.ggml.pre")
     return field.contents() if field is not None else None
+
+
+def _end_ids(model: PreTrainedModel) -> tuple[int, ...]:
+    ends = getattr(model.generation_config, "eos_token_id", None)
+    return tuple(ends) if isinstance(ends, list) else (ends,) if ends is not None else ()
 
 
 def permute_rotary(weight: torch.Tensor, heads: int) -> torch.Tensor:

@@ -30,9 +30,10 @@ _SPACE = "\u2581"
 
 
 def add_tokenizer(writer: gguf.GGUFWriter, tokenizer: PreTrainedTokenizerBase, vocab_size: int,
-                  pre_tokenizer: str = "default") -> None:
+                  pre_tokenizer: str = "default", end_ids: tuple[int, ...] = ()) -> None:
     """Write the tokenizer's vocabulary, special ids and chat template. `pre_tokenizer` names the byte-level split
-    pattern when PRE_TOKENIZERS does not know the tokenizer's own (the base GGUF's value, when it came from one)."""
+    pattern when PRE_TOKENIZERS does not know the tokenizer's own (the base GGUF's value, when it came from one);
+    `end_ids` are the ids that end a reply (the generation config's eos ids: Gemma's <end_of_turn> beside <eos>)."""
     spec = _spec(tokenizer)
     model = spec.get("model", {})
     if model.get("type") == "BPE" and "ByteLevel" in json.dumps(spec.get("pre_tokenizer")):
@@ -46,7 +47,7 @@ def add_tokenizer(writer: gguf.GGUFWriter, tokenizer: PreTrainedTokenizerBase, v
             f"{model.get('type') or type(tokenizer).__name__}. Export a merged Hugging Face folder instead and "
             "convert it with llama.cpp's convert_hf_to_gguf.py."
         )
-    _add_specials(writer, tokenizer)
+    _add_specials(writer, tokenizer, end_ids)
 
 
 def _spec(tokenizer: PreTrainedTokenizerBase) -> dict:
@@ -126,8 +127,10 @@ def _adds_space_prefix(spec: dict) -> bool:
     return False
 
 
-def _add_specials(writer: gguf.GGUFWriter, tokenizer: PreTrainedTokenizerBase) -> None:
-    special = {"bos": tokenizer.bos_token_id, "eos": tokenizer.eos_token_id,
+def _add_specials(writer: gguf.GGUFWriter, tokenizer: PreTrainedTokenizerBase, end_ids: tuple[int, ...]) -> None:
+    """Special ids; an end-of-turn id other than eos becomes llama.cpp's `eot`, so Ollama stops there too."""
+    turn_end = next((token for token in end_ids if token != tokenizer.eos_token_id), None)
+    special = {"bos": tokenizer.bos_token_id, "eos": tokenizer.eos_token_id, "eot": turn_end,
                "unk": tokenizer.unk_token_id, "pad": tokenizer.pad_token_id}
     for kind, token_id in special.items():
         if token_id is not None:
