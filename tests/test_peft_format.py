@@ -6,6 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from core.lora.base_identity import FINGERPRINT_KEY, SUMMARY_KEY
 from core.lora.errors import AdapterFileError
 from core.lora.model import LoraSettings, adapter_names, add_adapter, lora_layers, unload
 from core.lora.peft_format import CONFIG_FILE, WEIGHTS_FILE, inspect_adapter, load_adapter, peft_key, save_adapter
@@ -44,7 +45,9 @@ def test_saved_files_follow_peft_layout(saved):
     from safetensors import safe_open
 
     with safe_open(folder / WEIGHTS_FILE, "pt") as handle:
-        assert handle.metadata() == {"format": "pt"}
+        metadata = handle.metadata()  # PEFT's "format", and the base's identity (core.lora.base_identity)
+    assert metadata["format"] == "pt" and set(metadata) == {"format", FINGERPRINT_KEY, SUMMARY_KEY}
+    assert metadata[SUMMARY_KEY] == "llama, 2 layers, hidden 64, vocabulary 400"
 
 
 def test_keys_without_prefix_and_unknown_config_keys_load(saved, tiny_llama_dir):

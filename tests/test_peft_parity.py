@@ -6,6 +6,7 @@ import torch
 peft = pytest.importorskip("peft")
 from peft import LoraConfig, PeftModel, get_peft_model  # noqa: E402
 
+from app.cli import main  # noqa: E402
 from core.lora.compose import combine_adapters  # noqa: E402
 from core.lora.model import LoraSettings, add_adapter, merge, set_active, unload  # noqa: E402
 from core.lora.peft_format import load_adapter, save_adapter  # noqa: E402
@@ -185,3 +186,28 @@ def test_an_adapter_made_on_a_base_in_another_folder_loads_and_answers_as_in_pef
         answer = ours.generate(prompt, max_new_tokens=12, do_sample=False, pad_token_id=0)
         plain = load(tiny_llama_dir).generate(prompt, max_new_tokens=12, do_sample=False, pad_token_id=0)
     assert answer.tolist() == expected.tolist() and answer.tolist() != plain.tolist()
+
+
+def test_an_adapter_on_a_base_of_another_fingerprint_loads_with_a_warning_naming_both(tiny_llama_dir, tmp_path,
+                                                                                      capsys):
+    """Shapes decide; where the adapter records its base's fingerprint (ours do, in safetensors metadata that
+    PEFT ignores) another architecture with the same shapes loads with a warning. PEFT's files record none."""
+    from tests.tiny_models import make_tiny_llama
+
+    model = load(tiny_llama_dir)
+    add_adapter(model, "a", LoraSettings(r=2))
+    save_adapter(model, "a", tmp_path / "ours")
+    assert load_adapter(load(tiny_llama_dir), tmp_path / "ours").warning is None
+    assert PeftModel.from_pretrained(load(tiny_llama_dir), tmp_path / "ours") is not None
+
+    other = make_tiny_llama(tmp_path / "other-rope", rope_parameters={"rope_type": "default", "rope_theta": 500000.0})
+    warning = load_adapter(load(other), tmp_path / "ours").warning
+    assert warning and "made on another base (llama, 2 layers, hidden 64" in warning and "is loaded" in warning
+
+    theirs = get_peft_model(load(tiny_llama_dir), peft_config(CASES["linear-llama"][1]))
+    theirs.save_pretrained(tmp_path / "peft")
+    assert load_adapter(load(other), tmp_path / "peft").warning is None
+
+    assert main(["chat", "--model", str(other), "--adapter", str(tmp_path / "ours"), "--prompt", "hi",
+                 "--max-new-tokens", "2", "--temperature", "0"]) == 0
+    assert "WARNING: The adapter in" in capsys.readouterr().err

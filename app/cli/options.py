@@ -1,6 +1,7 @@
 """Command-line options shared by several verbs."""
 
 import argparse
+import sys
 
 from core.models.devices import DTYPES
 from core.models.loading import DEFAULT_MODEL, LoadedModel, load_base_model
@@ -39,5 +40,7 @@ def load_model(args: argparse.Namespace) -> tuple[LoadedModel, str | None]:
         return loaded, None
     from core.lora.peft_format import load_adapter
 
-    load_adapter(loaded.model, folder, name="adapter")
+    report = load_adapter(loaded.model, folder, name="adapter")
+    if report.warning:
+        print(f"WARNING: {report.warning}", file=sys.stderr)
     return loaded, "adapter"

@@ -48,6 +48,7 @@ class AdapterReport:
     modules: list[str]
     trainable: int
     total: int
+    warning: str | None = None  # e.g. the adapter was made on a base of another architecture fingerprint
 
     @property
     def trainable_percent(self) -> float:

@@ -24,6 +24,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from core.files import read_text_capped
+from core.lora.base_identity import base_metadata, base_mismatch
 from core.lora.errors import AdapterFileError
 from core.lora.layer import LoraAdapter, LoraLayer
 from core.lora.model import AdapterReport, adapter_modules, adapter_report, install_adapter, mark_trainable, set_active
@@ -92,7 +93,9 @@ def save_adapter(model: nn.Module, name: str, folder: str | Path, base_model_nam
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     staged_weights, staged_config = folder / f".{WEIGHTS_FILE}.partial", folder / f".{CONFIG_FILE}.partial"
-    save_tensors(tensors, staged_weights, metadata={"format": "pt"})
+    config_of_base = getattr(model, "config", None)
+    recorded = base_metadata(config_of_base) if config_of_base is not None else {}
+    save_tensors(tensors, staged_weights, metadata={"format": "pt", **recorded})
     staged_config.write_text(json.dumps(asdict(config), indent=2) + "\n")
     os.replace(staged_weights, folder / WEIGHTS_FILE)
     os.replace(staged_config, folder / CONFIG_FILE)
@@ -110,7 +113,10 @@ def load_adapter(model: nn.Module, folder: str | Path, name: str = "default", ac
     if activate:
         set_active(model, {name: 1.0})
     mark_trainable(model, name)
-    return adapter_report(model, name)
+    report = adapter_report(model, name)
+    if getattr(model, "config", None) is not None:
+        report.warning = base_mismatch(folder / WEIGHTS_FILE, model.config)
+    return report
 
 
 def read_config(folder: str | Path) -> AdapterConfig:
