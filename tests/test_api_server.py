@@ -164,6 +164,12 @@ def test_errors_come_in_openai_shape(api):
     with pytest.raises(openai.BadRequestError) as seed:
         greedy(client, "base", seed=2**70)
     assert seed.value.param == "seed"
+    for field, value in (("logit_bias", {"5": 10}), ("tools", [{"type": "function", "function": {"name": "f"}}]),
+                         ("response_format", {"type": "json_object"})):
+        with pytest.raises(openai.BadRequestError) as unsupported:  # ignoring it would change the answer unsaid
+            greedy(client, "base", **{field: value})
+        assert unsupported.value.param == field and "not supported" in unsupported.value.message
+    assert greedy(client, "base", response_format={"type": "text"}, logit_bias={})  # what changes nothing passes
     huge = b'{"model": "base", "messages": [{"role": "user", "content": "x"}], "max_tokens": 1' + b"0" * 400 + b"}"
     status, body = raw_post(url + "v1/chat/completions", huge)
     assert status == 400 and body["error"]["param"] == "max_tokens"

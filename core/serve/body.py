@@ -2,7 +2,8 @@
 the field and the fix, so a malformed request never reaches the engine (and never shows a traceback).
 
 Fields the server does not use are ignored, as OpenAI-compatible servers do, except those whose silent
-neglect would change the answer (n > 1, penalties, logprobs): those are refused.
+neglect would change the answer (n > 1, penalties, logprobs, logit_bias, tools, a response_format other than
+text): those are refused.
 """
 
 import json
@@ -18,6 +19,13 @@ ROLES = ("system", "user", "assistant")
 ROLE_NAMES = {"developer": "system"}  # OpenAI's newer name for the system role
 MAX_STOPS = 4
 MAX_SEED = 2**63 - 1
+# Fields refused when set (non-empty), with the fix: ignoring them would silently change the answer.
+UNSUPPORTED = {
+    "logit_bias": "leave logit_bias out.",
+    "top_logprobs": "leave top_logprobs out.",
+    "tools": "these models are served without tool calling; leave tools out.",
+    "functions": "these models are served without function calling; leave functions out.",
+}
 GREEDY_BELOW = 1e-5  # a temperature this small samples the likeliest token anyway; decoding it greedily avoids overflow
 CHARS_PER_TOKEN_LIMIT = 64  # text longer than 64 characters per token of context cannot fit: refused untokenized
 
@@ -101,6 +109,13 @@ def options(body: dict, prompt_tokens: int, context: int) -> Options:
     for penalty in ("presence_penalty", "frequency_penalty"):
         if body.get(penalty) not in (None, 0, 0.0):
             raise ApiError(f"{penalty} is not supported by this server; leave it out or set it to 0.", param=penalty)
+    for name, fix in UNSUPPORTED.items():
+        if body.get(name):
+            raise ApiError(f"{name} is not supported by this server: {fix}", param=name)
+    answer_format = body.get("response_format")
+    if answer_format not in (None, {}) and answer_format != {"type": "text"}:
+        raise ApiError("This response_format is not supported: only {\"type\": \"text\"} is; JSON modes and "
+                       "schemas are not enforced by this server; leave response_format out.", param="response_format")
     limit_field = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
     max_tokens = _number(body, limit_field, None, whole=True)
     if max_tokens is None:
