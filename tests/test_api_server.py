@@ -22,6 +22,7 @@ from core.jobs.adapters import register_adapter
 from core.jobs.runs import delete_run
 from core.lora.model import LoraSettings, active_adapters, add_adapter
 from core.lora.peft_format import load_adapter, save_adapter
+from core.serve.key_guard import MAX_FAILURES
 from core.store.database import Store
 from tests.browser import REPO, served_app
 from tests.lora_helpers import load, randomize
@@ -219,6 +220,16 @@ def test_another_interface_needs_a_key(tmp_path, tiny_llama_dir):
         assert status == 401 and body["error"]["code"] == "invalid_api_key"
         client = openai.OpenAI(base_url=f"{url}v1", api_key="s3cret-key", max_retries=0)
         assert greedy(client, "base", tokens=4)
+        guesser = openai.OpenAI(base_url=f"{url}v1", api_key="guess", max_retries=0)
+        refusals = []
+        for _ in range(MAX_FAILURES + 1):  # the wrong tries above (and the readiness polls) count too
+            with pytest.raises((openai.AuthenticationError, openai.RateLimitError)) as refused:
+                guesser.models.list()
+            refusals.append(refused.value.status_code)
+        assert 401 in refusals and refusals[-1] == 429
+        with pytest.raises(openai.RateLimitError) as locked:  # now even the right key waits out the window
+            client.models.list()
+        assert "Too many wrong API keys" in locked.value.message
 
 
 def raw_post(url: str, data: bytes) -> tuple[int, dict]:

@@ -23,6 +23,7 @@ from core.serve import body as bodies
 from core.serve import catalog, responses
 from core.serve.engine import Engine, Finished, Job, server_error
 from core.serve.errors import ApiError, as_api_error
+from core.serve.key_guard import KeyGuard
 
 KEY_ENV = "LORAFORGE_API_KEY"
 DISCONNECT_POLL_S = 0.5
@@ -35,13 +36,18 @@ def api_router(loaded: LoadedModel, engine: Engine, api_key: str | None, exposed
     base_name = loaded.facts.name
     context = getattr(loaded.model.config, "max_position_embeddings", None) or loaded.tokenizer.model_max_length
 
+    guard = KeyGuard()
+
     def check_key(request: Request) -> None:
         if api_key is None and exposed:
             raise ApiError(f"This server listens beyond this machine and no API key is set, so the API is off. Set "
                            f"{KEY_ENV} (or --api-key-file) and restart.", status=401, code="invalid_api_key")
         if api_key is not None:
+            address = request.client.host if request.client else "unknown"
+            guard.check_allowed(address)
             scheme, _, given = request.headers.get("authorization", "").partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), api_key.encode()):
+                guard.record_failure(address)
                 raise ApiError("Missing or wrong API key: send 'Authorization: Bearer <key>' with the key this "
                                "server was started with.", status=401, code="invalid_api_key",
                                kind="authentication_error")
