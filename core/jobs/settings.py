@@ -5,21 +5,13 @@ Read from LORAFORGE_HOME/settings.json (keys `max_jobs`, `auto_resume`), overrid
 supervisor runs takes effect on its next round.
 """
 
-import json
 import os
 from dataclasses import dataclass
 
-from core import paths
-from core.errors import LoraForgeError
-from core.files import read_text_capped
+from core.settings_file import SETTINGS_FILE, SettingsError, read_settings
 
-SETTINGS_FILE = "settings.json"
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off", "")
-
-
-class SettingsError(LoraForgeError):
-    """A job setting has a value LoRA Forge cannot use."""
 
 
 @dataclass(frozen=True)
@@ -30,15 +22,7 @@ class JobSettings:
 
 def load_job_settings() -> JobSettings:
     """The job settings in force now (defaults, then settings.json, then the environment)."""
-    file = paths.home() / SETTINGS_FILE
-    values: dict = {}
-    if file.is_file():
-        try:
-            values = json.loads(read_text_capped(file, 1 << 16, what="The job settings file"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
-            raise SettingsError(f"{file} is not readable JSON ({error}). Fix it or delete it to use the defaults.")
-        if not isinstance(values, dict):
-            raise SettingsError(f"{file} must hold a JSON object such as {{\"max_jobs\": 1, \"auto_resume\": true}}.")
+    values = read_settings()
     max_jobs = os.environ.get("LORAFORGE_MAX_JOBS", values.get("max_jobs", JobSettings.max_jobs))
     auto_resume = os.environ.get("LORAFORGE_AUTO_RESUME", values.get("auto_resume", JobSettings.auto_resume))
     return JobSettings(max_jobs=_positive_int("max_jobs", max_jobs), auto_resume=_flag("auto_resume", auto_resume))
