@@ -166,3 +166,13 @@ def make_tiny_family(folder: Path, family: str, seed: int = 0, **overrides) -> P
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
     return Path(folder)
+
+
+def write_tiny_gguf(model_folder: Path, path: Path, gguf_type: str = "f16") -> Path:
+    """The Hugging Face folder `model_folder` (a Llama, Qwen2 or Qwen3) written as a GGUF file at `path`."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from core.export.gguf import write_gguf
+
+    model = AutoModelForCausalLM.from_pretrained(model_folder)
+    return write_gguf(model, AutoTokenizer.from_pretrained(model_folder), path, gguf_type, name=Path(path).stem)

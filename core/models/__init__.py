@@ -19,6 +19,7 @@ API = {
     "is_adaptable": "base_weights", "layer_shape": "base_weights", "read_weight": "base_weights",
     "write_weight": "base_weights",
     "can_use_packed_attention": "packed_attention", "use_packed_attention": "packed_attention",
+    "per_example_limit": "packed_attention",
     "save_tensors": "safetensors_file", "quiet_libraries": "quiet", "ModelSourceError": "errors",
 }
 __all__ = sorted(API)

@@ -85,10 +85,19 @@ def can_use_packed_attention(model: torch.nn.Module, max_length: int) -> bool:
     """True for models whose attention is plain causal sdpa: no sliding window shorter than an example, no
     logit soft-capping, and an attention that goes through transformers' attention-function interface."""
     config = model.config
-    window = getattr(config, "sliding_window", None)
-    if (window and window < max_length) or getattr(config, "attn_logit_softcapping", None):
+    longest, _ = per_example_limit(config)
+    if longest == 0 or (longest and longest < max_length):
         return False
     return getattr(config, "_attn_implementation", None) in ("sdpa", "eager", NAME)
+
+
+def per_example_limit(config) -> tuple[int | None, str]:
+    """From a model's config alone (before it is loaded): the longest max length at which it can attend per
+    example (None: any, 0: none) and why there is a limit: a sliding window, or logit soft-capping."""
+    if getattr(config, "attn_logit_softcapping", None):
+        return 0, "logit soft-capping"
+    window = getattr(config, "sliding_window", None)
+    return (window, f"a sliding window of {window} tokens") if window else (None, "")
 
 
 def use_packed_attention(model: torch.nn.Module) -> None:

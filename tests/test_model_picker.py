@@ -1,0 +1,136 @@
+"""The base-model picker's engine (core.models.discover, core.export.targets) and `launch.py models`: a folder of
+tiny random models, a GGUF file, a broken config and links scanned from their metadata, within bounds."""
+
+import json
+import os
+
+import pytest
+import torch
+
+from core.export import gguf as gguf_export
+from core.export.targets import MERGED_ONLY, base_model_rows
+from core.models.discover import scan_models
+from core.models.errors import ModelSourceError
+from core.settings_file import SETTINGS_FILE, remember, remembered
+from tests.tiny_models import make_tiny_family, write_tiny_gguf
+
+
+@pytest.fixture(scope="module")
+def models_folder(tmp_path_factory):
+    """llama, gemma2 and phi3 folders (phi3 two levels down), a GGUF of the llama, a folder whose config.json is not
+    JSON, a link loop back up, a link to itself and one leading out of the folder."""
+    root = tmp_path_factory.mktemp("picker") / "models"
+    make_tiny_family(root / "llama", "llama")
+    make_tiny_family(root / "gemma2", "gemma2")
+    make_tiny_family(root / "team" / "phi" / "phi3", "phi3")
+    write_tiny_gguf(root / "llama", root / "tiny-llama.f16.gguf")
+    (root / "broken").mkdir()
+    (root / "broken" / "config.json").write_text('{"model_type": "llama",')
+    (root / "broken" / "model.safetensors").write_bytes(b"\0" * 16)
+    os.symlink("../..", root / "team" / "phi" / "up")  # a loop back to the folder itself
+    os.symlink("itself", root / "itself")
+    os.symlink(root.parent.parent, root / "outside")
+    return root
+
+
+def by_name(rows):
+    return {row.name: row for row in rows}
+
+
+def test_a_scan_lists_folders_and_gguf_files_with_family_size_and_what_will_work(models_folder):
+    rows, notes = base_model_rows(models_folder)
+    found = by_name(rows)
+    assert sorted(found) == ["broken", "gemma2", "llama", "team/phi/phi3", "tiny-llama.f16.gguf"]
+
+    llama = found["llama"]
+    assert (llama.family, llama.train, llama.packing, llama.trainable) == ("llama", "yes", "per example", True)
+    assert llama.size.startswith("0.1 M parameters · 0.") and llama.path == str(models_folder / "llama")
+    assert llama.gguf.startswith("f16, bf16, q8_0")
+    assert llama.qlora == ("yes" if torch.cuda.is_available() else "yes, on the CPU (no CUDA GPU here)")
+
+    gemma = found["gemma2"]
+    assert gemma.family == "gemma2" and gemma.packing == "padded rows (logit soft-capping)"
+    assert found["team/phi/phi3"].family == "phi3"
+
+    gguf_row = found["tiny-llama.f16.gguf"]
+    assert gguf_row.family == "llama" and gguf_row.train == "yes, converted to safetensors once"
+    assert gguf_row.size.endswith("MB F16") and gguf_row.gguf == llama.gguf
+
+    broken = found["broken"]
+    assert not broken.trainable and broken.train.startswith("no: config.json is not valid JSON")
+    assert broken.qlora == broken.packing == broken.gguf == ""
+
+    assert "1 link(s) leading outside the folder were not followed." in notes
+    assert any(note.startswith(f"Could not read {models_folder / 'itself'}") for note in notes)
+
+
+def test_the_parameter_count_is_read_from_the_safetensors_header(models_folder):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(models_folder / "llama")
+    [found] = [m for m in scan_models(models_folder).models if m.path.name == "llama"]
+    assert found.parameters == sum(p.numel() for p in model.parameters())
+    assert found.weight_bytes == (models_folder / "llama" / "model.safetensors").stat().st_size
+
+
+def test_the_gguf_column_reads_the_exporters_families_when_asked(models_folder, monkeypatch):
+    assert by_name(base_model_rows(models_folder)[0])["gemma2"].gguf == MERGED_ONLY
+    monkeypatch.setitem(gguf_export.FAMILIES, "gemma2", gguf_export.FAMILIES["llama"])  # a family added there
+    assert by_name(base_model_rows(models_folder)[0])["gemma2"].gguf.startswith("f16")
+
+
+def test_a_sliding_window_limits_per_example_packing_to_its_length(tmp_path):
+    make_tiny_family(tmp_path / "gemma3", "gemma3")
+    [row] = base_model_rows(tmp_path)[0]
+    assert row.family == "gemma3_text"
+    assert row.packing == "per example up to Max length 32 (a sliding window of 32 tokens)"
+
+
+def test_the_walk_stops_at_its_depth_and_entry_limits(models_folder):
+    shallow = scan_models(models_folder, max_depth=1)
+    assert "team/phi/phi3" not in {str(m.path.relative_to(models_folder)) for m in shallow.models}
+    assert "1 folder(s) more than 1 levels down were not searched." in shallow.notes
+    few = scan_models(models_folder, max_entries=3)
+    assert len(few.models) <= 3 and few.notes[0].startswith("Stopped after looking at 3 files and folders")
+
+
+def test_pickle_weights_and_a_missing_tokenizer_are_named(tmp_path):
+    (tmp_path / "pickled").mkdir()
+    (tmp_path / "pickled" / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    (tmp_path / "pickled" / "pytorch_model.bin").write_bytes(b"\0")
+    make_tiny_family(tmp_path / "bare", "llama")
+    (tmp_path / "bare" / "tokenizer.json").unlink()
+    found = by_name(base_model_rows(tmp_path)[0])
+    assert found["pickled"].train == ("no: only pickle weights (pytorch_model.bin), never loaded; convert them to "
+                                      "safetensors")
+    assert found["bare"].train.startswith("no: no tokenizer files")
+
+
+def test_a_folder_that_is_missing_or_a_file_is_refused_naming_the_fix(models_folder):
+    with pytest.raises(ModelSourceError, match="does not exist. Check the path"):
+        scan_models(models_folder / "nope")
+    with pytest.raises(ModelSourceError, match=f"is a file, not a folder.*e.g. {models_folder}"):
+        scan_models(models_folder / "tiny-llama.f16.gguf")
+
+
+def test_a_remembered_choice_keeps_the_other_settings(loraforge_home):
+    assert remembered("models_folder") == ""
+    (loraforge_home / SETTINGS_FILE).write_text(json.dumps({"max_jobs": 2}))
+    remember("models_folder", "/data/models")
+    assert json.loads((loraforge_home / SETTINGS_FILE).read_text()) == {"max_jobs": 2, "models_folder": "/data/models"}
+    assert remembered("models_folder") == "/data/models"
+    (loraforge_home / SETTINGS_FILE).write_text("{not json")
+    remember("models_folder", "/elsewhere")  # a file being edited by hand is left alone
+    assert (loraforge_home / SETTINGS_FILE).read_text() == "{not json" and remembered("models_folder") == ""
+
+
+def test_the_packing_column_agrees_with_the_gate_training_uses(models_folder, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from core.models.packed_attention import can_use_packed_attention
+
+    make_tiny_family(tmp_path / "gemma3", "gemma3")
+    folders = [models_folder / "llama", models_folder / "gemma2", tmp_path / "gemma3"]
+    models = [AutoModelForCausalLM.from_pretrained(folder) for folder in folders]
+    assert [can_use_packed_attention(model, 32) for model in models] == [True, False, True]
+    assert [can_use_packed_attention(model, 33) for model in models] == [True, False, False]
