@@ -7,6 +7,7 @@ import os
 import pytest
 import torch
 
+from app.cli import main
 from core.export import gguf as gguf_export
 from core.export.targets import MERGED_ONLY, base_model_rows
 from core.models.discover import scan_models
@@ -111,6 +112,17 @@ def test_a_folder_that_is_missing_or_a_file_is_refused_naming_the_fix(models_fol
         scan_models(models_folder / "nope")
     with pytest.raises(ModelSourceError, match=f"is a file, not a folder.*e.g. {models_folder}"):
         scan_models(models_folder / "tiny-llama.f16.gguf")
+
+
+def test_the_cli_prints_the_same_rows(models_folder, capsys):
+    assert main(["models", "--dir", str(models_folder), "--json"]) == 0
+    printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert printed == [row.as_dict() for row in base_model_rows(models_folder)[0]]
+    assert main(["models", "--dir", str(models_folder)]) == 0
+    out = capsys.readouterr()
+    assert f"    --base {models_folder / 'llama'}" in out.out and "padded rows (logit soft-capping)" in out.out
+    assert "note: 1 link(s) leading outside" in out.err
+    assert main(["models", "--dir", str(models_folder / "nope")]) == 2
 
 
 def test_a_remembered_choice_keeps_the_other_settings(loraforge_home):

@@ -12,7 +12,8 @@ import sys
 from core.errors import LoraForgeError
 from core.models.quiet import quiet_libraries
 
-VERB_MODULES = ("serve", "api", "chat", "train", "preflight", "evaluate", "adapters", "runs", "export", "votes")
+VERB_MODULES = ("serve", "api", "chat", "train", "preflight", "evaluate", "adapters", "runs", "export", "votes",
+                 "models")
 
 
 def build_parser() -> argparse.ArgumentParser:
