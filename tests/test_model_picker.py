@@ -47,7 +47,7 @@ def test_a_scan_lists_folders_and_gguf_files_with_family_size_and_what_will_work
     assert (llama.family, llama.train, llama.packing, llama.trainable) == ("llama", "yes", "per example", True)
     assert llama.size.startswith("0.1 M parameters · 0.") and llama.path == str(models_folder / "llama")
     assert llama.gguf.startswith("f16, bf16, q8_0")
-    assert llama.qlora == ("yes" if torch.cuda.is_available() else "yes, on the CPU (no CUDA GPU here)")
+    assert llama.qlora == ("yes" if torch.cuda.is_available() else "yes, on the CPU")
 
     gemma = found["gemma2"]
     assert gemma.family == "gemma2" and gemma.packing == "padded rows (logit soft-capping)"

@@ -51,7 +51,7 @@ class FoundModel:
         """nf4 through bitsandbytes (a dependency), which has CPU kernels as well as CUDA ones."""
         if self.problem:
             return ""
-        return "yes" if torch.cuda.is_available() else "yes, on the CPU (no CUDA GPU here)"
+        return "yes" if torch.cuda.is_available() else "yes, on the CPU"
 
     def packing(self) -> str:
         """Whether packed rows attend per example (core.models.packed_attention), as transformers loads the model
