@@ -8,6 +8,7 @@ process started by the server's supervisor. Every wait polls the page with a gen
 
 import json
 import os
+import shutil
 import signal
 
 import pytest
@@ -19,6 +20,7 @@ from core.store.database import Store
 from core.store.processes import process_start_time
 from tests.browser import browser_page, screenshot, served_app, server_log
 from tests.job_helpers import DATES, supervisor_pid
+from tests.tiny_models import make_tiny_family
 
 pytestmark = pytest.mark.browser
 RUN_TIMEOUT_MS = 240_000
@@ -284,3 +286,50 @@ def test_settings_save_as_a_template_without_a_dataset_and_load_back(app_url, we
         page.wait_for_function("() => document.querySelector('#cfg-rank input').value === '32'", timeout=60_000)
         assert page.locator("#cfg-lr input").input_value() == "0.0005"
         assert page.get_by_test_id("toast-body").count() == 0  # nothing was refused
+
+
+def test_the_model_picker_lists_a_models_folder_and_its_choice_becomes_the_base(app_url, web_home, tiny_llama_dir,
+                                                                              tmp_path):
+    """A person names the folder where their models live, sees each with its family, size and what will work,
+    and picks one: the base setting holds its path and the preflight plans for it. A wrong folder is named."""
+    models = tmp_path / "my models"
+    shutil.copytree(tiny_llama_dir, models / "team" / "llama")
+    make_tiny_family(models / "qwen", "qwen2")
+    (models / "broken").mkdir()
+    (models / "broken" / "config.json").write_text("{not json")
+    (models / "broken" / "model.safetensors").write_bytes(b"\0" * 16)
+    chosen = models / "team" / "llama"
+    with browser_page() as page:
+        open_tab(page, app_url, "Train")
+        page.locator("#sample-select input").click()
+        page.get_by_role("option", name="dates").click()
+        page.locator("#models-folder textarea").fill(str(models / "team" / "llama" / "config.json"))
+        page.locator("#models-scan").click()
+        page.wait_for_function("() => document.querySelector('#models-note').innerText.includes('not a folder')",
+                               timeout=60_000)
+        assert "is a file, not a folder" in text_of(page, "#models-note")
+
+        page.locator("#models-folder textarea").fill(str(models))
+        page.locator("#models-scan").click()
+        page.wait_for_function("() => document.querySelector('#models-note').innerText.includes('Found 3')",
+                               timeout=60_000)
+        assert "Found 3 model(s), 2 trainable" in text_of(page, "#models-note")
+        table = text_of(page, "#models-table")
+        for shown in ("team/llama", "qwen2", "0.1 M parameters", "per example", "f16, bf16, q8_0",
+                      "config.json is not valid JSON"):
+            assert shown in table
+        screenshot(page, "train-model-picker")
+
+        page.locator("#models-choice input").click()
+        page.get_by_role("option", name="team/llama").click()
+        page.wait_for_function("p => document.querySelector('#cfg-base textarea').value === p", arg=str(chosen),
+                               timeout=60_000)
+        page.wait_for_function("p => document.querySelector('#preflight').innerText.includes('not ' + p)",
+                               arg=str(chosen), timeout=60_000)  # the preflight plans for the chosen base
+        assert "Traceback" not in page.content()
+
+        page.reload()  # the folder is remembered for the next visit
+        page.get_by_role("tab", name="Train").click()
+        page.wait_for_function("p => document.querySelector('#models-folder textarea').value === p", arg=str(models),
+                               timeout=60_000)
+    assert json.loads((web_home / "settings.json").read_text())["models_folder"] == str(models)

@@ -9,6 +9,7 @@ import torch
 from app.web.model_facts import describe_model
 from app.web.readable import SAMPLES
 from app.web.train.form import PRESET_VALUES, build_form
+from app.web.train.models import ModelPicker, build_model_picker
 from app.web.train.preview import PREVIEW_COLUMNS
 from core.models.loading import LoadedModel
 from core.training.config import TrainConfig
@@ -21,6 +22,7 @@ NO_DATASET = "Choose a dataset to see what the run would train on."
 @dataclass
 class TrainLayout:
     fields: dict[str, gr.Component]  # one per TrainConfig setting shown, by field name
+    models: ModelPicker
     sample: gr.Dropdown
     upload: gr.File
     summary: gr.Markdown
@@ -46,6 +48,7 @@ def build_layout(loaded: LoadedModel) -> TrainLayout:
     fields = {"base": gr.Textbox(defaults.base, label="Base model: 'default', a model folder, a .gguf file or a hub id",
                                  elem_id="cfg-base")}
     gr.Markdown(f"Served now: {describe_model(loaded.facts)}")
+    models = build_model_picker()
     gr.Markdown("### 2 · Dataset")
     with gr.Row():
         sample = gr.Dropdown(sample_names(), value=None, label="Bundled sample", elem_id="sample-select")
@@ -72,6 +75,6 @@ def build_layout(loaded: LoadedModel) -> TrainLayout:
         saved = gr.File(label="Config file", interactive=False, elem_id="config-file", visible=False)
     start = gr.Button("Start training", variant="primary", elem_id="start")
     note = gr.Markdown(elem_id="start-note")
-    return TrainLayout(fields=fields, sample=sample, upload=upload, summary=summary, table=table, presets=presets,
-                       preflight=[checks, lengths, memory, example], save=save, load=load, saved=saved, start=start,
-                       note=note, run_id=gr.State())
+    return TrainLayout(fields=fields, models=models, sample=sample, upload=upload, summary=summary, table=table,
+                       presets=presets, preflight=[checks, lengths, memory, example], save=save, load=load,
+                       saved=saved, start=start, note=note, run_id=gr.State())

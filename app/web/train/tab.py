@@ -11,6 +11,7 @@ import gradio as gr
 
 from app.web.train.handlers import TrainHandlers
 from app.web.train.layout import build_layout
+from app.web.train.models import choose, scan_folder
 from core.models.loading import LoadedModel
 from core.store.database import Store
 
@@ -32,6 +33,10 @@ def build_train_tab(loaded: LoadedModel, store: Store) -> TrainTab:
     fields, inputs, preflight = ui.fields, list(ui.fields.values()), ui.preflight
     act = TrainHandlers(loaded, store, list(fields))
 
+    models = ui.models
+    for event in (models.scan.click, models.folder.submit):
+        event(scan_folder, models.folder, [models.table, models.choice, models.note])
+    models.choice.input(choose, models.choice, fields["base"]).then(act.run_preflight, inputs, preflight)
     ui.sample.input(act.choose_sample, ui.sample, [fields["dataset"], fields["eval_file"]])
     ui.upload.upload(act.keep_upload, ui.upload, [fields["dataset"], fields["eval_file"]])
     fields["dataset"].input(act.forget_sample_eval, fields["eval_file"], fields["eval_file"])
