@@ -146,3 +146,30 @@ def test_the_packing_column_agrees_with_the_gate_training_uses(models_folder, tm
     models = [AutoModelForCausalLM.from_pretrained(folder) for folder in folders]
     assert [can_use_packed_attention(model, 32) for model in models] == [True, False, True]
     assert [can_use_packed_attention(model, 33) for model in models] == [True, False, False]
+
+
+@pytest.mark.parametrize("where, message", [
+    ("", "Type the folder that holds your model folders"),
+    ("/etc", "/etc is a system file, which the page does not read. The models folder must lie outside /proc"),
+    ("hidden", "lies in a hidden folder (.cache)"),
+    ("missing", "does not exist. Check the path"),
+])
+def test_the_page_scans_only_a_folder_it_may_read_and_names_the_problem(tmp_path, where, message):
+    from app.web.train.models import scan_folder
+
+    hidden = tmp_path / ".cache" / "models"
+    make_tiny_family(hidden / "llama", "llama")
+    typed = {"hidden": str(hidden), "missing": str(tmp_path / "missing")}.get(where, where)
+    table, choice, note = scan_folder(typed)
+    assert message in note and not table.visible and not choice.visible
+    assert remembered("models_folder") == ""
+
+
+def test_the_page_offers_the_trainable_models_and_remembers_the_folder(models_folder):
+    from app.web.train.models import scan_folder
+
+    table, choice, note = scan_folder(f" {models_folder} ")
+    assert note.startswith("Found 5 model(s), 4 trainable.") and table.visible and choice.visible
+    assert [path for _, path in choice.choices] == [row.path for row in base_model_rows(models_folder)[0]
+                                                    if row.trainable]
+    assert remembered("models_folder") == str(models_folder)

@@ -44,9 +44,11 @@ def check_readable(typed: str, what: str = "The dataset") -> str:
     real = path.resolve()
     home = paths.home().resolve()
     if real.name.startswith(DB_NAME) and real.parent == home:
-        raise NotReadable(f"{typed} is LoRA Forge's own database, not a dataset. Choose a dataset file.")
+        raise NotReadable(f"{typed} is LoRA Forge's own database, which the page does not read. {what} must be "
+                          "another file.")
     if any(real == root or root in real.parents for root in SYSTEM):
-        raise NotReadable(f"{typed} is a system file, not a dataset. Choose a dataset file.")
+        raise NotReadable(f"{typed} is a system file, which the page does not read. {what} must lie outside "
+                          f"{', '.join(map(str, SYSTEM))}.")
     if home in real.parents or SAMPLES.resolve() in real.parents:
         return typed
     hidden = next((part for part in real.parts if part.startswith(".") and part not in (".", "..")), None)
