@@ -23,7 +23,8 @@ def register(verbs) -> None:
 def run(args: argparse.Namespace) -> int:
     rows, notes = base_model_rows(args.dir)
     if args.json:
-        print("\n".join(json.dumps(row.as_dict()) for row in rows))
+        for row in rows:
+            print(json.dumps(row.as_dict()))
     elif rows:
         print("  ".join(f"{COLUMNS[key].upper():<{width}}" for key, width in WIDTHS.items()).rstrip())
         for row in rows:
