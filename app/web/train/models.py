@@ -46,20 +46,23 @@ def scan_folder(typed: str):
     """The table, the choice of trainable models and a note, for the folder typed."""
     folder = typed.strip()
     if not folder:
-        return gr.Dataframe(visible=False), gr.Dropdown(choices=[], value=None, visible=False), ASK
+        return _nothing(ASK)
     try:
         rows, notes = base_model_rows(check_readable(folder, what="The models folder"))
     except LoraForgeError as error:
-        return (gr.Dataframe(visible=False), gr.Dropdown(choices=[], value=None, visible=False),
-                f"**Cannot scan this folder:**\n```\n{error}\n```")
+        return _nothing(f"**Cannot scan this folder:**\n```\n{error}\n```")
     remember(SETTING, folder)
     choices = [(f"{row.name} · {row.family} · {row.size}", row.path) for row in rows if row.trainable]
     found = (f"Found {len(rows)} model(s), {len(choices)} trainable. Choose one below to train on it."
              if rows else f"No model folders (config.json with weights) or .gguf files in {folder}.")
     table = [[getattr(row, key) for key in COLUMNS] for row in rows]
-    return (gr.Dataframe(value=table, visible=bool(rows)), gr.Dropdown(choices=choices, value=None,
-                                                                      visible=bool(choices)),
+    return (gr.Dataframe(value=table, visible=bool(rows)),
+            gr.Dropdown(choices=choices, value=None, visible=bool(choices)),
             "\n".join([found, *(f"- {note}" for note in notes)]))
+
+
+def _nothing(note: str):
+    return gr.Dataframe(visible=False), gr.Dropdown(choices=[], value=None, visible=False), note
 
 
 def choose(path: str | None):
