@@ -4,6 +4,7 @@ tiny random models, a GGUF file, a broken config and links scanned from their me
 import json
 import os
 
+import gguf
 import pytest
 import torch
 
@@ -18,13 +19,14 @@ from tests.tiny_models import make_tiny_family, write_tiny_gguf
 
 @pytest.fixture(scope="module")
 def models_folder(tmp_path_factory):
-    """llama, gemma2 and phi3 folders (phi3 two levels down), a GGUF of the llama, a folder whose config.json is not
-    JSON, a link loop back up, a link to itself and one leading out of the folder."""
+    """llama, gemma2 and phi3 folders (phi3 two levels down), a GGUF of the llama and a truncated copy, a folder whose
+    config.json is not JSON, a link loop back up, a link to itself and one leading out of the folder."""
     root = tmp_path_factory.mktemp("picker") / "models"
     make_tiny_family(root / "llama", "llama")
     make_tiny_family(root / "gemma2", "gemma2")
     make_tiny_family(root / "team" / "phi" / "phi3", "phi3")
     write_tiny_gguf(root / "llama", root / "tiny-llama.f16.gguf")
+    (root / "cut.gguf").write_bytes((root / "tiny-llama.f16.gguf").read_bytes()[:300])  # a download cut short
     (root / "broken").mkdir()
     (root / "broken" / "config.json").write_text('{"model_type": "llama",')
     (root / "broken" / "model.safetensors").write_bytes(b"\0" * 16)
@@ -41,7 +43,7 @@ def by_name(rows):
 def test_a_scan_lists_folders_and_gguf_files_with_family_size_and_what_will_work(models_folder):
     rows, notes = base_model_rows(models_folder)
     found = by_name(rows)
-    assert sorted(found) == ["broken", "gemma2", "llama", "team/phi/phi3", "tiny-llama.f16.gguf"]
+    assert sorted(found) == ["broken", "cut.gguf", "gemma2", "llama", "team/phi/phi3", "tiny-llama.f16.gguf"]
 
     llama = found["llama"]
     assert (llama.family, llama.train, llama.packing, llama.trainable) == ("llama", "yes", "per example", True)
@@ -57,6 +59,7 @@ def test_a_scan_lists_folders_and_gguf_files_with_family_size_and_what_will_work
     assert gguf_row.family == "llama" and gguf_row.train == "yes, converted to safetensors once"
     assert gguf_row.size.endswith("MB F16") and gguf_row.gguf == llama.gguf
 
+    assert found["cut.gguf"].train == "no: not a readable GGUF file: its header is cut short or damaged"
     broken = found["broken"]
     assert not broken.trainable and broken.train.startswith("no: config.json is not valid JSON")
     assert broken.qlora == broken.packing == broken.gguf == ""
@@ -72,6 +75,21 @@ def test_the_parameter_count_is_read_from_the_safetensors_header(models_folder):
     [found] = [m for m in scan_models(models_folder).models if m.path.name == "llama"]
     assert found.parameters == sum(p.numel() for p in model.parameters())
     assert found.weight_bytes == (models_folder / "llama" / "model.safetensors").stat().st_size
+
+
+def test_a_gguf_header_gives_the_config_and_size_that_transformers_reads(models_folder):
+    from transformers import AutoConfig
+
+    from core.models.gguf_header import read_gguf_header
+
+    path = models_folder / "tiny-llama.f16.gguf"
+    header = read_gguf_header(path)
+    assert header.parameters == sum(int(tensor.n_elements) for tensor in gguf.GGUFReader(str(path)).tensors)
+    assert header.file_type() == "F16" and header.metadata["tokenizer.ggml.tokens"] == 400  # an array's length
+    ours, theirs = header.config().to_dict(), AutoConfig.from_pretrained(models_folder, gguf_file=path.name).to_dict()
+    differ = {key for key in ours.keys() | theirs.keys() if ours.get(key) != theirs.get(key)}
+    assert differ <= {"_name_or_path", "_model_name_or_path", "tie_word_embeddings", "bos_token_id", "eos_token_id",
+                      "pad_token_id", "unk_token_id"}  # the model's shape and attention settings agree
 
 
 def test_the_gguf_column_reads_the_exporters_families_when_asked(models_folder, monkeypatch):
@@ -169,7 +187,7 @@ def test_the_page_offers_the_trainable_models_and_remembers_the_folder(models_fo
     from app.web.train.models import scan_folder
 
     table, choice, note = scan_folder(f" {models_folder} ")
-    assert note.startswith("Found 5 model(s), 4 trainable.") and table.visible and choice.visible
+    assert note.startswith("Found 6 model(s), 4 trainable.") and table.visible and choice.visible
     assert [path for _, path in choice.choices] == [row.path for row in base_model_rows(models_folder)[0]
                                                     if row.trainable]
     assert remembered("models_folder") == str(models_folder)

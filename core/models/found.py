@@ -1,6 +1,6 @@
 """A base model found on disk, described from its metadata alone: config.json and the safetensors headers of a
-Hugging Face folder, the header of a GGUF file. No weight is read, so describing a multi-GB model takes well
-under a second (a GGUF header holds the whole vocabulary, the slowest part).
+Hugging Face folder, the header of a GGUF file. No weight is read, so describing a multi-GB model takes
+milliseconds.
 
 What training will do is judged the way `core.models.loading` and the training loop judge it: a folder needs
 safetensors weights (pickle weights are never loaded), tokenizer files and a causal-LM architecture that
@@ -14,13 +14,13 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import gguf
 import torch
 from transformers import AutoConfig, PretrainedConfig
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from core.errors import LoraForgeError
 from core.files import read_text_capped
+from core.models.gguf_header import read_gguf_header
 from core.models.loading import PICKLE_SUFFIXES
 from core.models.packed_attention import per_example_limit
 
@@ -84,23 +84,18 @@ def describe_folder(folder: Path) -> FoundModel:
 
 
 def describe_gguf(path: Path) -> FoundModel:
-    """A .gguf file as a FoundModel, from its header: transformers' config for it, tensor sizes, file type."""
+    """A .gguf file as a FoundModel, from its header (core.models.gguf_header)."""
     found = FoundModel(path, "gguf", weight_bytes=path.stat().st_size)
     try:
-        reader = gguf.GGUFReader(str(path))
-        found.parameters = sum(int(tensor.n_elements) for tensor in reader.tensors)
-        file_type = reader.fields.get("general.file_type")
-        if file_type is not None:
-            found.quantization = gguf.LlamaFileType(int(file_type.contents())).name.removeprefix("MOSTLY_")
-        architecture = reader.fields.get("general.architecture")  # shown when transformers cannot read the rest
-        found.family = architecture.contents() if architecture is not None else ""
-    except Exception as error:  # the gguf reader raises many types on a bad file
-        found.problem = f"not a readable GGUF file ({first_line(error)})"
+        header = read_gguf_header(path)
+    except ValueError as error:
+        found.problem = f"not a readable GGUF file: {first_line(error)}"
         return found
+    found.parameters, found.quantization, found.family = header.parameters, header.file_type(), header.architecture
     try:
-        found.config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
+        found.config = header.config()
         found.family = found.config.model_type
-    except Exception as error:  # transformers: ValueError for an architecture it cannot dequantize, and others
+    except (ValueError, TypeError) as error:  # an architecture transformers cannot convert, a value it refuses
         found.problem = first_line(error)
     return found
 
