@@ -52,7 +52,7 @@ def test_a_scan_lists_folders_and_gguf_files_with_family_size_and_what_will_work
     assert llama.qlora == ("yes" if torch.cuda.is_available() else "yes, on the CPU")
 
     gemma = found["gemma2"]
-    assert gemma.family == "gemma2" and gemma.packing == "padded rows (logit soft-capping)"
+    assert gemma.family == "gemma2" and gemma.packing == "whole-row mask (logit soft-capping)"
     assert found["team/phi/phi3"].family == "phi3"
 
     gguf_row = found["tiny-llama.f16.gguf"]
@@ -138,7 +138,7 @@ def test_the_cli_prints_the_same_rows(models_folder, capsys):
     assert printed == [row.as_dict() for row in base_model_rows(models_folder)[0]]
     assert main(["models", "--dir", str(models_folder)]) == 0
     out = capsys.readouterr()
-    assert f"    --base {models_folder / 'llama'}" in out.out and "padded rows (logit soft-capping)" in out.out
+    assert f"    --base {models_folder / 'llama'}" in out.out and "whole-row mask (logit soft-capping)" in out.out
     assert "note: 1 link(s) leading outside" in out.err
     assert main(["models", "--dir", str(models_folder / "nope")]) == 2
 

@@ -55,12 +55,13 @@ class FoundModel:
 
     def packing(self) -> str:
         """Whether packed rows attend per example (core.models.packed_attention), as transformers loads the model
-        by default (sdpa attention); otherwise the run trains on padded rows."""
+        by default (sdpa attention); otherwise a packed row attends under transformers' block-diagonal mask, which
+        scores every pair of tokens in the row (right, but slower)."""
         if self.problem:
             return ""
         longest, why = per_example_limit(self.config)
         if longest == 0:
-            return f"padded rows ({why})"
+            return f"whole-row mask ({why})"
         if longest:
             return f"per example up to Max length {longest} ({why})"
         return "per example"
