@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from app.cli import main
-from core.export import gguf as gguf_export
+from core.export import gguf_families
 from core.export.targets import MERGED_ONLY, base_model_rows
 from core.models.discover import scan_models
 from core.models.errors import ModelSourceError
 from core.settings_file import SETTINGS_FILE, remember, remembered
-from tests.tiny_models import make_tiny_family, write_tiny_gguf
+from tests.tiny_models import make_tiny_family, make_tiny_gpt2, write_tiny_gguf
 
 
 @pytest.fixture(scope="module")
@@ -92,10 +92,12 @@ def test_a_gguf_header_gives_the_config_and_size_that_transformers_reads(models_
                       "pad_token_id", "unk_token_id"}  # the model's shape and attention settings agree
 
 
-def test_the_gguf_column_reads_the_exporters_families_when_asked(models_folder, monkeypatch):
-    assert by_name(base_model_rows(models_folder)[0])["gemma2"].gguf == MERGED_ONLY
-    monkeypatch.setitem(gguf_export.FAMILIES, "gemma2", gguf_export.FAMILIES["llama"])  # a family added there
-    assert by_name(base_model_rows(models_folder)[0])["gemma2"].gguf.startswith("f16")
+def test_the_gguf_column_reads_the_exporters_families_when_asked(models_folder, tmp_path, monkeypatch):
+    assert all(row.gguf.startswith("f16") for row in base_model_rows(models_folder)[0] if row.trainable)
+    make_tiny_gpt2(tmp_path / "gpt2")
+    assert base_model_rows(tmp_path)[0][0].gguf == MERGED_ONLY
+    monkeypatch.setitem(gguf_families.FAMILIES, "gpt2", gguf_families.FAMILIES["llama"])  # a family added there
+    assert base_model_rows(tmp_path)[0][0].gguf.startswith("f16")
 
 
 def test_a_sliding_window_limits_per_example_packing_to_its_length(tmp_path):

@@ -2,7 +2,7 @@
 and size and whether it trains, with QLoRA and per-example packing (core.models.discover), and what a GGUF export
 of an adapter trained on it can write.
 
-The GGUF column asks core.export.gguf's own check (its FAMILIES and what it does not yet write, such as rope
+The GGUF column asks core.export.gguf_families.family_of (its FAMILIES and what it does not yet write, such as rope
 scaling) at call time, so a family added there shows here with no change.
 """
 
@@ -10,7 +10,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from core.export import llamacpp
-from core.export.gguf import LLAMA_CPP_TYPES, WRITTEN_TYPES, GgufExportError, _check_supported
+from core.export.gguf import LLAMA_CPP_TYPES, WRITTEN_TYPES
+from core.export.gguf_families import GgufExportError, family_of
 from core.models.discover import scan_models
 from core.models.found import FoundModel
 
@@ -47,7 +48,7 @@ def base_model_rows(folder: str | Path) -> tuple[list[ModelRow], list[str]]:
 def gguf_export_types(config) -> str:
     """The GGUF types an export writes for a model with this config, or MERGED_ONLY when it writes none."""
     try:
-        _check_supported(config)
+        family_of(config)
     except GgufExportError:
         return MERGED_ONLY
     if llamacpp.available():
