@@ -21,7 +21,6 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from core.export.gguf_families import (
-    CONVERTER_WAY_OUT,
     Family,
     GgufExportError,
     add_hyperparameters,
@@ -105,10 +104,6 @@ def _tensors(model: PreTrainedModel, family: Family, gguf_type: str):
             continue
         seen.add(pointer)
         module, _, suffix = key.rpartition(".")
-        if family.tied_output and module.endswith("lm_head"):
-            raise GgufExportError(f"This {config.model_type} model has an output layer of its own (untied "
-                                  "embeddings), and llama.cpp reads this family's output layer from its embeddings. "
-                                  f"{CONVERTER_WAY_OUT}")
         gguf_name = names.get_name(module)
         if gguf_name is None or suffix not in ("weight", "bias"):
             raise GgufExportError(

@@ -70,6 +70,9 @@ def family_of(config) -> Family:
     if getattr(config, "query_pre_attn_scalar", None) not in (None, _attention_scalar(config, family)):
         extras.append(f"query_pre_attn_scalar {config.query_pre_attn_scalar} (llama.cpp assumes "
                       f"{_attention_scalar(config, family)} for this size)")
+    if family.tied_output and not getattr(config, "tie_word_embeddings", True):
+        extras.append("an output layer of its own (untied embeddings; llama.cpp reads this family's output layer "
+                      "from its embeddings)")
     if family.global_every and _global_layers(config) != _global_layers(config, family.global_every):
         extras.append(f"sliding-window layers other than every {family.global_every}th layer global")
     if extras:
