@@ -12,7 +12,7 @@ from core.lora.model import LoraSettings, add_adapter
 from core.store.database import Store
 from core.training.checkpoint import load_checkpoint, save_checkpoint
 from core.training.config import TrainConfig
-from core.training.loop import build_optimizer
+from core.training.optimizer import build_optimizer
 from tests.job_helpers import tiny_config
 from tests.lora_helpers import load
 

@@ -20,7 +20,8 @@ from core.models.devices import cpu_has_bf16_products, training_dtype
 from core.store.database import Store
 from core.training.checkpoint import CheckpointError, checkpoints, newest_checkpoint
 from core.training.config import ConfigError, TrainConfig
-from core.training.loop import TrainingError, learning_rate, train
+from core.training.loop import TrainingError, train
+from core.training.optimizer import learning_rate
 
 REPO = Path(__file__).resolve().parents[1]
 DATES = str(REPO / "assets/samples/dates.train.jsonl")

@@ -36,7 +36,7 @@ from core.models.loading import LoadedModel, load_base_model, resolve_source
 from core.models.quantize import SKIPPED_MODULES
 from core.training.config import ConfigError, TrainConfig
 from core.training.data_plan import batch_settings, train_examples
-from core.training.loop import planned_steps
+from core.training.optimizer import planned_steps
 
 TRAINING_EFFICIENCY = 0.5  # share of the matmul peak our LoRA training loop reaches (bench/)
 # A bf16 base on a CPU with bf16 products: those run about 4x as fast as fp32's, the rest of a step does not
