@@ -172,13 +172,15 @@ def test_targets_that_match_no_layer_are_refused_before_a_run_is_recorded(tiny_l
 def test_user_errors_are_one_clear_line(tmp_path, args, message):
     result = run_cli(*args, home=tmp_path)
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "models").exists()  # refused before the default model was converted (seconds, not 30)
 
 
-def test_a_run_started_in_the_terminal_reads_its_data_and_checks_and_writes_its_config_once(
+def test_a_run_started_in_the_terminal_reads_its_data_and_writes_its_config_once(
     tiny_llama_dir, loraforge_home, monkeypatch, capsys
 ):
     """From the request to the first step in one pass: the dataset and the eval file are each read (and
-    rendered) once, the settings checked once, config.yaml written once."""
+    rendered) once, config.yaml written once; the settings (a cheap check) before the model loads, so a bad one
+    is refused in seconds, and where the run is recorded."""
     from app.cli import main
     from core.data import load
     from core.training.config import TrainConfig
@@ -194,4 +196,4 @@ def test_a_run_started_in_the_terminal_reads_its_data_and_checks_and_writes_its_
     final = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert final["status"] == "completed" and final["steps"] == 2
     assert sorted(reads) == sorted([Path(DATES).name, Path(DATES_EVAL).name])
-    assert (len(checks), writes) == (1, ["config.yaml"])
+    assert (len(checks), writes) == (2, ["config.yaml"])

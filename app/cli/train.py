@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from core import jobs
+from core.data.read import check_source
 from core.jobs.ranks import other_node
 from core.jobs.runs import absolute_paths, execute_run, record_run, report_outcome
 from core.models.loading import load_tokenizer
@@ -115,9 +116,12 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    config, nodes = config_from_args(args), nodes_from_args(args).check()
+    config, nodes = config_from_args(args).check(), nodes_from_args(args).check()
     if nodes.rank > 0:  # node 0 records the run; this machine's ranks only train beside its own
-        return other_node(absolute_paths(config.check()), nodes)
+        return other_node(absolute_paths(config), nodes)
+    for source in (config.dataset, config.eval_file):  # a typo is refused before the model loads (seconds)
+        if source:
+            check_source(source)
     tokenizer = load_tokenizer(config.base)  # renders the rows as the run will, so none is left empty after the fact
     if getattr(args, "background", False):
         if nodes.count > 1:

@@ -36,26 +36,35 @@ def source_unit(source: str) -> str:
     return SUFFIX_UNITS.get(Path(source).suffix.lower(), "row")
 
 
-def read_rows(source: str) -> Iterator[RawRow]:
-    """Yield every row of a local file (by suffix) or a hub dataset id, in order."""
+def check_source(source: str) -> Path | None:
+    """The local file `source` names, after every check that reads no row (so a command can refuse a missing or
+    empty file before it loads a model); None for a hub dataset id."""
     path = Path(source).expanduser()
     if not path.exists():
         if looks_like_hub_id(source) and path.suffix.lower() not in SUFFIX_UNITS:
-            yield from _read_hub(source)
-            return
+            return None
         raise DatasetError(f"Dataset file not found: {source}. "
                            "Check the path, or pass a .jsonl, .json, .csv or .parquet file.")
     if path.is_dir():
         raise DatasetError(f"{source} is a folder. Pass one dataset file (.jsonl, .json, .csv or .parquet).")
     suffix = path.suffix.lower()
-    readers = {".jsonl": _read_jsonl, ".ndjson": _read_jsonl, ".json": _read_json, ".csv": _read_csv,
-               ".parquet": _read_parquet}
-    if suffix not in readers:
+    if suffix not in SUFFIX_UNITS:
         raise DatasetError(f"{path.name}: unsupported file type '{suffix}'. "
                            "Convert it to .jsonl, .json, .csv or .parquet.")
     if path.stat().st_size == 0:
         raise DatasetError(f"{path.name} is empty. Add at least one example row.")  # named as the person named it
-    yield from readers[suffix](path)
+    return path
+
+
+def read_rows(source: str) -> Iterator[RawRow]:
+    """Yield every row of a local file (by suffix) or a hub dataset id, in order."""
+    path = check_source(source)
+    if path is None:
+        yield from _read_hub(source)
+        return
+    readers = {".jsonl": _read_jsonl, ".ndjson": _read_jsonl, ".json": _read_json, ".csv": _read_csv,
+               ".parquet": _read_parquet}
+    yield from readers[path.suffix.lower()](path)
 
 
 def _read_jsonl(path: Path) -> Iterator[RawRow]:
