@@ -12,16 +12,21 @@ import sys
 from core.errors import LoraForgeError
 from core.models.quiet import quiet_libraries
 
-VERB_MODULES = ("serve", "api", "chat", "train", "preflight", "evaluate", "adapters", "runs", "export", "votes",
-                 "models")
+# verb -> the module that registers it. A command imports only its own verb's module (`launch.py runs` need not
+# import the web app or the API server: seconds on every call); help and unknown verbs import them all.
+VERBS = {"serve": "serve", "api": "api", "chat": "chat", "train": "train", "resume": "train",
+         "preflight": "preflight", "evaluate": "evaluate", "adapters": "adapters", "runs": "runs", "cancel": "runs",
+         "merge": "export", "export": "export", "votes": "votes", "models": "models"}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
+    """The parser for `verb` alone when it is a known one, else for every verb."""
     parser = argparse.ArgumentParser(
         prog="launch.py", description="LoRA Forge: local LoRA fine-tuning. With no verb, opens the web app."
     )
     verbs = parser.add_subparsers(dest="verb", metavar="VERB")
-    for name in VERB_MODULES:
+    modules = [VERBS[verb]] if verb in VERBS else list(dict.fromkeys(VERBS.values()))
+    for name in modules:
         importlib.import_module(f"app.cli.{name}").register(verbs)
     return parser
 
@@ -43,11 +48,10 @@ def said_in_the_terminal(error: LoraForgeError) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
     argv = sys.argv[1:] if argv is None else argv
     if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
         argv = ["serve", *argv]  # `launch.py --port 8000` (and `make run ARGS=...`) serve with those options
-    args = parser.parse_args(argv)
+    args = build_parser(argv[0]).parse_args(argv)
     quiet_libraries()
     try:
         return args.handler(args) or 0

@@ -14,7 +14,7 @@ from app.web.adapters import build_adapters_tab
 from app.web.chat import build_chat_tab
 from app.web.footer import footer_text
 from app.web.model_facts import describe_model
-from app.web.runs import build_runs_tab
+from app.web.runs.tab import build_runs_tab
 from app.web.train import build_train_tab
 from app.web.train.uploads import prune_uploads
 from core.models.loading import LoadedModel
