@@ -170,8 +170,9 @@ def test_the_packing_column_agrees_with_the_gate_training_uses(models_folder, tm
 
 @pytest.mark.parametrize("where, message", [
     ("", "Type the folder that holds your model folders"),
-    ("/etc", "/etc is a system file, which the page does not read. The models folder must lie outside /proc"),
-    ("hidden", "lies in a hidden folder (.cache)"),
+    ("/etc", "/etc is a system folder, which the page does not read. The models folder must lie outside /proc"),
+    ("hidden", "lies in a hidden folder (.cache), which holds other tools' files; the page does not read there. "
+               "Copy or link the models into a plain folder, or list them in a terminal with `launch.py models --dir"),
     ("missing", "does not exist. Check the path"),
 ])
 def test_the_page_scans_only_a_folder_it_may_read_and_names_the_problem(tmp_path, where, message):

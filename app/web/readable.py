@@ -46,13 +46,16 @@ def check_readable(typed: str, what: str = "The dataset") -> str:
     if real.name.startswith(DB_NAME) and real.parent == home:
         raise NotReadable(f"{typed} is LoRA Forge's own database, which the page does not read. {what} must be "
                           "another file.")
+    noun = "folder" if real.is_dir() else "file"
     if any(real == root or root in real.parents for root in SYSTEM):
-        raise NotReadable(f"{typed} is a system file, which the page does not read. {what} must lie outside "
+        raise NotReadable(f"{typed} is a system {noun}, which the page does not read. {what} must lie outside "
                           f"{', '.join(map(str, SYSTEM))}.")
     if home in real.parents or SAMPLES.resolve() in real.parents:
         return typed
     hidden = next((part for part in real.parts if part.startswith(".") and part not in (".", "..")), None)
     if hidden:
+        way_out = (f"Copy or link the models into a plain folder, or list them in a terminal with `launch.py models "
+                   f"--dir {typed}`." if noun == "folder" else "Upload the file instead, or copy it to a plain folder.")
         raise NotReadable(f"{what} {typed} lies in a hidden folder ({hidden}), which holds other tools' files; the "
-                          "page does not read there. Upload the file instead, or copy it to a plain folder.")
+                          f"page does not read there. {way_out}")
     return typed
