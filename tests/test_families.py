@@ -18,6 +18,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from core.chat.generate import Sampling, conversation, stream_reply
 from core.data import BatchSettings, RenderedExample, iterate_batches
 from core.data.render import IGNORE_INDEX
+from core.data.template import apply_template
 from core.export import llamacpp
 from core.export.exporter import export_adapters
 from core.export.gguf import GgufExportError
@@ -64,9 +65,13 @@ def test_a_family_trains_chats_merges_and_reads_in_peft(family, family_dirs, tmp
         theirs = peft.PeftModel.from_pretrained(load(base), adapter).eval()
         torch.testing.assert_close(theirs(IDS).logits, our_logits, rtol=0, atol=1e-5)
 
-    *_, reply = stream_reply(ours, AutoTokenizer.from_pretrained(base), conversation("hi"),
-                             Sampling(max_new_tokens=6, temperature=0))
-    assert isinstance(reply, str)
+    tokenizer = AutoTokenizer.from_pretrained(base)  # chat renders with the family's own template and stops as
+    messages = conversation("hi", system="Be brief.")  # its generation config says (Gemma 2: no system role)
+    *_, reply = stream_reply(ours, tokenizer, messages, Sampling(max_new_tokens=8, temperature=0))
+    prompt = apply_template(tokenizer, messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    with torch.no_grad():
+        answer = ours.generate(**prompt, max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    assert reply == tokenizer.decode(answer[0, prompt["input_ids"].shape[1]:], skip_special_tokens=True)
 
     merged = export_adapters([str(adapter)], "merged", tmp_path / "merged", base=str(base))
     assert merged.status == "done" and merged.parity["passed"]
